@@ -1,0 +1,32 @@
+# Every user-facing command. `make` or `make help` lists them; each runs one command, logic lives in Python.
+# The first target that needs Python creates .venv and installs the pinned dependencies (scripts/setup_env.py).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-cuda test test-slow lint format validate
+
+help: ## list the targets (this message)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: ## create .venv with the pinned dependencies (a no-op when nothing changed)
+	@$(PYTHON) scripts/setup_env.py --venv $(VENV)
+
+install-cuda: ## add Unsloth + vLLM (requirements-cuda.txt); Linux with an NVIDIA GPU only
+	@$(PYTHON) scripts/setup_env.py --venv $(VENV) --cuda
+
+test: install ## the fast test suite (what CI runs)
+	$(PY) -m pytest
+
+test-slow: install ## the slow tests too (minutes); GPU tests run only where CUDA is available
+	$(PY) -m pytest -m ""
+
+lint: install ## ruff: lint and formatting check
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: install ## ruff: fix what can be fixed and format the code
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+validate: install ## validate every config under configs/ against its schema
+	$(PY) -m lib.config validate configs

@@ -1,0 +1,1 @@
+"""Shared code: config loading, device setup, errors, and the control core (see CLAUDE.md)."""

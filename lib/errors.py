@@ -1,0 +1,143 @@
+"""Exit codes, and the one place that turns known failures into a message and a fix (DESIGN.md 10).
+
+Every script ends with `sys.exit(run_cli(main))`: bad usage, config or input exits 2 with a paragraph
+that names what is wrong and how to fix it (no traceback); a known run-time failure (out of memory, ...)
+exits with its code and a one-line fix; an unknown exception is a bug and keeps its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+OPTIONAL_BACKENDS = ("unsloth", "vllm", "deepspeed", "flash_attn", "bitsandbytes")
+
+
+class UsageError(Exception):
+    """Bad usage, config or input. The message names what is wrong; `fix` says what to do."""
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.fix = fix
+
+
+class ConfigError(UsageError):
+    """A config file or override that cannot be loaded or does not match its schema."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    exit_code: int
+    message: str
+    fix: str
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc).lower()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError without importing torch here
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in _text(exc)
+
+
+def _is_mps_watermark(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "watermark ratio" in _text(exc)
+
+
+def _is_cuda_unavailable(exc: BaseException) -> bool:
+    text = _text(exc)
+    return isinstance(exc, (RuntimeError, AssertionError)) and (
+        "torch not compiled with cuda" in text
+        or "no cuda gpus are available" in text
+        or "found no nvidia driver" in text
+    )
+
+
+def _missing_backend(exc: BaseException) -> str | None:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        root = exc.name.split(".")[0]
+        if root in OPTIONAL_BACKENDS:
+            return root
+    return None
+
+
+def describe_failure(exc: BaseException) -> Failure | None:
+    """Map a known failure to its exit code and fix; None for anything else (a bug: keep the traceback)."""
+    if isinstance(exc, UsageError):
+        return Failure("usage", EXIT_USAGE, str(exc), exc.fix)
+    if _is_mps_watermark(exc):
+        return Failure(
+            "mps-watermark",
+            EXIT_USAGE,
+            f"PyTorch rejected the MPS memory watermarks: {exc}. PyTorch needs "
+            "0 <= PYTORCH_MPS_LOW_WATERMARK_RATIO <= PYTORCH_MPS_HIGH_WATERMARK_RATIO <= 2; setting only the "
+            "high one below the default low one (1.4) causes 'invalid low watermark ratio'.",
+            "unset both variables in your shell and set device.mps_high_watermark_ratio / "
+            "device.mps_low_watermark_ratio in the config (defaults 0.8 / 0.0); lib.device sets both.",
+        )
+    if _is_out_of_memory(exc):
+        return Failure(
+            "out-of-memory",
+            EXIT_FAILED,
+            f"ran out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            "lower the batch size or max sequence length (raise gradient_accumulation_steps to keep the "
+            "effective batch), use LoRA instead of full fine-tuning, or on MPS lower "
+            "device.mps_high_watermark_ratio; then resume with --resume.",
+        )
+    backend = _missing_backend(exc)
+    if backend:
+        return Failure(
+            "missing-backend",
+            EXIT_USAGE,
+            f"the optional back-end '{backend}' is not installed.",
+            "on a CUDA machine run `make install-cuda`; elsewhere set device.unsloth=off and "
+            "device.vllm=off (or leave them on auto) to use the plain transformers + TRL path.",
+        )
+    if _is_cuda_unavailable(exc):
+        return Failure(
+            "cuda-unavailable",
+            EXIT_USAGE,
+            f"CUDA is not available here: {exc}",
+            "run on a GPU node, or set device.type=auto (or cpu) so lib.device picks what this machine has.",
+        )
+    if isinstance(exc, FileNotFoundError):
+        missing = exc.filename or str(exc)
+        return Failure(
+            "missing-file",
+            EXIT_USAGE,
+            f"file or folder not found: {missing}",
+            "check the path (relative paths are taken from the repository root); datasets are made by "
+            "`make data` and models by the training scripts.",
+        )
+    return None
+
+
+def report_failure(failure: Failure) -> None:
+    print(f"error: {failure.message}", file=sys.stderr)
+    if failure.fix:
+        print(f"fix: {failure.fix}", file=sys.stderr)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a script's main(argv) and turn what it raises into an exit code (DESIGN.md 10)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        failure = describe_failure(exc)
+        if failure is None:
+            raise
+        report_failure(failure)
+        return failure.exit_code

@@ -1,0 +1,92 @@
+"""Create .venv and install the pinned dependencies; a no-op (well under a second) when nothing changed.
+
+Usage:
+    make install                      # what `make test` and every other target run first
+    python3 scripts/setup_env.py      # the same, by hand (stdlib only: runs before .venv exists)
+    make install-cuda                 # adds Unsloth + vLLM (requirements-cuda.txt), CUDA Linux only
+
+The venv records a stamp: a sha256 of the requirement files, the Python version and the platform.
+The install runs only when the stamp differs, so a second `make test` reinstalls nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import shutil
+import subprocess
+import sys
+import venv
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_FILES = ("requirements.txt", "constraints.txt")
+CUDA_FILE = "requirements-cuda.txt"
+STAMP_NAME = ".install-stamp"
+
+
+def venv_python(venv_dir: Path) -> Path:
+    return venv_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+
+
+def install_stamp(files: Sequence[str]) -> str:
+    """What the environment must match: the requirement files' bytes, this Python and this platform."""
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode())
+        digest.update((ROOT / name).read_bytes())
+    digest.update(f"{platform.python_version()} {sys.platform} {platform.machine()}".encode())
+    return digest.hexdigest()
+
+
+def cuda_machine() -> bool:
+    return sys.platform.startswith("linux") and shutil.which("nvidia-smi") is not None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", default=str(ROOT / ".venv"), help="virtualenv folder (default: .venv)")
+    parser.add_argument("--cuda", action="store_true", help="also install the Unsloth + vLLM extra")
+    args = parser.parse_args(argv)
+
+    files = list(BASE_FILES)
+    if args.cuda:
+        if not cuda_machine():
+            print(
+                "error: the CUDA extra (Unsloth, vLLM) installs only on Linux with an NVIDIA driver "
+                "(nvidia-smi not found). Everything else runs without it: use `make install`.",
+                file=sys.stderr,
+            )
+            return 2
+        files.append(CUDA_FILE)
+
+    venv_dir = Path(args.venv)
+    python = venv_python(venv_dir)
+    stamp_file = venv_dir / STAMP_NAME
+    wanted = install_stamp(files)
+    if python.exists() and stamp_file.exists() and stamp_file.read_text().strip() == wanted:
+        print(f"environment up to date ({venv_dir.name}: {', '.join(files)} unchanged)")
+        return 0
+
+    if not python.exists():
+        print(f"creating {venv_dir} with Python {platform.python_version()}")
+        venv.create(venv_dir, with_pip=True)
+    stamp_file.unlink(missing_ok=True)  # a failed install must not look finished
+    command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", "constraints.txt"]
+    for name in files:
+        if name != "constraints.txt":
+            command += ["-r", name]
+    print("installing:", " ".join(command[1:]))
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        print("error: pip install failed (see above); nothing was marked installed.", file=sys.stderr)
+        return 1
+    stamp_file.write_text(wanted + "\n")
+    print(f"environment ready: {python}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

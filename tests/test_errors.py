@@ -1,0 +1,110 @@
+"""Known failures map to an exit code and a one-line fix; unknown ones keep their traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ConfigError,
+    UsageError,
+    describe_failure,
+    run_cli,
+)
+
+
+class OutOfMemoryError(RuntimeError):
+    """Same class name as torch.OutOfMemoryError (lib.errors matches it by name, without importing torch)."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "code", "fix_words"),
+    [
+        (ConfigError("bad key", fix="use seed"), "usage", EXIT_USAGE, "use seed"),
+        (
+            OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "out-of-memory",
+            EXIT_FAILED,
+            "batch",
+        ),
+        (
+            RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"),
+            "out-of-memory",
+            EXIT_FAILED,
+            "watermark",
+        ),
+        (MemoryError(), "out-of-memory", EXIT_FAILED, "--resume"),
+        (
+            RuntimeError("invalid low watermark ratio 1.4"),
+            "mps-watermark",
+            EXIT_USAGE,
+            "mps_low_watermark_ratio",
+        ),
+        (
+            ModuleNotFoundError("No module named 'vllm'", name="vllm"),
+            "missing-backend",
+            EXIT_USAGE,
+            "install-cuda",
+        ),
+        (
+            ModuleNotFoundError("x", name="unsloth.models"),
+            "missing-backend",
+            EXIT_USAGE,
+            "device.unsloth=off",
+        ),
+        (
+            AssertionError("Torch not compiled with CUDA enabled"),
+            "cuda-unavailable",
+            EXIT_USAGE,
+            "device.type",
+        ),
+        (RuntimeError("No CUDA GPUs are available"), "cuda-unavailable", EXIT_USAGE, "GPU node"),
+        (
+            FileNotFoundError(2, "No such file", "datasets/x/train.jsonl"),
+            "missing-file",
+            EXIT_USAGE,
+            "make data",
+        ),
+    ],
+)
+def test_known_failures(exc, kind, code, fix_words):
+    failure = describe_failure(exc)
+    assert failure is not None
+    assert (failure.kind, failure.exit_code) == (kind, code)
+    assert fix_words in failure.fix
+
+
+def test_missing_file_names_the_file():
+    assert (
+        "datasets/x/train.jsonl"
+        in describe_failure(FileNotFoundError(2, "No such file", "datasets/x/train.jsonl")).message
+    )
+
+
+def test_unknown_failures_are_not_dressed_up():
+    assert describe_failure(ValueError("a bug")) is None
+    assert describe_failure(ModuleNotFoundError("x", name="numpy")) is None  # a broken install, not an extra
+
+
+def test_run_cli_exit_codes(capsys):
+    def ok(argv):
+        return 0
+
+    def bad_input(argv):
+        raise UsageError("--dataset-name is required", fix="pass --dataset-name NAME")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    def bug(argv):
+        raise ValueError("a bug")
+
+    assert run_cli(ok) == 0
+    assert run_cli(bad_input) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == "error: --dataset-name is required\nfix: pass --dataset-name NAME\n"
+    assert run_cli(interrupted) == EXIT_INTERRUPTED
+    with pytest.raises(ValueError):
+        run_cli(bug)
