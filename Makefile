@@ -3,9 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-cuda test test-slow lint format validate
+.PHONY: help install install-cuda test test-slow lint format validate data bench
 
 help: ## list the targets (this message)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,3 +31,9 @@ format: install ## ruff: fix what can be fixed and format the code
 
 validate: install ## validate every config under configs/ against its schema
 	$(PY) -m lib.config validate configs
+
+data: install ## datasets/di_vdp: 2,000 double-integrator + Van der Pol problems (~25 s; ARGS=--overwrite to redo)
+	$(PY) scripts/generate_data.py --systems double_integrator van_der_pol --total-samples 2000 --dataset-name di_vdp --workers 2 $(ARGS)
+
+bench: install ## benchmark data generation vs the old clipped-LQR labels -> results/bench/ (ARGS for counts)
+	$(PY) scripts/bench.py $(ARGS)

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run a command from the repo root the way a user would, capturing its output as text."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **kwargs.pop("env", {})}
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+    cwd = kwargs.pop("cwd", ROOT)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
 def run_python(args: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -1,0 +1,215 @@
+"""The prompt a model sees and the answer it must write (DESIGN.md 5).
+
+Answer contract (what verify_grpo_format.py checks):
+    <REASONING> ... </REASONING><CONTROLS> u_0, u_1, ..., u_{N-1} </CONTROLS>
+with exactly N comma-separated finite numbers. Only whitespace may stand before <REASONING>, between the two
+blocks and after </CONTROLS>. Labels print the controls with `decimals` decimals (the same knob rounds the
+initial state shown in the prompt), and their reasoning states facts computed for the instance: the
+uncontrolled outcome, where the controls saturate, how they start and change sign, the final state they
+reach and their cost next to J*. Nothing in it is fixed boilerplate.
+
+`parse_controls` is strict and total: for any input it returns ParsedControls and never raises, never pads,
+never truncates.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from lib.systems import System, simulate, trajectory_cost
+
+SYSTEM_PROMPT = (
+    "You are an expert in optimal control. You solve finite-horizon, discrete-time optimal control problems: "
+    "given the dynamics, the control bounds, the cost and the initial state, you find the control sequence "
+    "that minimises the cost. Reply with <REASONING>your reasoning</REASONING> followed by "
+    "<CONTROLS>u_0, u_1, ..., u_{N-1}</CONTROLS> (exactly N comma-separated numbers) and nothing else."
+)
+TAGS = ("<REASONING>", "</REASONING>", "<CONTROLS>", "</CONTROLS>")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
+_NON_FINITE_WORDS = {"inf", "infinity", "nan"}
+
+
+def _num(value: float, spec: str) -> str:
+    """format(value, spec) without a minus sign on zero ("-0.00" -> "0.00")."""
+    text = format(value, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _vector(values, spec: str) -> str:
+    return "(" + ", ".join(_num(float(v), spec) for v in values) + ")"
+
+
+def _matrix(M: np.ndarray) -> str:
+    if np.count_nonzero(M - np.diag(np.diag(M))) == 0:
+        return "diag(" + ", ".join(f"{v:g}" for v in np.diag(M)) + ")"
+    return "[" + "; ".join(", ".join(f"{v:g}" for v in row) for row in M) + "]"
+
+
+@functools.cache
+def _user_template(system: System, decimals: int) -> str:
+    N, last = system.steps, system.steps - 1
+    states = ", ".join(
+        f"{name} [{unit}]" for name, unit in zip(system.state_names, system.state_units, strict=True)
+    )
+    return (
+        f"Control problem: {system.title}.\n"
+        f"{system.description}\n"
+        f"State x = ({states}); control u = {system.control_name} [{system.control_unit}].\n"
+        f"Time step dt = {system.dt:g} s, horizon N = {N} steps ({N * system.dt:g} s): choose u_0, ..., u_{last}.\n"
+        f"Control bounds: {system.u_min:g} <= u_k <= {system.u_max:g}.\n"
+        f"Target: x* = {_vector(system.x_target, '.6g')}.\n"
+        f"Cost: J = sum_{{k=0}}^{{{last}}} [ (x_k - x*)' Q (x_k - x*) + R u_k^2 ] + (x_{N} - x*)' Qf (x_{N} - x*), "
+        f"with Q = {_matrix(system.Q)}, R = {system.R:g}, Qf = {_matrix(system.Qf)}.\n"
+        "Initial state: x_0 = {x0}.\n"
+        f"Find the controls that minimise J. Answer with <REASONING>...</REASONING> followed by "
+        f"<CONTROLS>u_0, ..., u_{last}</CONTROLS>: exactly {N} comma-separated numbers with {decimals} decimals."
+    )
+
+
+def build_prompt(system: System, x0: np.ndarray, decimals: int = 2) -> list[dict]:
+    """[system message, user message] in TRL's conversational format; x0 is shown with `decimals` decimals."""
+    user = _user_template(system, decimals).replace("{x0}", _vector(x0, f".{decimals}f"))
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def format_controls(u: np.ndarray, decimals: int = 2) -> str:
+    """The controls as "u_0, u_1, ..." with `decimals` decimals (never "-0.00")."""
+    spec = f".{decimals}f"
+    return ", ".join(_num(v, spec) for v in np.asarray(u, dtype=float).tolist())
+
+
+def _ranges(steps: np.ndarray) -> str:
+    """[0 1 2 5 7 8] -> "0-2, 5, 7-8"."""
+    parts, start = [], None
+    for i, k in enumerate(steps):
+        if start is None:
+            start = k
+        if i + 1 == len(steps) or steps[i + 1] != k + 1:
+            parts.append(f"{start}" if start == k else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
+
+
+def _steps(steps: np.ndarray) -> str:
+    return f"step {steps[0]}" if len(steps) == 1 else f"steps {_ranges(steps)}"
+
+
+def _saturation_text(system: System, u: np.ndarray, decimals: int) -> str:
+    spec = f".{decimals}f"
+    upper, lower = np.flatnonzero(u >= system.u_max), np.flatnonzero(u <= system.u_min)
+    pieces = []
+    if upper.size:
+        pieces.append(f"on the upper bound {_num(system.u_max, spec)} at {_steps(upper)}")
+    if lower.size:
+        pieces.append(f"on the lower bound {_num(system.u_min, spec)} at {_steps(lower)}")
+    if not pieces:
+        return "No control reaches a bound."
+    inside = system.steps - upper.size - lower.size
+    rest = f"; the other {inside} are strictly inside the bounds." if inside else "; every step saturates."
+    return "The controls sit " + " and ".join(pieces) + rest
+
+
+def _sign_text(u: np.ndarray, decimals: int) -> str:
+    signs = np.sign(u[u != 0])
+    changes = int(np.count_nonzero(signs[1:] != signs[:-1]))
+    start = f"They start at u_0 = {_num(u[0], f'.{decimals}f')}"
+    if signs.size == 0:
+        return start + " and stay at zero."
+    if changes == 0:
+        return start + " and never change sign."
+    return start + (" and change sign once." if changes == 1 else f" and change sign {changes} times.")
+
+
+def format_answers(
+    system: System, x0: np.ndarray, u_label: np.ndarray, J_opt: np.ndarray, decimals: int = 2
+) -> list[str]:
+    """Label completions for a batch: x0 [B, n], u_label [B, N] (values on the printed grid), J_opt [B].
+
+    Every number in the reasoning is computed here from the instance (module docstring).
+    """
+    x0 = np.asarray(x0, dtype=float).reshape(-1, system.n)
+    u_label = np.asarray(u_label, dtype=float)
+    N = system.steps
+    zeros = np.zeros_like(u_label)
+    free_states = simulate(system, x0, zeros)
+    J_zero = trajectory_cost(system, free_states, zeros)
+    states = simulate(system, x0, u_label)
+    J_label = trajectory_cost(system, states, u_label)
+    target = _vector(system.x_target, ".3f")
+    answers = []
+    for i in range(len(x0)):
+        u = u_label[i]
+        reasoning = (
+            f"Without control (u = 0) the state would go from x_0 = {_vector(x0[i], f'.{decimals}f')} to "
+            f"x_{N} = {_vector(free_states[i, -1], '.3f')} at cost J0 = {J_zero[i]:.4g}. "
+            f"{_saturation_text(system, u, decimals)} {_sign_text(u, decimals)} "
+            f"Applied from x_0 they bring the state to x_{N} = {_vector(states[i, -1], '.3f')} (target {target}) "
+            f"at cost J = {J_label[i]:.4g}; the exact optimum is J* = {J_opt[i]:.4g}."
+        )
+        answers.append(
+            f"<REASONING>{reasoning}</REASONING><CONTROLS>{format_controls(u, decimals)}</CONTROLS>"
+        )
+    return answers
+
+
+def format_answer(
+    system: System, x0: np.ndarray, u_label: np.ndarray, J_opt: float, decimals: int = 2
+) -> str:
+    """The label completion for one instance (see format_answers)."""
+    return format_answers(
+        system, np.asarray(x0)[None], np.asarray(u_label)[None], np.array([J_opt]), decimals
+    )[0]
+
+
+@dataclass(frozen=True)
+class ParsedControls:
+    ok: bool
+    values: np.ndarray | None  # [expected_count] floats when ok, else None
+    reason: str  # "" when ok, otherwise what is wrong
+
+
+def _fail(reason: str) -> ParsedControls:
+    return ParsedControls(False, None, reason)
+
+
+def parse_controls(text: str, expected_count: int) -> ParsedControls:
+    """The N controls of an answer, or the reason it breaks the contract (module docstring). Never raises."""
+    if not isinstance(text, str):
+        return _fail(f"not a string: got {type(text).__name__}")
+    positions = []
+    for tag in TAGS:
+        count = text.count(tag)
+        if count != 1:
+            return _fail(
+                f"missing tag {tag}" if count == 0 else f"tag {tag} appears {count} times, expected once"
+            )
+        positions.append(text.index(tag))
+    if positions != sorted(positions):
+        return _fail("tags out of order: expected <REASONING>...</REASONING> then <CONTROLS>...</CONTROLS>")
+    r_open, r_close, c_open, c_close = positions
+    outside = (text[:r_open], text[r_close + len(TAGS[1]) : c_open], text[c_close + len(TAGS[3]) :])
+    if any(part.strip() for part in outside):
+        return _fail("text outside the <REASONING> and <CONTROLS> blocks")
+    body = text[c_open + len(TAGS[2]) : c_close]
+    if not body.strip():
+        return _fail(f"empty <CONTROLS> block: got 0 numbers, expected {expected_count}")
+    tokens = [token.strip() for token in body.split(",")]
+    if len(tokens) != expected_count:
+        return _fail(f"wrong count: got {len(tokens)} comma-separated entries, expected {expected_count}")
+    values = np.empty(len(tokens))
+    for k, token in enumerate(tokens):
+        if _NUMBER.fullmatch(token):
+            values[k] = float(token)
+            if not math.isfinite(values[k]):
+                return _fail(f"non-finite value at u_{k}: '{token}'")
+        elif token.lstrip("+-").lower() in _NON_FINITE_WORDS:
+            return _fail(f"non-finite value at u_{k}: '{token}'")
+        else:
+            shown = token if len(token) <= 20 else token[:20] + "..."
+            return _fail(f"not a number at u_{k}: '{shown}'")
+    return ParsedControls(True, values, "")

@@ -1,0 +1,525 @@
+"""Exact optimal references for the discrete problems the grader simulates (DESIGN.md 3).
+
+Linear systems: the states are linear in the controls, x_k = A^k x_0 + sum_{j<k} A^{k-1-j} B u_j, so stacking
+X = (x_1, ..., x_N) = Phi x_0 + Gamma u turns the cost (lib/systems.py) into a box-constrained QP over u:
+    J(u) = 1/2 u'H u + f(x_0)'u + const,   H = 2 (Gamma' Qbar Gamma + R I),
+    f(x_0) = 2 Gamma' Qbar (Phi x_0 - X_target),   Qbar = blockdiag(Q, ..., Q, Qf)
+(the stage term of x_0 is a constant). H depends only on the system, so it is built and factorised once
+(`condensed_qp`, cached) and each instance only changes f. DAQP (a dual active-set solver) solves each
+instance exactly: at its active set the answer is a linear solve, exact to rounding.
+
+Certificate (`kkt_residual`): the projected-gradient violation of the first-order conditions of J over the
+box, computed from grad = dJ/du independently of the solver:
+    u_k strictly inside the bounds: |grad_k|;  u_k = u_max: max(grad_k, 0);  u_k = u_min: max(-grad_k, 0)
+and the residual is the max over k. It is ABSOLUTE, in cost units per unit of control. For the convex QP
+(H positive definite since R > 0) a zero residual means global optimality; labels require <= 1e-8.
+Solver outputs within SNAP_TOL_QP / SNAP_TOL_NLP of a bound are first set exactly onto it (active-set and
+interior-point solvers land within ~1e-14 and ~1e-8 of an active bound), so "at the bound" is an exact test.
+
+Nonlinear systems: direct multiple shooting with CasADi + IPOPT. Decision variables are (x_0, u_0, x_1, u_1,
+..., x_N); equality constraints x_0 = p (the initial state, an NLP parameter) and x_{k+1} = RK4(x_k, u_k), the
+same `rk4_step` the numpy simulator uses. The NLP is built once per system and process (`_nlp`, cached);
+each instance is then one IPOPT solve per start, from these starts (controls; the state guess is their
+simulated trajectory, so every start is dynamically consistent):
+    zero          u = 0
+    clipped_lqr   the clipped-LQR baseline below, in closed loop
+    bang_up       u_max for the first half of the horizon, u_min for the second
+    bang_down     u_min then u_max
+    random        i.i.d. uniform in the bounds, from a generator seeded by (seed, instance index)
+The best converged start is kept (by the numpy simulator's cost, the grader's model, not IPOPT's value).
+`starts_agreed` counts converged starts whose cost is within AGREE_RTOL * max(1, J*) of J*. The winner is
+snapped onto its active bounds and polished by projected Newton steps on its free controls (single-
+shooting cost, exact Hessian from CasADi; a control a step would push past a bound joins the active set; a
+step is kept only if it lowers the residual without raising the cost). The swing-up is badly conditioned:
+moving early controls by 4e-8 (IPOPT's bound relaxation) moves later gradients by ~20, and the polish brings
+the KKT residual (same definition, exact CasADi gradient) from up to ~1e1 down to ~1e-9 (measured worst
+over 48 instances per box: 2e-9). This certifies a local optimum; for nonconvex problems global optimality
+is not certified, the agreement count is the evidence.
+
+Labels (`u_label`): the answer prints controls with `decimals` decimals, and plain rounding of u* to 2 decimals
+costs up to ~8% (linear) and ~40% (pendulum) of J* on some instances (measured, 300 and 12 instances). Instead the controls are rounded one at a time,
+each after correcting for the rounding errors already made (Babai's nearest-plane rounding in the metric
+of the cost Hessian H, restricted to the free controls): with H_free = M' D M (M unit lower triangular),
+J(u* + d) - J* ~ 1/2 sum_k D_k ((M d)_k)^2, so step k aims at u*_k - sum_{j<k} M_kj d_j and rounds that.
+The label is whichever of this and plain rounding has the lower simulated cost J_label >= J*.
+
+Baseline (`clipped_lqr_controls`): the OLD way of labelling, kept only to measure it: an infinite-horizon
+discrete LQR gain computed on a forward-Euler discretisation (A_d = I + dt Ac, B_d = dt Bc) of the
+continuous model (the linearisation at the target for nonlinear systems), applied in closed loop on the
+exact model with u clipped to the bounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from lib.systems import SYSTEMS, System, rk4_step, simulate, trajectory_cost
+
+KKT_TOL_LINEAR = 1e-8  # every linear label must certify at least this well
+AGREE_RTOL = 1e-6  # starts agree when their costs are within AGREE_RTOL * max(1, J*)
+# fraction of (u_max - u_min) within which a solver's control is put exactly on its bound: DAQP lands within
+# ~1e-14 of an active bound, IPOPT within ~1e-8 (its bound relaxation); a tighter snap for the exact QP keeps
+# an interior optimum just inside a bound from being moved onto it
+SNAP_TOL_QP = 1e-12
+SNAP_TOL_NLP = 1e-7
+POLISH_STEPS = 8  # Newton steps at most when polishing a nonlinear optimum
+START_NAMES = ("zero", "clipped_lqr", "bang_up", "bang_down", "random")
+IPOPT_OPTIONS = {
+    "ipopt.print_level": 0,
+    "ipopt.sb": "yes",  # no banner
+    "print_time": False,
+    "ipopt.tol": 1e-10,
+    "ipopt.max_iter": 500,
+}
+_CHUNK = 8  # instances per task sent to a worker process (small: keeps the progress bar moving)
+
+
+@dataclass(frozen=True)
+class ReferenceSolution:
+    u: np.ndarray  # [B, N] optimal controls, inside the bounds
+    J: np.ndarray  # [B] their cost J*, from simulate + trajectory_cost
+    u_label: np.ndarray  # [B, N] the controls as printed with `decimals` decimals (module docstring)
+    J_label: np.ndarray  # [B] cost of u_label (>= J)
+    kkt_residual: np.ndarray  # [B] projected-gradient residual of u (module docstring), absolute
+    starts_agreed: np.ndarray  # [B] starts that reached J* (1 for the convex QP: one exact solve)
+    starts_total: int
+    solver: str
+
+
+def snap_to_bounds(system: System, u: np.ndarray, rtol: float) -> np.ndarray:
+    """Clip u into the bounds and put values within rtol * (u_max - u_min) of a bound exactly on it."""
+    tol = rtol * (system.u_max - system.u_min)
+    u = np.clip(u, system.u_min, system.u_max)
+    u = np.where(u >= system.u_max - tol, system.u_max, u)
+    return np.where(u <= system.u_min + tol, system.u_min, u)
+
+
+def kkt_residual(system: System, u: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Max violation of the box first-order conditions (module docstring); u, grad [B, N] -> [B]."""
+    at_max, at_min = u >= system.u_max, u <= system.u_min
+    violation = np.where(
+        at_max, np.maximum(grad, 0.0), np.where(at_min, np.maximum(-grad, 0.0), np.abs(grad))
+    )
+    return violation.max(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rounding to the printed precision
+
+
+def grid_bounds(system: System, decimals: int) -> tuple[float, float]:
+    """The bounds on the printed grid (k / 10^decimals): the widest grid values inside [u_min, u_max]."""
+    q = 10.0**decimals
+    return np.ceil(system.u_min * q - 1e-9) / q, np.floor(system.u_max * q + 1e-9) / q
+
+
+def round_plain(system: System, u: np.ndarray, decimals: int) -> np.ndarray:
+    """Each control to the nearest grid value k / 10^decimals inside the bounds."""
+    q = 10.0**decimals
+    low, high = grid_bounds(system, decimals)
+    # np.round gives the integer k exactly; k / q is then the double nearest to the decimal k / 10^d,
+    # the same double float() returns for the printed text
+    return np.clip(np.round(u * q) / q, low, high)
+
+
+def _unit_lower_factor(H: np.ndarray) -> np.ndarray:
+    """M, unit lower triangular, with H = M' D M (D diagonal > 0): a Cholesky of H with the order reversed."""
+    L = np.linalg.cholesky(H[::-1, ::-1])  # H reversed = L L' = Lt diag(l^2) Lt', Lt = L with unit diagonal
+    Lt = L / np.diag(L)
+    return Lt[::-1, ::-1].T  # reversing back gives H = U D U' with U = M' unit upper triangular
+
+
+def _round_nearest_plane(system: System, u: np.ndarray, H: np.ndarray, free: np.ndarray, decimals: int):
+    """Babai rounding (module docstring) of a group u [G, N] that shares H and the free mask [N]."""
+    q = 10.0**decimals
+    low, high = grid_bounds(system, decimals)
+    out = round_plain(system, u, decimals)  # controls on their bounds are grid values already
+    idx = np.flatnonzero(free)
+    if idx.size == 0:
+        return out
+    try:
+        M = _unit_lower_factor(H[np.ix_(idx, idx)])
+    except np.linalg.LinAlgError:  # Hessian not positive definite on the free controls: plain rounding
+        return out
+    made = np.zeros((len(u), idx.size))  # rounding errors made so far, d_j
+    for j, k in enumerate(idx):
+        aim = u[:, k] - made[:, :j] @ M[j, :j]
+        out[:, k] = np.clip(np.round(aim * q) / q, low, high)
+        made[:, j] = out[:, k] - u[:, k]
+    return out
+
+
+def round_for_label(
+    system: System, x0: np.ndarray, u: np.ndarray, hessians: np.ndarray, decimals: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(u_label [B, N], J_label [B]): the better of plain and Babai rounding of the optima u [B, N].
+
+    hessians: [N, N] shared by the batch (a linear system), or [B, N, N] one per instance.
+    """
+    free = (u > system.u_min) & (u < system.u_max)
+    babai = np.empty_like(u)
+    if hessians.ndim == 2:  # linear: instances with the same active set share one factorisation
+        patterns, group = np.unique(free, axis=0, return_inverse=True)
+        for g, pattern in enumerate(patterns):
+            rows = np.flatnonzero(group.ravel() == g)
+            babai[rows] = _round_nearest_plane(system, u[rows], hessians, pattern, decimals)
+    else:
+        for i in range(len(u)):
+            babai[i] = _round_nearest_plane(system, u[i : i + 1], hessians[i], free[i], decimals)[0]
+    plain = round_plain(system, u, decimals)
+    J_babai = trajectory_cost(system, simulate(system, x0, babai), babai)
+    J_plain = trajectory_cost(system, simulate(system, x0, plain), plain)
+    keep_babai = J_babai <= J_plain
+    return np.where(keep_babai[:, None], babai, plain), np.where(keep_babai, J_babai, J_plain)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Linear systems: condensed QP + DAQP
+
+
+@dataclass(frozen=True, eq=False)
+class CondensedQP:
+    Phi: np.ndarray  # [N*n, n]: X = Phi x_0 + Gamma u
+    Gamma: np.ndarray  # [N*n, N]
+    H: np.ndarray  # [N, N] = 2 (Gamma' Qbar Gamma + R I)
+    F_x0: np.ndarray  # [n, N]: f(x_0) = x_0 @ F_x0 + f_target
+    f_target: np.ndarray  # [N]
+
+    def linear_term(self, x0: np.ndarray) -> np.ndarray:
+        """f(x_0) for a batch: x0 [B, n] -> [B, N]."""
+        return x0 @ self.F_x0 + self.f_target
+
+
+@functools.cache
+def condensed_qp(system: System) -> CondensedQP:
+    """The condensed QP of a linear system (module docstring), built once per system."""
+    n, N = system.n, system.steps
+    A, B = system.A, system.B
+    powers = [np.eye(n)]
+    for _ in range(N):
+        powers.append(A @ powers[-1])
+    Phi = np.vstack(powers[1:])  # row block k-1 holds A^k
+    Gamma = np.zeros((N * n, N))
+    for k in range(1, N + 1):  # x_k depends on u_j, j < k, through A^{k-1-j} B
+        for j in range(k):
+            Gamma[(k - 1) * n : k * n, j] = (powers[k - 1 - j] @ B)[:, 0]
+    Qbar = np.kron(np.eye(N), system.Q)
+    Qbar[-n:, -n:] = system.Qf
+    QG = Qbar @ Gamma
+    H = 2.0 * (Gamma.T @ QG + system.R * np.eye(N))
+    H = 0.5 * (H + H.T)  # exactly symmetric
+    X_target = np.tile(system.x_target, N)
+    return CondensedQP(Phi=Phi, Gamma=Gamma, H=H, F_x0=2.0 * Phi.T @ QG, f_target=-2.0 * X_target @ QG)
+
+
+def solve_linear(
+    system: System, x0: np.ndarray, decimals: int = 2, progress: Callable[[int], None] | None = None
+) -> ReferenceSolution:
+    """Exact optima of a linear system for a batch of initial states x0 [B, n] (DAQP, one solve each)."""
+    import daqp
+
+    qp = condensed_qp(system)
+    x0 = np.asarray(x0, dtype=float).reshape(-1, system.n)
+    N = system.steps
+    F = qp.linear_term(x0)
+    # DAQP: the bounds are "simple bounds" because A has no rows; H is factorised once in setup
+    model = daqp.Model()
+    model.setup(qp.H, np.zeros(N), np.zeros((0, N)), np.full(N, system.u_max), np.full(N, system.u_min))
+    # Resetting the active set before every solve makes each answer depend on its own x0 only (the same
+    # bits whatever the batch order); it is also faster here than warm-starting from the previous instance.
+    cold = np.zeros(N, dtype=np.int32)
+    U = np.empty((len(x0), N))
+    for i in range(len(x0)):
+        model.update(f=F[i].copy(), sense=cold)
+        u, _, exitflag, _ = model.solve()
+        if exitflag != 1:
+            raise RuntimeError(f"DAQP failed on {system.name} x0={x0[i].tolist()} (exitflag {exitflag})")
+        U[i] = u
+        if progress is not None and (i + 1) % 256 == 0:
+            progress(256)
+    if progress is not None and len(x0) % 256:
+        progress(len(x0) % 256)
+    U = snap_to_bounds(system, U, SNAP_TOL_QP)
+    J = trajectory_cost(system, simulate(system, x0, U), U)
+    u_label, J_label = round_for_label(system, x0, U, qp.H, decimals)
+    return ReferenceSolution(
+        u=U,
+        J=J,
+        u_label=u_label,
+        J_label=J_label,
+        kkt_residual=kkt_residual(system, U, U @ qp.H + F),  # grad of 1/2 u'Hu + f'u; H symmetric
+        starts_agreed=np.ones(len(x0), dtype=int),
+        starts_total=1,
+        solver=f"condensed QP, DAQP {_version('daqp')} (exact active set)",
+    )
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Nonlinear systems: multiple shooting + IPOPT, several starts, Newton polish
+
+
+@dataclass(frozen=True, eq=False)
+class _Nlp:
+    solver: object  # casadi nlpsol over (x_0, u_0, ..., x_N) with parameter x0
+    lbx: np.ndarray
+    ubx: np.ndarray
+    derivatives: object  # casadi Function (u[N], x0[n]) -> (J, dJ/du, d2J/du2), single shooting
+
+
+@functools.cache
+def _nlp(system: System) -> _Nlp:
+    import casadi as ca
+
+    n, N = system.n, system.steps
+    xs, us = ca.SX.sym("x", n), ca.SX.sym("u")
+    step = ca.Function(
+        "step", [xs, us], [ca.vertcat(*rk4_step(system.rhs, ca.vertsplit(xs), us, system.dt, ca))]
+    )
+    Q, Qf, xt = ca.DM(system.Q), ca.DM(system.Qf), ca.DM(system.x_target)
+
+    def cost(states, controls):  # the cost of lib/systems.py, term by term
+        J = 0
+        for k in range(N):
+            e = states[k] - xt
+            J += ca.mtimes([e.T, Q, e]) + system.R * controls[k] ** 2
+        e = states[N] - xt
+        return J + ca.mtimes([e.T, Qf, e])
+
+    p = ca.SX.sym("x0", n)
+    X = [ca.SX.sym(f"x_{k}", n) for k in range(N + 1)]
+    U = [ca.SX.sym(f"u_{k}") for k in range(N)]
+    w = []
+    for k in range(N):
+        w += [X[k], U[k]]
+    w.append(X[N])
+    g = [X[0] - p] + [X[k + 1] - step(X[k], U[k]) for k in range(N)]
+    nlp = {"x": ca.vertcat(*w), "p": p, "f": cost(X, U), "g": ca.vertcat(*g)}
+    solver = ca.nlpsol(f"ms_{system.name}", "ipopt", nlp, IPOPT_OPTIONS)
+    lbx, ubx = [], []
+    for _ in range(N):
+        lbx += [-np.inf] * n + [system.u_min]
+        ubx += [np.inf] * n + [system.u_max]
+    lbx += [-np.inf] * n
+    ubx += [np.inf] * n
+
+    # single shooting: the exact derivatives of the cost the grader computes, for the polish and the KKT
+    u_ss = ca.SX.sym("u", N)
+    states = [p]
+    for k in range(N):
+        states.append(step(states[k], u_ss[k]))
+    J_ss = cost(states, [u_ss[k] for k in range(N)])
+    H_ss, grad_ss = ca.hessian(J_ss, u_ss)
+    derivatives = ca.Function("derivatives", [u_ss, p], [J_ss, grad_ss, H_ss])
+    return _Nlp(solver=solver, lbx=np.array(lbx), ubx=np.array(ubx), derivatives=derivatives)
+
+
+def start_controls(system: System, x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The IPOPT starts for one instance x0 [n], in START_NAMES order: [len(START_NAMES), N]."""
+    N, half = system.steps, system.steps // 2
+    up = np.where(np.arange(N) < half, system.u_max, system.u_min)
+    return np.stack(
+        [
+            np.zeros(N),
+            clipped_lqr_controls(system, x0[None])[0],
+            up,
+            system.u_max + system.u_min - up,  # mirror of bang_up
+            rng.uniform(system.u_min, system.u_max, N),
+        ]
+    )
+
+
+def _derivatives(nlp: _Nlp, u: np.ndarray, x0: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    J, grad, H = nlp.derivatives(u, x0)
+    return float(J), np.asarray(grad).ravel(), np.asarray(H)
+
+
+def _newton_step(system: System, u: np.ndarray, grad: np.ndarray, H: np.ndarray) -> np.ndarray | None:
+    """The Newton point on the free controls with the active set fixed, or None (Hessian not PD there).
+
+    A free control the step would push across a bound joins the active set at that bound (its move d_c is
+    then fixed) and the step of the others is recomputed: H_ff d_f = -(g_f + H_fc d_c).
+    """
+    free = (u > system.u_min) & (u < system.u_max)
+    d = np.zeros_like(u)
+    while free.any():
+        fixed = ~free
+        try:
+            factor = scipy.linalg.cho_factor(H[np.ix_(free, free)])
+        except np.linalg.LinAlgError:
+            return None
+        d[free] = -scipy.linalg.cho_solve(factor, grad[free] + H[np.ix_(free, fixed)] @ d[fixed])
+        trial = u + d
+        crossing = free & ((trial > system.u_max) | (trial < system.u_min))
+        if not crossing.any():
+            return trial
+        d[crossing] = np.where(trial[crossing] > system.u_max, system.u_max, system.u_min) - u[crossing]
+        free &= ~crossing
+    return u + d
+
+
+def _polish(system: System, nlp: _Nlp, u: np.ndarray, x0: np.ndarray):
+    """Newton steps on the free controls (`_newton_step`); returns (u, grad, H) at the final u.
+
+    A step is kept when it lowers the KKT residual without raising J beyond rounding (1e-12 relative):
+    near the optimum a Newton step changes J by ~1e-15, below what float sums resolve.
+    """
+    J, grad, H = _derivatives(nlp, u, x0)
+    residual = kkt_residual(system, u[None], grad[None])[0]
+    for _ in range(POLISH_STEPS):
+        if residual < 1e-13:
+            break
+        trial = _newton_step(system, u, grad, H)
+        if trial is None:
+            break
+        trial = snap_to_bounds(system, trial, SNAP_TOL_NLP)
+        J_trial, grad_trial, H_trial = _derivatives(nlp, trial, x0)
+        residual_trial = kkt_residual(system, trial[None], grad_trial[None])[0]
+        if not (J_trial <= J + 1e-12 * max(1.0, abs(J)) and residual_trial < residual):
+            break
+        u, J, grad, H, residual = trial, J_trial, grad_trial, H_trial, residual_trial
+    return u, grad, H
+
+
+def _solve_one_nonlinear(system: System, x0: np.ndarray, rng: np.random.Generator) -> tuple:
+    """(u*, J*, kkt_residual, starts_agreed, Hessian at u*) for one initial state x0 [n]."""
+    nlp = _nlp(system)
+    n, N = system.n, system.steps
+    starts = start_controls(system, x0, rng)
+    guesses = simulate(system, np.repeat(x0[None], len(starts), 0), starts)  # consistent state guesses
+    candidates = []
+    for s in range(len(starts)):
+        w0 = np.concatenate(
+            [np.concatenate([guesses[s, :N], starts[s][:, None]], axis=1).ravel(), guesses[s, N]]
+        )
+        sol = nlp.solver(x0=w0, p=x0, lbx=nlp.lbx, ubx=nlp.ubx, lbg=0.0, ubg=0.0)
+        if nlp.solver.stats()["success"]:
+            w = np.asarray(sol["x"]).ravel()
+            candidates.append(w[n : N * (n + 1) : n + 1])  # u_k sits after x_k in (x_0, u_0, x_1, u_1, ...)
+    if not candidates:
+        raise RuntimeError(
+            f"IPOPT converged from none of {len(starts)} starts on {system.name} x0={x0.tolist()}"
+        )
+    U = snap_to_bounds(system, np.stack(candidates), SNAP_TOL_NLP)
+    J = trajectory_cost(system, simulate(system, np.repeat(x0[None], len(U), 0), U), U)
+    best = int(np.argmin(J))
+    agreed = int(np.sum(J - J[best] <= AGREE_RTOL * max(1.0, J[best])))
+    u, grad, H = _polish(system, nlp, U[best], x0)
+    J_best = trajectory_cost(system, simulate(system, x0[None], u[None]), u[None])[0]
+    return u, J_best, kkt_residual(system, u[None], grad[None])[0], agreed, H
+
+
+def _solve_instances(system: System, x0: np.ndarray, seed: int, first_index: int) -> list[tuple]:
+    rngs = [np.random.default_rng([seed, first_index + i]) for i in range(len(x0))]
+    return [_solve_one_nonlinear(system, x0[i], rngs[i]) for i in range(len(x0))]
+
+
+def _solve_in_worker(name: str, x0: np.ndarray, seed: int, first_index: int) -> list[tuple]:
+    # runs in a worker process: systems travel by name, the NLP is built once per process (cached)
+    return _solve_instances(SYSTEMS[name], x0, seed, first_index)
+
+
+def solve_nonlinear(
+    system: System,
+    x0: np.ndarray,
+    decimals: int = 2,
+    seed: int = 0,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ReferenceSolution:
+    """Best-of-starts optima of a nonlinear system for x0 [B, n]; instance i's random start uses (seed, i).
+
+    Each instance is solved independently of the others, so the result does not depend on `workers`.
+    Worker processes look the system up by name, so `workers > 1` needs a system from SYSTEMS.
+    """
+    import casadi
+
+    x0 = np.asarray(x0, dtype=float).reshape(-1, system.n)
+    chunks = [(i, x0[i : i + _CHUNK]) for i in range(0, len(x0), _CHUNK)]
+    results: list[tuple] = []
+    if workers <= 1 or len(chunks) <= 1:
+        for first, chunk in chunks:
+            results += _solve_instances(system, chunk, seed, first)
+            if progress is not None:
+                progress(len(chunk))
+    else:
+        if SYSTEMS.get(system.name) is not system:
+            raise ValueError(f"workers > 1 needs a registered system; '{system.name}' is not SYSTEMS' own")
+        # spawn, not fork: a clean interpreter per worker on every OS (fork is unsafe with threads)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_solve_in_worker, system.name, chunk, seed, first) for first, chunk in chunks
+            ]
+            for future, (_, chunk) in zip(
+                futures, chunks, strict=True
+            ):  # in order: results stay aligned with x0
+                results += future.result()
+                if progress is not None:
+                    progress(len(chunk))
+    N = system.steps
+    U = np.array([r[0] for r in results]).reshape(-1, N)
+    hessians = np.array([r[4] for r in results]).reshape(-1, N, N)
+    u_label, J_label = round_for_label(system, x0, U, hessians, decimals)
+    return ReferenceSolution(
+        u=U,
+        J=np.array([r[1] for r in results], dtype=float),
+        u_label=u_label,
+        J_label=J_label,
+        kkt_residual=np.array([r[2] for r in results], dtype=float),
+        starts_agreed=np.array([r[3] for r in results], dtype=int),
+        starts_total=len(START_NAMES),
+        solver=f"multiple shooting, CasADi {casadi.__version__} + IPOPT, best of {len(START_NAMES)} starts "
+        f"({', '.join(START_NAMES)}), Newton polish",
+    )
+
+
+def solve_reference(
+    system: System,
+    x0: np.ndarray,
+    decimals: int = 2,
+    seed: int = 0,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ReferenceSolution:
+    """Optimal controls for x0 [B, n]: the exact QP for linear systems, multi-start IPOPT otherwise."""
+    if system.is_linear:
+        return solve_linear(system, x0, decimals=decimals, progress=progress)
+    return solve_nonlinear(system, x0, decimals=decimals, seed=seed, workers=workers, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The old labels (baseline)
+
+
+@functools.cache
+def euler_lqr_gain(system: System) -> np.ndarray:
+    """Infinite-horizon discrete LQR gain K [1, n] on the forward-Euler model (the old research code)."""
+    A_d = np.eye(system.n) + system.dt * system.A_cont
+    B_d = system.dt * system.B_cont
+    R = np.array([[system.R]])
+    P = scipy.linalg.solve_discrete_are(A_d, B_d, system.Q, R)
+    return np.linalg.solve(R + B_d.T @ P @ B_d, B_d.T @ P @ A_d)
+
+
+def clipped_lqr_controls(system: System, x0: np.ndarray) -> np.ndarray:
+    """u_k = clip(-K (x_k - x_target)) in closed loop on the exact model; x0 [B, n] -> u [B, N]."""
+    K = euler_lqr_gain(system)[0]
+    x = np.asarray(x0, dtype=float).reshape(-1, system.n)
+    U = np.empty((len(x), system.steps))
+    for k in range(system.steps):
+        U[:, k] = np.clip(-(x - system.x_target) @ K, system.u_min, system.u_max)
+        x = system.step(x, U[:, k])
+    return U

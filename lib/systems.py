@@ -1,0 +1,318 @@
+"""Control systems, the one simulator and the one cost (DESIGN.md 3).
+
+A system is data (bounds, horizon, weights, target, sampling boxes, prompt text) plus its discrete-time step.
+Linear systems use the exact zero-order-hold (ZOH) discretisation: with u held constant over a step of dt,
+    x_{k+1} = A x_k + B u_k,   A = e^{Ac dt},   B = integral_0^dt e^{Ac s} ds Bc,
+both read off one matrix exponential expm([[Ac, Bc], [0, 0]] dt) = [[A, B], [0, I]].
+Nonlinear systems use one classical RK4 step of length dt per control step (u constant over the step);
+`rk4_step` is written once and evaluated both on numpy arrays (here) and on CasADi symbols (references.py),
+so the optimiser and the grader integrate the same arithmetic.
+
+`simulate` is the only simulator: labels, rewards, metrics and plots all call it. It never clips anything:
+a control outside the bounds is simulated as written (metrics.py then reports it as infeasible).
+
+Cost, the same everywhere (labels, metrics, rewards, prompts), with e_k = x_k - x_target:
+    J(x_0, u) = sum_{k=0}^{N-1} ( e_k' Q e_k + R u_k^2 ) + e_N' Qf e_N
+a plain sum over the N steps: no dt factor and no 1/2, so the prompt can state it exactly as computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+import scipy.linalg
+
+from lib.errors import UsageError
+
+# f(x_components, u, ops) -> dx/dt components; ops is numpy or casadi (both have sin, cos)
+Rhs = Callable[[Sequence, object, ModuleType], Sequence]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashable by identity, so per-system caches can key on it
+class System:
+    name: str
+    title: str  # short human name for the prompt
+    description: str  # physical description and dynamics, for the prompt
+    state_names: tuple[str, ...]
+    state_units: tuple[str, ...]
+    control_name: str
+    control_unit: str
+    dt: float
+    steps: int
+    u_min: float
+    u_max: float
+    Q: np.ndarray  # [n, n] stage weight on x - x_target
+    R: float  # stage weight on u^2
+    Qf: np.ndarray  # [n, n] terminal weight on x_N - x_target
+    x_target: np.ndarray  # [n]
+    x0_box: tuple[tuple[float, float], ...]  # default initial-state box, (low, high) per state
+    x0_box_wide: tuple[tuple[float, float], ...]  # the wider box (--wide)
+    # Continuous-time model x' = Ac x + Bc u: the exact model of a linear system, the linearisation at
+    # (x_target, u = 0) for a nonlinear one (used only by the clipped-LQR baseline).
+    A_cont: np.ndarray
+    B_cont: np.ndarray  # [n, 1]
+    A: np.ndarray | None = None  # [n, n] exact ZOH matrices of a linear system; None when nonlinear
+    B: np.ndarray | None = None  # [n, 1]
+    rhs: Rhs | None = None  # continuous-time right-hand side of a nonlinear system (RK4-integrated)
+
+    @property
+    def n(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def is_linear(self) -> bool:
+        return self.A is not None
+
+    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """One discrete step for a batch: x [B, n], u [B] -> x_next [B, n]."""
+        if self.A is not None:
+            return x @ self.A.T + u[:, None] * self.B[:, 0]
+        cols = rk4_step(self.rhs, [x[:, i] for i in range(self.n)], u, self.dt, np)
+        return np.stack(cols, axis=1)
+
+
+def rk4_step(rhs: Rhs, x: Sequence, u, dt: float, ops: ModuleType) -> list:
+    """Classical RK4 over one step with u held constant; x is a list of state components.
+
+    Written on components (not vectors) so the same lines run on numpy columns and on CasADi scalars.
+    """
+    k1 = rhs(x, u, ops)
+    k2 = rhs([xi + (0.5 * dt) * ki for xi, ki in zip(x, k1, strict=True)], u, ops)
+    k3 = rhs([xi + (0.5 * dt) * ki for xi, ki in zip(x, k2, strict=True)], u, ops)
+    k4 = rhs([xi + dt * ki for xi, ki in zip(x, k3, strict=True)], u, ops)
+    return [
+        xi + (dt / 6.0) * (a + 2.0 * b + 2.0 * c + d)
+        for xi, a, b, c, d in zip(x, k1, k2, k3, k4, strict=True)
+    ]
+
+
+def zoh(A_cont: np.ndarray, B_cont: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact zero-order-hold discretisation via one matrix exponential (see the module docstring)."""
+    n, m = B_cont.shape
+    M = np.zeros((n + m, n + m))
+    M[:n, :n] = A_cont
+    M[:n, n:] = B_cont
+    E = scipy.linalg.expm(M * dt)
+    return E[:n, :n], E[:n, n:]
+
+
+def simulate(system: System, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Roll the system out: x0 [B, n], u [B, N] -> states [B, N+1, n] (states[:, 0] = x0). No clipping."""
+    x0 = np.asarray(x0, dtype=float)
+    u = np.asarray(u, dtype=float)
+    batch, steps = u.shape
+    states = np.empty((batch, steps + 1, system.n))
+    states[:, 0] = x0
+    # a diverging rollout (controls far outside the bounds) may overflow to inf/nan; that is its answer
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(steps):
+            states[:, k + 1] = system.step(states[:, k], u[:, k])
+    return states
+
+
+def trajectory_cost(system: System, states: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """J = sum_{k<N} (e_k'Q e_k + R u_k^2) + e_N'Qf e_N with e = x - x_target; states [B,N+1,n], u [B,N]."""
+    e = states - system.x_target
+    with np.errstate(over="ignore", invalid="ignore"):
+        stage = np.einsum("bki,ij,bkj->b", e[:, :-1], system.Q, e[:, :-1]) + system.R * np.sum(u * u, axis=1)
+        terminal = np.einsum("bi,ij,bj->b", e[:, -1], system.Qf, e[:, -1])
+    return stage + terminal
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The systems
+
+
+def _double_integrator() -> System:
+    Ac = np.array([[0.0, 1.0], [0.0, 0.0]])
+    Bc = np.array([[0.0], [1.0]])
+    dt = 0.1
+    A, B = zoh(Ac, Bc, dt)  # = [[1, dt], [0, 1]], [[dt^2/2], [dt]] = [[0.005], [0.1]]
+    return System(
+        name="double_integrator",
+        title="double integrator",
+        description=(
+            "A unit mass moves on a frictionless line: p is its position, v its velocity, and the control is "
+            "its acceleration. Dynamics p'' = u, discretised exactly with zero-order "
+            "hold (u constant over each step): p_{k+1} = p_k + 0.1 v_k + 0.005 u_k, v_{k+1} = v_k + 0.1 u_k."
+        ),
+        state_names=("p", "v"),
+        state_units=("m", "m/s"),
+        control_name="acceleration",
+        control_unit="m/s^2",
+        dt=dt,
+        steps=50,
+        u_min=-3.0,
+        u_max=3.0,
+        Q=np.diag([1.0, 1.0]),
+        R=0.1,
+        Qf=np.diag([10.0, 10.0]),
+        x_target=np.zeros(2),
+        x0_box=((-0.8, 0.8), (-0.8, 0.8)),  # the original project's box
+        x0_box_wide=((-2.0, 2.0), (-2.0, 2.0)),
+        A_cont=Ac,
+        B_cont=Bc,
+        A=A,
+        B=B,
+    )
+
+
+VDP_MU = 1.0
+
+
+def _van_der_pol_rhs(x, u, ops):
+    # x1' = x2,  x2' = mu (1 - x1^2) x2 - x1 + u
+    return (x[1], VDP_MU * (1.0 - x[0] * x[0]) * x[1] - x[0] + u)
+
+
+def _van_der_pol() -> System:
+    return System(
+        name="van_der_pol",
+        title="Van der Pol oscillator",
+        description=(
+            "A Van der Pol oscillator (mu = 1): without control it settles on a limit cycle of amplitude "
+            "about 2, and the origin is unstable. Dynamics x1' = x2, "
+            "x2' = mu (1 - x1^2) x2 - x1 + u, integrated with one classical RK4 step per control step "
+            "(u constant over the step)."
+        ),
+        state_names=("x1", "x2"),
+        state_units=("-", "-"),
+        control_name="force",
+        control_unit="-",
+        dt=0.1,
+        steps=50,
+        u_min=-1.0,
+        u_max=1.0,
+        Q=np.diag([1.0, 1.0]),
+        R=0.1,
+        Qf=np.diag([10.0, 10.0]),
+        x_target=np.zeros(2),
+        x0_box=((-1.0, 1.0), (-1.0, 1.0)),
+        x0_box_wide=((-2.0, 2.0), (-2.0, 2.0)),
+        A_cont=np.array([[0.0, 1.0], [-1.0, VDP_MU]]),  # Jacobian at the origin
+        B_cont=np.array([[0.0], [1.0]]),
+        rhs=_van_der_pol_rhs,
+    )
+
+
+# two masses m1 = m2 = 1 kg joined by a spring k = 1 N/m, force u on mass 1, no friction
+MS_K = 1.0
+MS_M1 = 1.0
+MS_M2 = 1.0
+
+
+def _two_mass_spring() -> System:
+    # state (p1, v1, p2, v2): p1'' = (-k (p1 - p2) + u) / m1,  p2'' = k (p1 - p2) / m2
+    Ac = np.array(
+        [
+            [0.0, 1.0, 0.0, 0.0],
+            [-MS_K / MS_M1, 0.0, MS_K / MS_M1, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+            [MS_K / MS_M2, 0.0, -MS_K / MS_M2, 0.0],
+        ]
+    )
+    Bc = np.array([[0.0], [1.0 / MS_M1], [0.0], [0.0]])
+    dt = 0.2
+    A, B = zoh(Ac, Bc, dt)
+    return System(
+        name="two_mass_spring",
+        title="two masses and a spring",
+        description=(
+            "Two carts of mass 1 kg on a frictionless track are joined by a spring of stiffness 1 N/m "
+            "(rest length 0: p1 - p2 is the stretch); p1, p2 are their positions, v1, v2 their velocities, and "
+            "the control is a force on cart 1 only. Dynamics p1'' = -(p1 - p2) + u, p2'' = (p1 - p2), discretised "
+            "exactly with zero-order hold (u constant over each step)."
+        ),
+        state_names=("p1", "v1", "p2", "v2"),
+        state_units=("m", "m/s", "m", "m/s"),
+        control_name="force on cart 1",
+        control_unit="N",
+        dt=dt,
+        steps=50,  # 10 s: the spring mode has period 2 pi / sqrt(2) = 4.4 s, so two oscillations fit
+        u_min=-1.0,
+        u_max=1.0,
+        Q=np.eye(4),
+        R=0.1,
+        Qf=10.0 * np.eye(4),
+        x_target=np.zeros(4),
+        x0_box=((-0.5, 0.5),) * 4,
+        x0_box_wide=((-1.0, 1.0),) * 4,
+        A_cont=Ac,
+        B_cont=Bc,
+        A=A,
+        B=B,
+    )
+
+
+PEND_G = 9.81  # m/s^2
+PEND_L = 1.0  # m
+PEND_M = 1.0  # kg
+PEND_B = 0.1  # N m s / rad, viscous friction
+
+
+def _pendulum_rhs(x, u, ops):
+    # theta measured from hanging down: m l^2 theta'' = -m g l sin(theta) - b theta' + u
+    return (
+        x[1],
+        -(PEND_G / PEND_L) * ops.sin(x[0])
+        - (PEND_B / (PEND_M * PEND_L * PEND_L)) * x[1]
+        + u / (PEND_M * PEND_L * PEND_L),
+    )
+
+
+def _pendulum() -> System:
+    return System(
+        name="pendulum",
+        title="pendulum swing-up",
+        description=(
+            "A pendulum (mass 1 kg on a massless rod of 1 m, g = 9.81 m/s^2, viscous friction 0.1 N m s/rad) "
+            "starts near hanging down and must be swung up to upright. The torque limit (4 N m) is well "
+            "below m g l = 9.81 N m, so it cannot be lifted directly and has to be pumped. "
+            "The angle theta is measured from hanging down (upright is theta = pi; the cost "
+            "does not wrap angles, so -pi is 2 pi away from the target). Dynamics theta' = omega, "
+            "omega' = -9.81 sin(theta) - 0.1 omega + u, integrated with one classical RK4 step per control "
+            "step (u constant over the step)."
+        ),
+        state_names=("theta", "omega"),
+        state_units=("rad", "rad/s"),
+        control_name="torque",
+        control_unit="N m",
+        dt=0.1,
+        # 4 s. An open-loop answer cannot hold the unstable upright for long: each second spent balancing
+        # multiplies the effect of a control error by e^{sqrt(g/l)} = e^3.13 ~ 23, so a 2-decimal label that
+        # arrives early and balances for 3 s is off by ~1e4 x its rounding. With 4 s and the boxes below the
+        # optimal swing-up arrives near the end, and labels stay within 1e-6 of J* (tests/test_references.py).
+        steps=40,
+        u_min=-4.0,  # below m g l = 9.81 N m: the swing-up needs at least one pump
+        u_max=4.0,
+        Q=np.diag([1.0, 0.1]),
+        R=0.01,
+        Qf=np.diag([100.0, 10.0]),
+        x_target=np.array([math.pi, 0.0]),
+        x0_box=((-0.5, 0.5), (-0.5, 0.5)),
+        x0_box_wide=((-1.0, 1.0), (-1.0, 1.0)),  # starts with more energy reach the top early (see steps)
+        # linearisation at upright: sin(pi + d) = -d, so d'' = (g/l) d - b/(m l^2) d' + u/(m l^2)
+        A_cont=np.array([[0.0, 1.0], [PEND_G / PEND_L, -PEND_B / (PEND_M * PEND_L**2)]]),
+        B_cont=np.array([[0.0], [1.0 / (PEND_M * PEND_L**2)]]),
+        rhs=_pendulum_rhs,
+    )
+
+
+SYSTEMS: dict[str, System] = {
+    s.name: s for s in (_double_integrator(), _van_der_pol(), _two_mass_spring(), _pendulum())
+}
+
+
+def get_system(name: str) -> System:
+    """The system called `name`; UsageError listing the valid names otherwise."""
+    try:
+        return SYSTEMS[name]
+    except KeyError:
+        valid = ", ".join(SYSTEMS)
+        raise UsageError(
+            f"unknown system '{name}'. Valid systems: {valid}.", fix=f"pick one or more of: {valid}"
+        ) from None

@@ -1,0 +1,174 @@
+"""Prompt and answer format (lib/answer.py): a strict, total parser and labels whose reasoning is true."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib.answer import (
+    TAGS,
+    build_prompt,
+    format_answer,
+    format_answers,
+    format_controls,
+    parse_controls,
+)
+from lib.dataset import sample_initial_states
+from lib.references import solve_reference
+from lib.systems import SYSTEMS, get_system, simulate, trajectory_cost
+
+
+def answer(body: str, reasoning: str = "r") -> str:
+    return f"<REASONING>{reasoning}</REASONING><CONTROLS>{body}</CONTROLS>"
+
+
+# text made of the pieces answers are made of, so the fuzzer reaches deep into the parser
+_piece = st.sampled_from(
+    [
+        *TAGS,
+        ",",
+        ", ",
+        " ",
+        "\n",
+        "-",
+        "+",
+        ".",
+        "e",
+        "E",
+        "1",
+        "0.5",
+        "-3.00",
+        "inf",
+        "nan",
+        "1e999",
+        "x",
+        "٣",
+    ]
+)
+_near_answers = st.lists(_piece, max_size=60).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(), _near_answers), count=st.integers(min_value=0, max_value=5))
+def test_parser_never_raises_and_only_accepts_exact_counts_of_finite_numbers(text, count):
+    result = parse_controls(text, count)
+    assert isinstance(result.ok, bool) and isinstance(result.reason, str)
+    if result.ok:
+        assert result.reason == "" and len(result.values) == count and np.all(np.isfinite(result.values))
+    else:
+        assert result.values is None and result.reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=60),
+    decimals=st.integers(min_value=0, max_value=6),
+)
+def test_formatted_controls_round_trip_to_the_printed_values(values, decimals):
+    text = format_controls(np.array(values), decimals)
+    result = parse_controls(answer(text), len(values))
+    assert result.ok, result.reason
+    printed = [float(token) for token in text.split(", ")]
+    np.testing.assert_array_equal(result.values, printed)
+    assert not any(t.startswith("-") and float(t) == 0 for t in text.split(", "))  # no negative zero
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("1, 2", "missing tag <REASONING>"),
+        ("<REASONING>a</REASONING>", "missing tag <CONTROLS>"),
+        ("<REASONING>a</REASONING><CONTROLS>1, 2", "missing tag </CONTROLS>"),
+        ("<CONTROLS>1, 2</CONTROLS><REASONING>a</REASONING>", "tags out of order"),
+        (answer("1, 2") + answer("1, 2"), "appears 2 times"),
+        ("Sure! " + answer("1, 2"), "text outside"),
+        (answer("1, 2") + " done", "text outside"),
+        (answer(" "), "empty <CONTROLS> block"),
+        (answer("1, 2, 3"), "wrong count: got 3 comma-separated entries, expected 2"),
+        (answer("1"), "wrong count: got 1 comma-separated entries, expected 2"),
+        (answer("1, 2,"), "wrong count: got 3"),
+        (answer("1, abc"), "not a number at u_1: 'abc'"),
+        (answer("1,"), "not a number at u_1: ''"),
+        (answer("1, 1_000"), "not a number at u_1"),
+        (answer("1, ٣"), "not a number at u_1"),
+        (answer("nan, 1"), "non-finite value at u_0: 'nan'"),
+        (answer("1, -inf"), "non-finite value at u_1"),
+        (answer("1e999, 1"), "non-finite value at u_0"),
+    ],
+)
+def test_parser_names_what_is_wrong(text, reason):
+    result = parse_controls(text, 2)
+    assert not result.ok
+    assert reason in result.reason
+
+
+def test_parser_accepts_whitespace_and_signs():
+    result = parse_controls("\n <REASONING>x</REASONING>\n<CONTROLS> +1.50 ,-2,\n.5 </CONTROLS>\n", 3)
+    assert result.ok
+    np.testing.assert_array_equal(result.values, [1.5, -2.0, 0.5])
+
+
+def test_parser_is_total_on_non_strings():
+    assert not parse_controls(None, 3).ok  # type: ignore[arg-type]
+    assert "not a string" in parse_controls(b"<REASONING>", 3).reason  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=list(SYSTEMS))
+def labelled(request):
+    system = get_system(request.param)
+    x0 = sample_initial_states(system, 40 if system.is_linear else 2, seed=11, wide=True)
+    ref = solve_reference(system, x0)
+    return system, x0, ref, format_answers(system, x0, ref.u_label, ref.J)
+
+
+def test_every_label_round_trips_through_the_parser(labelled):
+    system, _, ref, answers = labelled
+    for text, u in zip(answers, ref.u_label, strict=True):
+        result = parse_controls(text, system.steps)
+        assert result.ok, result.reason
+        np.testing.assert_array_equal(result.values, u)
+
+
+def test_label_reasoning_states_true_instance_facts(labelled):
+    system, x0, ref, answers = labelled
+    N = system.steps
+    for i, text in enumerate(answers):
+        reasoning = text[len("<REASONING>") : text.index("</REASONING>")]
+        final = simulate(system, x0[i : i + 1], ref.u_label[i : i + 1])[0, -1]
+        assert f"x_{N} = ({', '.join(f'{v:.3f}' for v in final)})".replace("-0.000", "0.000") in reasoning
+        assert f"J* = {ref.J[i]:.4g}" in reasoning
+        assert f"J = {ref.J_label[i]:.4g}" in reasoning
+        zero = np.zeros((1, N))
+        assert (
+            f"J0 = {trajectory_cost(system, simulate(system, x0[i : i + 1], zero), zero)[0]:.4g}" in reasoning
+        )
+        upper = np.flatnonzero(ref.u_label[i] == system.u_max)
+        if upper.size:
+            assert f"upper bound {system.u_max:.2f} at step" in reasoning
+            first = re.search(r"upper bound [-\d.]+ at steps? (\d+)", reasoning).group(1)
+            assert int(first) == upper[0]
+        if not ((ref.u_label[i] == system.u_max) | (ref.u_label[i] == system.u_min)).any():
+            assert "No control reaches a bound." in reasoning
+    assert len(set(a[: a.index("<CONTROLS>")] for a in answers)) == len(answers)  # no two alike
+
+
+def test_prompt_shows_the_rounded_state_the_horizon_and_the_format():
+    system = get_system("double_integrator")
+    messages = build_prompt(system, np.array([0.123456, -0.5]), decimals=2)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    user = messages[1]["content"]
+    assert "x_0 = (0.12, -0.50)" in user
+    assert "-3 <= u_k <= 3" in user and "dt = 0.1 s" in user and "N = 50 steps" in user
+    assert "exactly 50 comma-separated numbers with 2 decimals" in user
+    assert "Q = diag(1, 1), R = 0.1, Qf = diag(10, 10)" in user
+    three = build_prompt(system, np.array([0.123456, -0.5]), decimals=3)[1]["content"]
+    assert "x_0 = (0.123, -0.500)" in three and "with 3 decimals" in three
+
+
+def test_format_answer_matches_the_batch_version(labelled):
+    system, x0, ref, answers = labelled
+    assert format_answer(system, x0[0], ref.u_label[0], ref.J[0]) == answers[0]

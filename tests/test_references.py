@@ -1,0 +1,161 @@
+"""Exact references (lib/references.py): certified optima, labels on the printed grid, the old baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lib.dataset import sample_initial_states
+from lib.references import (
+    KKT_TOL_LINEAR,
+    START_NAMES,
+    _derivatives,
+    _nlp,
+    clipped_lqr_controls,
+    condensed_qp,
+    round_plain,
+    solve_reference,
+    start_controls,
+)
+from lib.systems import SYSTEMS, get_system, simulate, trajectory_cost
+
+LINEAR = [name for name, s in SYSTEMS.items() if s.is_linear]
+NONLINEAR = [name for name, s in SYSTEMS.items() if not s.is_linear]
+
+
+def cost(system, x0, u):
+    return trajectory_cost(system, simulate(system, x0, u), u)
+
+
+@pytest.fixture(scope="module", params=[(name, wide) for name in LINEAR for wide in (False, True)])
+def linear_case(request):
+    name, wide = request.param
+    system = get_system(name)
+    x0 = sample_initial_states(system, 300, seed=7, wide=wide)
+    return system, x0, solve_reference(system, x0)
+
+
+def test_linear_optima_are_feasible_certified_and_simulate_to_their_cost(linear_case):
+    system, x0, ref = linear_case
+    assert np.all((ref.u >= system.u_min) & (ref.u <= system.u_max))
+    assert ref.kkt_residual.max() <= KKT_TOL_LINEAR
+    np.testing.assert_array_equal(ref.J, cost(system, x0, ref.u))
+    assert ref.starts_total == 1 and np.all(ref.starts_agreed == 1)
+
+
+def test_linear_boxes_exercise_the_bounds(linear_case):
+    system, _, ref = linear_case
+    saturated = (ref.u == system.u_min) | (ref.u == system.u_max)
+    assert saturated.any(axis=1).mean() > 0.01  # otherwise the bound handling would go untested
+
+
+def test_no_feasible_perturbation_lowers_a_linear_optimum(linear_case):
+    system, x0, ref = linear_case
+    rng = np.random.default_rng(3)
+    for scale in (1e-4, 1e-2, 1.0):
+        for _ in range(5):
+            u = np.clip(ref.u + scale * rng.standard_normal(ref.u.shape), system.u_min, system.u_max)
+            assert np.all(cost(system, x0, u) >= ref.J - 1e-9 * np.maximum(1.0, ref.J))
+
+
+SHIFTED_TARGET = dataclasses.replace(get_system("double_integrator"), x_target=np.array([0.5, 0.0]))
+
+
+@pytest.mark.parametrize(
+    "system", [*(get_system(name) for name in LINEAR), SHIFTED_TARGET], ids=[*LINEAR, "shifted_target"]
+)
+def test_condensed_gradient_is_the_gradient_of_the_simulated_cost(system):
+    # the certificate is computed on the condensed QP: it must be the derivative of what the grader simulates
+    qp = condensed_qp(system)
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, size=(1, system.n))
+    u = rng.uniform(system.u_min, system.u_max, size=(1, system.steps))
+    grad = u @ qp.H + qp.linear_term(x0)
+    h = 1e-5
+    for k in (0, system.steps // 2, system.steps - 1):
+        e = np.zeros_like(u)
+        e[0, k] = h
+        numeric = (cost(system, x0, u + e) - cost(system, x0, u - e))[0] / (2 * h)
+        assert numeric == pytest.approx(grad[0, k], rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("name", NONLINEAR)
+def test_casadi_cost_and_gradient_are_the_simulated_ones(name):
+    # IPOPT optimises, and the KKT residual checks, CasADi's copy of the cost: it must be the grader's
+    system = get_system(name)
+    rng = np.random.default_rng(6)
+    x0 = sample_initial_states(system, 1, seed=6, wide=True)
+    u = rng.uniform(system.u_min, system.u_max, size=(1, system.steps))
+    J, grad, _ = _derivatives(_nlp(system), u[0], x0[0])
+    assert cost(system, x0, u)[0] == pytest.approx(J, rel=1e-12)
+    h = 1e-6
+    for k in (0, system.steps - 1):
+        e = np.zeros_like(u)
+        e[0, k] = h
+        numeric = (cost(system, x0, u + e) - cost(system, x0, u - e))[0] / (2 * h)
+        assert numeric == pytest.approx(grad[k], rel=1e-5, abs=1e-6)
+
+
+def test_linear_solution_does_not_depend_on_the_batch():
+    system = get_system("double_integrator")
+    x0 = sample_initial_states(system, 50, seed=1, wide=True)
+    together = solve_reference(system, x0)
+    alone = solve_reference(system, x0[::-1][:7])
+    np.testing.assert_array_equal(alone.u, together.u[::-1][:7])
+
+
+@pytest.fixture(scope="module", params=NONLINEAR)
+def nonlinear_case(request):
+    system = get_system(request.param)
+    x0 = sample_initial_states(system, 3, seed=5, wide=True)
+    return system, x0, solve_reference(system, x0, seed=5)
+
+
+def test_nonlinear_optimum_beats_zero_control_lqr_and_every_start(nonlinear_case):
+    system, x0, ref = nonlinear_case
+    assert np.all((ref.u >= system.u_min) & (ref.u <= system.u_max))
+    np.testing.assert_array_equal(ref.J, cost(system, x0, ref.u))
+    assert np.all(cost(system, x0, np.zeros_like(ref.u)) >= ref.J)
+    assert np.all(cost(system, x0, clipped_lqr_controls(system, x0)) >= ref.J)
+    for i in range(len(x0)):
+        starts = start_controls(system, x0[i], np.random.default_rng([5, i]))
+        assert len(starts) == len(START_NAMES) == ref.starts_total
+        assert ref.J[i] <= cost(system, np.repeat(x0[i : i + 1], len(starts), 0), starts).min()
+    assert np.all((ref.starts_agreed >= 1) & (ref.starts_agreed <= ref.starts_total))
+
+
+def test_nonlinear_optimum_is_a_polished_local_minimum(nonlinear_case):
+    system, x0, ref = nonlinear_case
+    assert ref.kkt_residual.max() <= 1e-6
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        u = np.clip(ref.u + 1e-3 * rng.standard_normal(ref.u.shape), system.u_min, system.u_max)
+        assert np.all(cost(system, x0, u) >= ref.J - 1e-9 * ref.J)
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_labels_are_printable_and_beat_plain_rounding(name):
+    system = get_system(name)
+    x0 = sample_initial_states(system, 200 if system.is_linear else 3, seed=2)
+    ref = solve_reference(system, x0, decimals=2)
+    np.testing.assert_array_equal(ref.u_label, np.round(ref.u_label * 100) / 100)  # on the grid
+    assert np.all((ref.u_label >= system.u_min) & (ref.u_label <= system.u_max))
+    np.testing.assert_array_equal(ref.J_label, cost(system, x0, ref.u_label))
+    plain = round_plain(system, ref.u, 2)
+    assert np.all(ref.J_label <= cost(system, x0, plain))
+    assert np.all(ref.J_label >= ref.J - 1e-9 * ref.J)
+    floor = 0.01 * np.median(ref.J)
+    assert np.max((ref.J_label - ref.J) / np.maximum(ref.J, floor)) < 0.01  # labels pass success@1%
+
+
+def test_old_baseline_is_clipped_and_differs_from_the_optimum():
+    system = get_system("two_mass_spring")
+    x0 = sample_initial_states(system, 100, seed=9, wide=True)
+    u = clipped_lqr_controls(system, x0)
+    assert np.all((u >= system.u_min) & (u <= system.u_max))
+    assert np.any(u == system.u_max) and np.any(u == system.u_min)
+    ref = solve_reference(system, x0)
+    ratio = cost(system, x0, u) / ref.J
+    assert ratio.min() >= 1.0 - 1e-12 and np.median(ratio) > 1.01
