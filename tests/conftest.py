@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,6 +22,16 @@ def run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.Completed
 
 def run_python(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return run([sys.executable, *args], **kwargs)
+
+
+def load_script(name: str):
+    """A script under scripts/ as a module (scripts/ is not a package), for in-process tests."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -72,18 +72,16 @@ def test_self_extension_is_a_cycle(tmp_path):
 
 def test_no_file_gives_the_schema_defaults():
     cfg = resolve_config(None)
-    assert cfg == {
-        "model_type": "control",
-        "seed": 42,
-        "device": {
-            "type": "auto",
-            "force_cpu": False,
-            "precision": "auto",
-            "mps_high_watermark_ratio": 0.8,
-            "mps_low_watermark_ratio": 0.0,
-            "unsloth": "auto",
-            "vllm": "auto",
-        },
+    assert (cfg["model_type"], cfg["seed"], cfg["training_type"]) == ("control", 42, "sft")
+    assert cfg["grpo"]["rewards"] == {"format": 1.0, "feasibility": 1.0, "optimality": 2.0, "terminal": 0.5}
+    assert cfg["device"] == {
+        "type": "auto",
+        "force_cpu": False,
+        "precision": "auto",
+        "mps_high_watermark_ratio": 0.8,
+        "mps_low_watermark_ratio": 0.0,
+        "unsloth": "auto",
+        "vllm": "auto",
     }
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
-from conftest import ROOT, run_python
+from conftest import load_script, run_python
 
 from lib.errors import UsageError
 from lib.systems import SYSTEMS
@@ -16,13 +15,6 @@ SCRIPT = "scripts/generate_data.py"
 
 def generate(out, *args):
     return run_python([SCRIPT, "--output-dir", str(out), *args])
-
-
-def load_main(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def test_smoke_command_from_the_original_project(tmp_path):
@@ -117,13 +109,13 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path):
     ],
 )
 def test_bad_usage_is_refused_before_any_work(tmp_path, args, message):
-    main = load_main("generate_data")
+    main = load_script("generate_data").main
     with pytest.raises(UsageError, match=message):
         main(["--output-dir", str(tmp_path), *args])
 
 
 def test_bench_quick_run_writes_json_and_table(tmp_path):
-    main = load_main("bench")
+    main = load_script("bench").main
     out = tmp_path / "bench"
     assert (
         main(

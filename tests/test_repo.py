@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT, run
+from conftest import ROOT, load_script, run
 
 
 def make_targets() -> list[str]:
@@ -29,11 +29,7 @@ def test_second_install_reinstalls_nothing():
 
 
 def test_install_stamp_changes_when_requirements_change(monkeypatch, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("setup_env", ROOT / "scripts" / "setup_env.py")
-    setup_env = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(setup_env)
+    setup_env = load_script("setup_env")
     before = setup_env.install_stamp(setup_env.BASE_FILES)
     for name in setup_env.BASE_FILES:
         (tmp_path / name).write_bytes((ROOT / name).read_bytes())
@@ -61,7 +57,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_pins_are_exact():
-    for name in ("requirements.txt", "requirements-cuda.txt", "constraints.txt"):
+    for name in ("requirements.txt", "requirements-cuda.txt", "requirements-model.txt", "constraints.txt"):
         for line in (ROOT / name).read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):

@@ -1,0 +1,45 @@
+"""Train from one config: SFT, GRPO, or both in one process, on CUDA, Apple MPS or CPU.
+
+Usage:
+    make train CONFIG=configs/control/smollm2_cpu.yaml
+    python scripts/main_trainer.py --config configs/control/smollm2_cpu.yaml data.dataset_name=test_di
+    python scripts/main_trainer.py --config FILE training_type=both run.run_id=exp1 --resume
+
+Overrides are `key.sub=value` after the config (see schemas/control.schema.json). The config's
+`model_type` picks the model family: `control` (the language-model controller). Runs are written to
+models/<system or universal>/<sft|grpo>/<run_id>/ (lib/training.py). Exit codes: 0 done, 1 failed,
+2 bad config or input, 130 stopped by SIGTERM / Ctrl-C with a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
+
+from lib.errors import run_cli  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lib.config import resolve_config
+    from lib.training import train_from_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a YAML or JSON config (configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--resume", action="store_true", help="continue run.run_id (default: the newest run)")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args.config, args.overrides)
+    command = ["python", "scripts/main_trainer.py", *(sys.argv[1:] if argv is None else argv)]
+    return train_from_config(cfg, command, args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

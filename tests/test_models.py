@@ -1,0 +1,48 @@
+"""Model names: the embedded SmolLM2 (from its wheel), local folders, hub names, and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib.errors import UsageError
+from lib.models import embedded_gguf_path, resolve_model_name
+
+
+def test_the_embedded_gguf_is_installed_by_make_install():
+    path = embedded_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.stat().st_size > 90_000_000
+
+
+def test_local_folders_and_hub_names(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model_name(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_name("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
+    with pytest.raises(UsageError, match="has no config.json"):
+        resolve_model_name(str(tmp_path.parent))
+    with pytest.raises(UsageError, match="model folder not found"):
+        resolve_model_name("./no/such/model")
+
+
+@pytest.mark.slow
+def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
+    """About 30 s and 520 MB: dequantise the GGUF into a plain folder, reload it, and ask it something."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("CONTROL_LLM_CACHE", str(tmp_path))
+    path = resolve_model_name("embedded")
+    assert (
+        path.startswith(str(tmp_path)) and resolve_model_name("embedded") == path
+    )  # the second call reuses it
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2? Answer briefly."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "4" in answer

@@ -1,0 +1,316 @@
+"""Training recipes on a tiny model: SFT then GRPO, run folders, resume after SIGTERM, and bad input.
+
+The tiny model (2 layers, hidden 32, a BPE tokenizer trained on the dataset's text) is randomly
+initialised, so its numbers are checkable: the first SFT losses are close to ln(vocabulary size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, load_script
+
+from lib.errors import EXIT_INTERRUPTED, EXIT_USAGE, run_cli
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A two-system dataset and a tiny model trained on its text, shared by the tests of this module."""
+    from lib.models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("training")
+    code = load_script("generate_data").main(
+        [
+            "--systems",
+            "double_integrator",
+            "van_der_pol",
+            "--total-samples",
+            "24",
+            "--dataset-name",
+            "mix",
+            "--output-dir",
+            str(root / "datasets"),
+        ]
+    )
+    assert code == 0
+    records = [
+        json.loads(line) for line in (root / "datasets" / "mix" / "train.jsonl").read_text().splitlines()
+    ]
+    corpus = [m["content"] for r in records for m in r["prompt"] + r["completion"]]
+    build_tiny_model(root / "tiny", corpus)
+    return root
+
+
+def overrides(root: Path, *extra: str) -> list[str]:
+    return [
+        f"model.name={root / 'tiny'}",
+        "model.max_seq_length=2048",
+        "data.dataset_name=mix",
+        f"data.datasets_dir={root / 'datasets'}",
+        f"run.models_dir={root / 'models'}",
+        "data.eval_max_samples=2",
+        "sft.per_device_train_batch_size=2",
+        "sft.max_steps=2",
+        "sft.logging_steps=1",
+        "grpo.max_steps=2",
+        "grpo.per_device_train_batch_size=4",  # 4 completions per step = 2 prompts x num_generations 2
+        "grpo.num_generations=2",
+        "grpo.max_completion_length=16",
+        *extra,
+    ]
+
+
+def trainer_main(argv: list[str]) -> int:
+    return run_cli(load_script("main_trainer").main, argv)
+
+
+def test_both_stages_write_runs_and_move_latest(workspace):
+    code = trainer_main(
+        [
+            "--config",
+            "configs/profiles/cpu.yaml",
+            *overrides(workspace, "training_type=both", "run.run_id=r1"),
+        ]
+    )
+    assert code == 0
+    sft, grpo = workspace / "models/universal/sft", workspace / "models/universal/grpo"
+    assert (sft / "latest").read_text().strip() == "r1" and (grpo / "latest").read_text().strip() == "r1"
+    for run in (sft / "r1", grpo / "r1"):
+        info = json.loads((run / "run_info.json").read_text())
+        assert info["status"] == "completed" and info["step"] == 2
+        assert info["packages"]["trl"] and info["git_commit"] and info["device"].startswith("device=cpu")
+        assert (run / "model" / "adapter_config.json").is_file() and (
+            run / "model" / "tokenizer.json"
+        ).is_file()
+        assert json.loads((run / "config.json").read_text())["training_type"] == "both"
+        assert "main_trainer.py" in (run / "command.txt").read_text()
+        assert (run / "checkpoints" / "checkpoint-2").is_dir()
+    assert json.loads((grpo / "r1" / "run_info.json").read_text())["init_run"] == str(sft / "r1")
+
+    # the numbers: a random model starts near ln(vocab); every reward is logged and bounded
+    vocab = json.loads((workspace / "tiny" / "config.json").read_text())["vocab_size"]
+    first_loss = json.loads((sft / "r1" / "log_history.json").read_text())[0]["loss"]
+    assert abs(first_loss - math.log(vocab)) < 0.5
+    metrics = json.loads((grpo / "r1" / "metrics.json").read_text())
+    for name in ("format", "feasibility", "optimality", "terminal"):
+        assert 0.0 <= metrics[f"rewards/{name}_reward"] <= 1.0
+    history = json.loads((grpo / "r1" / "log_history.json").read_text())
+    assert any("rewards/optimality_reward/mean" in h for h in history)
+
+
+def test_grpo_starts_from_latest_sft_and_an_existing_run_id_is_refused(workspace):
+    args = [
+        "--config",
+        "configs/profiles/cpu.yaml",
+        *overrides(workspace, "training_type=grpo", "run.run_id=g2"),
+    ]
+    assert trainer_main(args) == 0
+    info = json.loads((workspace / "models/universal/grpo/g2/run_info.json").read_text())
+    sft_latest = (workspace / "models/universal/sft/latest").read_text().strip()
+    assert info["init_run"] == str(workspace / "models/universal/sft" / sft_latest)
+    assert trainer_main(args) == EXIT_USAGE  # same run id again, without --resume
+
+
+def test_sigterm_leaves_a_resumable_run_that_finishes_at_the_same_step(workspace):
+    args = [
+        sys.executable,
+        "scripts/main_trainer.py",
+        "--config",
+        "configs/profiles/cpu.yaml",
+        *overrides(
+            workspace, "run.run_id=k1", "sft.max_steps=40", "sft.save_steps=5", "sft.save_total_limit=1"
+        ),
+    ]
+    run_dir = workspace / "models/universal/sft/k1"
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "checkpoint-5").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["status"] == "interrupted" and info["stopped_by"] == "SIGTERM"
+    stopped_at = info["step"]
+    assert 5 <= stopped_at < 40
+    assert (run_dir / "checkpoints" / f"checkpoint-{stopped_at}").is_dir()  # saved at the step it stopped
+    latest = run_dir.parent / "latest"
+    assert not (run_dir / "model").exists()
+    assert not latest.exists() or latest.read_text().strip() != "k1"  # `latest` names completed runs only
+
+    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["status"], info["step"], info["resumed"]) == ("completed", 40, 1)
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
+    assert (run_dir.parent / "latest").read_text().strip() == "k1"
+
+
+def test_train_single_system_maps_the_original_flags(workspace):
+    code = run_cli(
+        load_script("train_single_system").main,
+        [
+            "--system",
+            "van_der_pol",
+            "--dataset-name",
+            "mix",
+            "--training-type",
+            "sft",
+            "--sft-max-samples",
+            "4",
+            "--lora-rank",
+            "4",
+            "--max-seq-length",
+            "2048",
+            "--run-id",
+            "single",
+            f"model.name={workspace / 'tiny'}",
+            f"data.datasets_dir={workspace / 'datasets'}",
+            f"run.models_dir={workspace / 'models'}",
+            "sft.per_device_train_batch_size=2",
+            "device.type=cpu",
+        ],
+    )
+    assert code == 0
+    run = workspace / "models/van_der_pol/sft/single"
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["data"]["system"], cfg["data"]["sft_max_samples"], cfg["model"]["lora"]["rank"]) == (
+        "van_der_pol",
+        4,
+        4,
+    )
+    assert json.loads((run / "run_info.json").read_text())["train_records"] == 4
+    assert json.loads((run / "model" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_every_flag_maps_onto_a_schema_key():
+    from lib.config import load_schema, schema_node
+
+    for flag, key in load_script("train_single_system").FLAG_KEYS.items():
+        assert schema_node(load_schema("control"), key) is not None, f"--{flag} -> {key}"
+
+
+def _corrupt_field(workspace: Path) -> str:
+    """A copy of the dataset whose records lack `completion`, with checksums that match (a real old format)."""
+    source, target = workspace / "datasets" / "mix", workspace / "datasets" / "nocompletion"
+    target.mkdir(exist_ok=True)
+    info = json.loads((source / "info.json").read_text())
+    for split in ("train", "eval"):
+        lines = [json.loads(x) for x in (source / f"{split}.jsonl").read_text().splitlines()]
+        data = "".join(json.dumps({k: v for k, v in r.items() if k != "completion"}) + "\n" for r in lines)
+        (target / f"{split}.jsonl").write_text(data)
+        info["files"][f"{split}.jsonl"]["sha256"] = hashlib.sha256(data.encode()).hexdigest()
+    (target / "info.json").write_text(json.dumps(info))
+    return "nocompletion"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["data.dataset_name=nope"], "dataset 'nope' not found"),
+        (["grpo.rewards.optimalty=1"], "did you mean 'grpo.rewards.optimality'"),
+        (["device.type=gpu"], "'device.type' must be one of"),
+        (["data.system=rocket"], "rocket"),
+        (["model.name=/no/such/model"], "model folder not found"),
+        (["model.max_seq_length=64"], "longer than model.max_seq_length = 64"),
+        (
+            [
+                "grpo.rewards.format=0",
+                "grpo.rewards.feasibility=0",
+                "grpo.rewards.optimality=0",
+                "grpo.rewards.terminal=0",
+                "training_type=grpo",
+                "grpo.init_from=base",
+            ],
+            "every GRPO reward has weight 0",
+        ),
+        (["training_type=grpo", "run.models_dir=/tmp/empty-models-dir-for-test"], "no completed SFT run"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(workspace, capsys, extra, message):
+    code = trainer_main(["--config", "configs/profiles/cpu.yaml", *overrides(workspace, *extra)])
+    assert code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_a_record_missing_a_field_exits_2(workspace, capsys):
+    name = _corrupt_field(workspace)
+    assert (
+        trainer_main(
+            ["--config", "configs/profiles/cpu.yaml", *overrides(workspace, f"data.dataset_name={name}")]
+        )
+        == 2
+    )
+    assert "completion" in capsys.readouterr().err
+
+
+def test_unsloth_requested_without_it_installed_is_a_usage_error(workspace):
+    from lib.config import resolve_config
+    from lib.device import DeviceSetup
+    from lib.errors import describe_failure
+    from lib.training import run_training
+
+    cfg = resolve_config("configs/profiles/cpu.yaml", overrides(workspace))
+    setup = DeviceSetup(device="cuda", precision="bf16", unsloth=True, vllm=False)  # stands in for a GPU node
+    with pytest.raises(ModuleNotFoundError) as info:
+        run_training(cfg, setup, ["test"])
+    assert describe_failure(info.value).kind == "missing-backend"
+
+
+@pytest.mark.slow
+def test_original_smoke_command_trains_the_embedded_model(tmp_path):
+    """The original project's smoke command on SmolLM2-135M on the CPU (about 2 minutes on 2 cores)."""
+    datasets, models = tmp_path / "datasets", tmp_path / "models"
+    assert (
+        load_script("generate_data").main(
+            [
+                "--systems",
+                "double_integrator",
+                "--total-samples",
+                "10",
+                "--dataset-name",
+                "test_di",
+                "--output-dir",
+                str(datasets),
+            ]
+        )
+        == 0
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/train_single_system.py",
+            "--system",
+            "double_integrator",
+            "--dataset-name",
+            "test_di",
+            "--training-type",
+            "sft",
+            "--sft-max-samples",
+            "5",
+            f"data.datasets_dir={datasets}",
+            f"run.models_dir={models}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = (
+        models
+        / "double_integrator"
+        / "sft"
+        / (models / "double_integrator" / "sft" / "latest").read_text().strip()
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])
