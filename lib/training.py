@@ -600,7 +600,12 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
             run_dir, done = train_sft(cfg, setup, run_id, argv)
             sft_run = run_dir
         else:
-            init = grpo_init_run(cfg, sft_run)
+            resumed = run_dir / "run_info.json"
+            if resumed.is_file():  # a resumed run keeps the start it had, whatever `latest` says now
+                recorded = read_run_info(run_dir)["init_run"]
+                init = Path(recorded) if recorded else None
+            else:
+                init = grpo_init_run(cfg, sft_run)
             run_dir, done = train_grpo(cfg, setup, run_id, argv, init)
         if not done:
             print(

@@ -314,3 +314,16 @@ def test_original_smoke_command_trains_the_embedded_model(tmp_path):
     )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])
+
+
+@pytest.mark.slow
+def test_training_benchmark_quick_run(workspace, tmp_path):
+    """`make bench-train` end to end with the tiny model and a few steps (the real run takes ~25 min)."""
+    args = f"--model {workspace / 'tiny'} --sft-steps 2 --grpo-steps 1 --grpo-completion 8 --output-dir {tmp_path}"
+    result = subprocess.run(
+        ["make", "bench-train", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "training.json").read_text())
+    assert data["sft"]["tokens_per_s"] > 0 and data["grpo"]["seconds_per_step"] > 0
+    assert data["sft"]["peak_rss_mb"] > 100 and (tmp_path / "sft_loss_curve.png").stat().st_size > 1000
