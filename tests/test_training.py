@@ -318,7 +318,7 @@ def test_original_smoke_command_trains_the_embedded_model(tmp_path):
 
 @pytest.mark.slow
 def test_training_benchmark_quick_run(workspace, tmp_path):
-    """`make bench-train` end to end with the tiny model and a few steps (the real run takes ~25 min)."""
+    """`make bench-train` end to end with the tiny model and a few steps (the real run takes ~35 min)."""
     args = f"--model {workspace / 'tiny'} --sft-steps 2 --grpo-steps 1 --grpo-completion 8 --output-dir {tmp_path}"
     result = subprocess.run(
         ["make", "bench-train", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, timeout=600
