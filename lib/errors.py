@@ -7,6 +7,8 @@ exits with its code and a one-line fix; an unknown exception is a bug and keeps 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,6 +137,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`... | head`): not an error of ours
+        with contextlib.suppress(OSError, ValueError):  # silence the interpreter's final flush of stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:
         failure = describe_failure(exc)
         if failure is None:

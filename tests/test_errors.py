@@ -108,3 +108,10 @@ def test_run_cli_exit_codes(capsys):
     assert run_cli(interrupted) == EXIT_INTERRUPTED
     with pytest.raises(ValueError):
         run_cli(bug)
+
+
+def test_a_reader_closing_the_pipe_is_not_a_failure():
+    def print_to_closed_pipe(argv):  # what `python -m lib.config show ... | head -1` meets with long output
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert run_cli(print_to_closed_pipe) == 0
