@@ -7,7 +7,7 @@ ARGS ?=
 CONFIG ?= configs/control/smollm2_cpu.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-cuda test test-slow lint format validate data bench bench-train train
+.PHONY: help install install-cuda test test-slow lint format validate data bench bench-train train verify-grpo
 
 help: ## list the targets (this message)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,3 +44,6 @@ bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tok
 
 train: install ## SFT and/or GRPO from a config (CONFIG=..., default the embedded model on CPU; ARGS for key=value)
 	$(PY) scripts/main_trainer.py --config $(CONFIG) $(ARGS)
+
+verify-grpo: install ## check the answer format of the newest GRPO run with real generation (ARGS for flags)
+	$(PY) scripts/verify_grpo_format.py $(ARGS)

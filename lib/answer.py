@@ -213,3 +213,52 @@ def parse_controls(text: str, expected_count: int) -> ParsedControls:
             shown = token if len(token) <= 20 else token[:20] + "..."
             return _fail(f"not a number at u_{k}: '{shown}'")
     return ParsedControls(True, values, "")
+
+
+FORMAT_CHECKS = (
+    "reasoning_tags",
+    "control_tags",
+    "proper_order",
+    "parses_as_numbers",
+    "exact_control_count",
+    "controls_within_bounds",
+)
+
+
+def format_checks(text: str, system: System) -> dict[str, bool]:
+    """The answer contract check by check (what verify_grpo_format.py reports); never raises.
+
+    reasoning_tags / control_tags: each pair present once, opening before closing; proper_order: the
+    reasoning block before the controls block; parses_as_numbers: every comma-separated entry in <CONTROLS>
+    is a finite number; exact_control_count: exactly N of them; controls_within_bounds: all within the
+    system's bounds (to 1e-6, as lib.metrics). A check that cannot be judged (no controls block) is False.
+    """
+    from lib.metrics import FEASIBILITY_TOL
+
+    result = dict.fromkeys(FORMAT_CHECKS, False)
+    if not isinstance(text, str):
+        return result
+
+    def pair(open_tag: str, close_tag: str) -> bool:
+        return (
+            text.count(open_tag) == 1
+            and text.count(close_tag) == 1
+            and text.index(open_tag) < text.index(close_tag)
+        )
+
+    result["reasoning_tags"] = pair(TAGS[0], TAGS[1])
+    result["control_tags"] = pair(TAGS[2], TAGS[3])
+    result["proper_order"] = (
+        result["reasoning_tags"] and result["control_tags"] and text.index(TAGS[1]) < text.index(TAGS[2])
+    )
+    if not result["control_tags"]:
+        return result
+    body = text[text.index(TAGS[2]) + len(TAGS[2]) : text.index(TAGS[3])]
+    tokens = [token.strip() for token in body.split(",")]
+    values = [float(token) for token in tokens if _NUMBER.fullmatch(token)]
+    result["parses_as_numbers"] = len(values) == len(tokens) and all(math.isfinite(v) for v in values)
+    result["exact_control_count"] = result["parses_as_numbers"] and len(values) == system.steps
+    result["controls_within_bounds"] = result["exact_control_count"] and all(
+        system.u_min - FEASIBILITY_TOL <= v <= system.u_max + FEASIBILITY_TOL for v in values
+    )
+    return result

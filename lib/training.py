@@ -627,3 +627,30 @@ def train_from_config(cfg: dict, argv: Sequence[str], resume: bool = False) -> i
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
     return run_training(cfg, setup, argv, resume=resume)
+
+
+def load_model_reference(reference: str, cfg: dict, setup: DeviceSetup):
+    """(model, tokenizer, description) for a run folder, a stage folder with `latest`, 'latest' (the newest
+    completed GRPO run under run.models_dir), or a base model name or path."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(reference).expanduser()
+    if reference == "latest":
+        candidates = [latest_run(p) for p in repo_path(cfg["run"]["models_dir"]).glob("*/grpo")]
+        runs = [r for r in candidates if r is not None]
+        if not runs:
+            raise UsageError(
+                f"no completed GRPO run under {repo_path(cfg['run']['models_dir'])}.",
+                fix="train one (make train, training_type=grpo or both) or pass --model-path.",
+            )
+        path = max(runs, key=lambda r: (r / "run_info.json").stat().st_mtime)
+    elif (path / "latest").is_file() and not (path / "run_info.json").is_file():
+        path = latest_run(path) or path
+    if (path / "run_info.json").is_file():
+        model = load_run_model(path, cfg, setup)
+        return model, load_tokenizer(str(path / "model"), cfg), f"run {path}"
+    name = resolve_model_name(reference)
+    model = AutoModelForCausalLM.from_pretrained(
+        name, dtype=_dtype(setup), trust_remote_code=cfg["model"]["trust_remote_code"]
+    )
+    return model, load_tokenizer(name, cfg), f"model {reference}"

@@ -327,3 +327,23 @@ def test_training_benchmark_quick_run(workspace, tmp_path):
     data = json.loads((tmp_path / "training.json").read_text())
     assert data["sft"]["tokens_per_s"] > 0 and data["grpo"]["seconds_per_step"] > 0
     assert data["sft"]["peak_rss_mb"] > 100 and (tmp_path / "sft_loss_curve.png").stat().st_size > 1000
+
+
+def test_verify_grpo_format_loads_the_latest_grpo_run(workspace, tmp_path):
+    """`make verify-grpo`'s default: the newest completed GRPO run, adapters merged along its chain."""
+    trainer_main(
+        [
+            "--config",
+            "configs/profiles/cpu.yaml",
+            *overrides(workspace, "training_type=both", "run.run_id=v1"),
+        ]
+    )
+    main = load_script("verify_grpo_format").main
+    code = run_cli(
+        main,
+        ["--num-tests", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path),
+         f"run.models_dir={workspace / 'models'}", "device.type=cpu"],
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == f"run {workspace / 'models/universal/grpo/v1'}"

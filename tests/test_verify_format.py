@@ -1,0 +1,71 @@
+"""verify_grpo_format: the per-check rates on crafted answers, and real generation from a (tiny) model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import load_script
+
+from lib.answer import FORMAT_CHECKS, format_checks, format_controls
+from lib.errors import run_cli
+from lib.systems import get_system
+
+DI = get_system("double_integrator")  # 50 controls, |u| <= 3
+
+
+def answer(values) -> str:
+    return f"<REASONING>r</REASONING><CONTROLS>{format_controls(np.asarray(values, dtype=float))}</CONTROLS>"
+
+
+@pytest.mark.parametrize(
+    ("text", "failed"),
+    [
+        (answer(np.zeros(50)), set()),
+        (answer(np.zeros(50)).replace("</REASONING>", ""), {"reasoning_tags", "proper_order"}),
+        (answer(np.zeros(49)), {"exact_control_count", "controls_within_bounds"}),
+        (answer(np.full(50, 3.5)), {"controls_within_bounds"}),
+        (
+            "<CONTROLS>1, 2</CONTROLS><REASONING>r</REASONING>",
+            {"proper_order", "exact_control_count", "controls_within_bounds"},
+        ),
+        ("junk", set(FORMAT_CHECKS)),
+        (
+            "<REASONING>r</REASONING><CONTROLS>" + ", ".join(["x"] * 50) + "</CONTROLS>",
+            {"parses_as_numbers", "exact_control_count", "controls_within_bounds"},
+        ),
+    ],
+)
+def test_each_check_fails_for_its_own_reason(text, failed):
+    checks = format_checks(text, DI)
+    assert {name for name, ok in checks.items() if not ok} == failed
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from lib.answer import build_prompt
+    from lib.models import build_tiny_model
+
+    corpus = [m["content"] for m in build_prompt(DI, np.array([0.1, -0.2]))] + [answer(np.zeros(50))] * 5
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus)
+
+
+def test_real_generation_reports_rates_saves_failures_and_sets_the_exit_status(tiny, tmp_path, capsys):
+    main = load_script("verify_grpo_format").main
+    args = ["--model-path", str(tiny), "--num-tests", "3", "--max-new-tokens", "8", "--output-dir", str(tmp_path),
+            "device.type=cpu"]  # fmt: skip
+    assert run_cli(main, args) == 0  # --min-score 0: always passes
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tests"] == 3 and set(summary["rates"]) == set(FORMAT_CHECKS)
+    assert summary["score"] == pytest.approx(sum(summary["rates"].values()) / len(FORMAT_CHECKS))
+    failures = [json.loads(x) for x in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 3  # 8 tokens of a random model cannot hold 50 controls
+    assert all(f["reason"] and "completion" in f for f in failures)
+    assert "overall score" in capsys.readouterr().out
+    assert run_cli(main, [*args, "--min-score", "0.9"]) == 1
+
+
+def test_unknown_dataset_exits_2(tiny, tmp_path):
+    main = load_script("verify_grpo_format").main
+    assert run_cli(main, ["--model-path", str(tiny), "--dataset", "nope", "--output-dir", str(tmp_path)]) == 2
