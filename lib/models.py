@@ -149,7 +149,9 @@ def resolve_model_name(name: str) -> str:
                 "adapter: give the run to main_eval.py instead).",
             )
         return str(path)
-    if name.startswith(("/", "./", "../", "~")):
+    # a hub name is "org/model": anything with more slashes, or whose first part is a local folder
+    # (models/..., datasets/...), is a local path that does not exist
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name.split("/")[0]).is_dir():
         raise UsageError(
             f"model folder not found: {name}",
             fix="check the path, use 'embedded', or a hub name such as Qwen/Qwen2.5-0.5B-Instruct.",

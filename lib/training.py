@@ -650,7 +650,15 @@ def load_model_reference(reference: str, cfg: dict, setup: DeviceSetup):
         model = load_run_model(path, cfg, setup)
         return model, load_tokenizer(str(path / "model"), cfg), f"run {path}"
     name = resolve_model_name(reference)
-    model = AutoModelForCausalLM.from_pretrained(
-        name, dtype=_dtype(setup), trust_remote_code=cfg["model"]["trust_remote_code"]
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=_dtype(setup), trust_remote_code=cfg["model"]["trust_remote_code"]
+        )
+    except OSError as exc:  # transformers' "not a local folder and not a valid model identifier" & co.
+        raise UsageError(
+            f"no model '{reference}': not a run folder, not a model folder, and not loadable from the hub "
+            f"cache ({str(exc).splitlines()[0]}).",
+            fix="pass a run folder (models/<scope>/<stage>/<run_id>), a stage folder with a `latest` file, "
+            "'latest', 'embedded', or a hub model already in the cache.",
+        ) from None
     return model, load_tokenizer(name, cfg), f"model {reference}"

@@ -76,9 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.min_score <= 1.0:
         raise UsageError(f"--min-score must be within [0, 1], got {args.min_score}.")
 
-    from lib.answer import FORMAT_CHECKS, format_checks, parse_controls
+    from lib.answer import parse_controls
     from lib.config import repo_path, resolve_config
     from lib.device import settings_from_config, setup_device
+    from lib.evaluation import format_rates
     from lib.generation import generate_completions
     from lib.systems import get_system
     from lib.training import load_model_reference
@@ -100,13 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - start
 
-    rows = []
-    for (name, x0, _), text in zip(tests, completions, strict=True):
-        system = get_system(name)
-        checks = format_checks(text, system)
-        rows.append({"system": name, "x0": x0, "checks": checks, "reason": parse_controls(text, system.steps).reason,
-                     "completion": text})  # fmt: skip
-    rates = {check: sum(r["checks"][check] for r in rows) / len(rows) for check in FORMAT_CHECKS}
+    rates, checks = format_rates(completions, [name for name, _, _ in tests])
+    rows = [
+        {"system": name, "x0": x0, "checks": check, "completion": text,
+         "reason": parse_controls(text, get_system(name).steps).reason}
+        for (name, x0, _), text, check in zip(tests, completions, checks, strict=True)
+    ]  # fmt: skip
     score = sum(rates.values()) / len(rates)
 
     output = args.output_dir or ROOT / "results" / "verify_grpo" / time.strftime("%Y%m%d-%H%M%S")

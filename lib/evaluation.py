@@ -1,0 +1,352 @@
+"""Evaluation by simulation (DESIGN.md 6): score what a model writes against the certified optimum.
+
+An *answerer* is any function `prompts -> completions` (a model's batched generation, or in tests a double
+that returns the labels). `answer_records` asks it for `k` samples per eval record, either once per record
+(control mode: the open-loop plan is simulated) or in a closed loop (MPC mode: the plan is re-made from the
+simulated state every `replan_every` steps and only its first steps are applied). `score_samples` scores
+every sample with lib.metrics (no clipping, no padding: an answer that does not parse is a failure with its
+parser's reason), and `summarize` turns the rows into the numbers a paper reports:
+
+    rates over ALL samples       parsed, feasible, success@1/5/10% (and pass@k over prompts when k > 1)
+    values over parsed samples   score S (1 = optimal, 0 = doing nothing), terminal error ||x_N - x*||
+    values over feasible samples optimality gap g (an infeasible answer may cost less than J*: its gap
+                                 says nothing about optimality)
+each with its mean and median and a percentile-bootstrap 95% interval (`bootstrap_ci`, seeded), per system
+and over all systems. The same table is computed for two reference controllers from the records
+themselves: the exact optimum (`u_opt`, gap 0 by construction) and u = 0 (score 0 by construction), plus the
+printed label the model is trained to copy (`label`), whose gap is the rounding of the controls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lib.answer import build_prompt, format_checks, parse_controls
+from lib.dataset import read_info, read_split
+from lib.errors import UsageError
+from lib.metrics import SUCCESS_EPS, evaluate_controls
+from lib.systems import get_system, simulate
+
+Answerer = Callable[[list[list[dict]]], list[str]]
+BOOTSTRAP_RESAMPLES = 2000
+REFERENCES = (
+    "optimal",
+    "label",
+    "zero",
+)  # reference controllers computed from the records (module docstring)
+
+
+@dataclass
+class SampleRows:
+    """One entry per sample (record-major: record i's samples are rows i*k .. i*k+k-1)."""
+
+    k: int
+    system: list[str] = field(default_factory=list)
+    record_id: list[str] = field(default_factory=list)
+    completion: list[str] = field(default_factory=list)  # the (first) answer text; MPC: the first plan
+    reason: list[str] = field(default_factory=list)  # "" when parsed
+    u: list[np.ndarray] = field(default_factory=list)  # [N] controls applied (NaN when unparsed)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [samples]
+
+    def __len__(self) -> int:
+        return len(self.system)
+
+
+# ---------------------------------------------------------------- records
+
+
+def load_eval_records(
+    dataset_dir, num_samples: int | None = None, system: str | None = None
+) -> tuple[list[dict], dict]:
+    """The eval split (checksummed by lib.dataset) with each record's J_floor from info.json.
+
+    With num_samples, the records are taken round-robin over the systems in the file (the first of each
+    system, then the second, ...), so a cap keeps every system represented and is the same on every run.
+    """
+    info = read_info(dataset_dir)
+    records = read_split(dataset_dir, "eval")
+    if system is not None:
+        records = [r for r in records if r["system"] == system]
+        if not records:
+            present = sorted(info.get("systems", {}))
+            raise UsageError(
+                f"dataset {dataset_dir} has no eval records of system '{system}' (it has {', '.join(present)}).",
+                fix="pick one of those systems, or omit --system.",
+            )
+    if not records:
+        raise UsageError(
+            f"dataset {dataset_dir} has an empty eval split.",
+            fix="regenerate it with eval samples (scripts/generate_data.py --eval-samples N).",
+        )
+    by_system: dict[str, list[dict]] = {}
+    for record in records:
+        by_system.setdefault(record["system"], []).append(record)
+    interleaved = [group[i] for i in range(len(records)) for group in by_system.values() if i < len(group)]
+    if num_samples is not None:
+        interleaved = interleaved[:num_samples]
+    for record in interleaved:
+        record["J_floor"] = info["systems"][record["system"]]["J_floor"]
+    return interleaved, info
+
+
+# ---------------------------------------------------------------- answering
+
+
+def _fill_controls(texts: Sequence[str], steps: int) -> tuple[np.ndarray, list[str]]:
+    """Parse each text strictly: controls [len, steps] (NaN rows for failures) and the reasons ("" if ok)."""
+    u = np.full((len(texts), steps), np.nan)
+    reasons = []
+    for i, text in enumerate(texts):
+        parsed = parse_controls(text, steps)
+        if parsed.ok:
+            u[i] = parsed.values
+        reasons.append(parsed.reason)
+    return u, reasons
+
+
+def answer_records(
+    records: list[dict], answer: Answerer, k: int = 1, mode: str = "control", replan_every: int = 10
+) -> SampleRows:
+    """Ask `answer` for k samples per record and simulate them: open loop (mode "control") or in MPC."""
+    rows = SampleRows(k=k)
+    per_row_system = [r["system"] for r in records for _ in range(k)]
+    rows.system = per_row_system
+    rows.record_id = [r["id"] for r in records for _ in range(k)]
+    rows.completion = [""] * len(per_row_system)
+    rows.reason = [""] * len(per_row_system)
+    rows.u = [np.empty(0)] * len(per_row_system)
+    if mode == "control":
+        prompts = [r["prompt"] for r in records for _ in range(k)]
+        texts = _call(answer, prompts)
+        for name in dict.fromkeys(per_row_system):
+            idx = [i for i, s in enumerate(per_row_system) if s == name]
+            u, reasons = _fill_controls([texts[i] for i in idx], get_system(name).steps)
+            for j, i in enumerate(idx):
+                rows.completion[i], rows.reason[i], rows.u[i] = texts[i], reasons[j], u[j]
+    elif mode == "mpc":
+        for name in dict.fromkeys(per_row_system):
+            idx = [i for i, s in enumerate(per_row_system) if s == name]
+            x0 = np.array([records[i // k]["x0"] for i in idx], dtype=float)
+            decimals = records[idx[0] // k]["decimals"]
+            u, reasons, first = closed_loop(get_system(name), x0, answer, replan_every, decimals)
+            for j, i in enumerate(idx):
+                rows.completion[i], rows.reason[i], rows.u[i] = first[j], reasons[j], u[j]
+    else:
+        raise UsageError(f"unknown evaluation mode '{mode}'.", fix="use control or mpc.")
+    return rows
+
+
+def _call(answer: Answerer, prompts: list[list[dict]]) -> list[str]:
+    texts = answer(prompts)
+    if len(texts) != len(prompts):
+        raise RuntimeError(f"the answerer returned {len(texts)} completions for {len(prompts)} prompts")
+    return list(texts)
+
+
+def closed_loop(
+    system, x0: np.ndarray, answer: Answerer, replan_every: int, decimals: int
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Model-predictive control: every `replan_every` steps the model plans the full N-step problem from the
+    simulated state (shown rounded to `decimals`, as in the prompts it was trained on) and the first
+    `replan_every` controls of its plan are applied. All instances re-plan in one batched call.
+
+    Returns the applied controls [B, N] (NaN rows for loops that broke), the reasons ("" when every plan
+    parsed; else which re-plan failed and why) and the first plan's text of each loop.
+    """
+    N = system.steps
+    x = np.asarray(x0, dtype=float).copy()
+    applied = np.full((len(x), N), np.nan)
+    reasons = [""] * len(x)
+    first = [""] * len(x)
+    alive = np.ones(len(x), dtype=bool)
+    for start in range(0, N, replan_every):
+        live = np.flatnonzero(alive)
+        if live.size == 0:
+            break
+        texts = _call(answer, [build_prompt(system, x[i], decimals) for i in live])
+        plans, plan_reasons = _fill_controls(texts, N)
+        stop = min(start + replan_every, N)
+        for j, i in enumerate(live):
+            if start == 0:
+                first[i] = texts[j]
+            if plan_reasons[j]:
+                alive[i] = False
+                reasons[i] = f"re-plan at step {start}: {plan_reasons[j]}"
+                applied[i] = np.nan
+        ok = [j for j, i in enumerate(live) if alive[i]]
+        if not ok:
+            continue
+        rows = live[ok]
+        chunk = plans[ok, : stop - start]
+        applied[rows, start:stop] = chunk
+        x[rows] = simulate(system, x[rows], chunk)[:, -1]
+    return applied, reasons, first
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_samples(records: list[dict], rows: SampleRows) -> SampleRows:
+    """Fill rows.metrics: every number of lib.metrics per sample (NaN / False where unparsed)."""
+    k = rows.k
+    n = len(rows)
+    out = {
+        name: np.full(n, np.nan)
+        for name in ("violation", "J", "J_opt", "J_zero", "gap", "score", "terminal_error")
+    }
+    out["parsed"] = np.zeros(n, dtype=bool)
+    out["feasible"] = np.zeros(n, dtype=bool)
+    for eps in SUCCESS_EPS:
+        out[success_key(eps)] = np.zeros(n, dtype=bool)
+    for name in dict.fromkeys(rows.system):
+        idx = np.array([i for i, s in enumerate(rows.system) if s == name])
+        system = get_system(name)
+        group = [records[i // k] for i in idx]
+        x0 = np.array([r["x0"] for r in group], dtype=float)
+        J_opt = np.array([r["J_opt"] for r in group], dtype=float)
+        u = np.stack([rows.u[i] for i in idx])
+        parsed = np.array([rows.reason[i] == "" for i in idx])
+        m = evaluate_controls(system, x0, u, J_opt, float(group[0]["J_floor"]), parsed=parsed)
+        out["parsed"][idx], out["feasible"][idx] = m.parsed, m.feasible
+        out["J_opt"][idx] = J_opt
+        for key in ("violation", "J", "J_zero", "gap", "score", "terminal_error"):
+            out[key][idx] = getattr(m, key)
+        for eps in SUCCESS_EPS:
+            out[success_key(eps)][idx] = m.success[eps]
+    rows.metrics = out
+    return rows
+
+
+def success_key(eps: float) -> str:
+    return f"success@{round(eps * 100)}%"
+
+
+def reference_rows(records: list[dict], which: str) -> SampleRows:
+    """A reference controller's samples (k = 1): the exact optimum, the printed label, or u = 0."""
+    rows = SampleRows(k=1)
+    for record in records:
+        steps = record["horizon"]["steps"]
+        if which == "optimal":
+            u, reason = np.asarray(record["u_opt"], dtype=float), ""
+        elif which == "zero":
+            u, reason = np.zeros(steps), ""
+        elif which == "label":
+            parsed = parse_controls(record["completion"][-1]["content"], steps)
+            u, reason = (parsed.values, "") if parsed.ok else (np.full(steps, np.nan), parsed.reason)
+        else:
+            raise ValueError(f"unknown reference '{which}'")
+        rows.system.append(record["system"])
+        rows.record_id.append(record["id"])
+        rows.completion.append("")
+        rows.reason.append(reason)
+        rows.u.append(u)
+    return score_samples(records, rows)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(
+    values: np.ndarray, statistic: str = "mean", resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of the mean or median of `values` (NaN, NaN when empty).
+
+    Seeded, so the same values and seed give the same interval.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = values[rng.integers(0, values.size, size=(resamples, values.size))]
+    with np.errstate(invalid="ignore"):
+        stats = np.median(draws, axis=1) if statistic == "median" else draws.mean(axis=1)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def describe(values: np.ndarray, seed: int = 0) -> dict:
+    """n, mean, median, and their bootstrap 95% intervals (infinite values kept: a diverging answer's cost
+    is infinite, and hiding it would flatter the model)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"n": 0, "mean": None, "median": None, "mean_ci": [None, None], "median_ci": [None, None]}
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = float(values.mean())
+    return {
+        "n": int(values.size),
+        "mean": _finite_or_none(mean),
+        "median": _finite_or_none(float(np.median(values))),
+        "mean_ci": [_finite_or_none(v) for v in bootstrap_ci(values, "mean", seed=seed)],
+        "median_ci": [_finite_or_none(v) for v in bootstrap_ci(values, "median", seed=seed)],
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no inf/NaN: infinite means are written as null with the count of infinite values beside."""
+    return value if math.isfinite(value) else None
+
+
+def rate(flags: np.ndarray, seed: int = 0) -> dict:
+    """A rate over samples with its bootstrap 95% interval."""
+    flags = np.asarray(flags, dtype=float)
+    low, high = bootstrap_ci(flags, "mean", seed=seed)
+    return {"n": int(flags.size), "rate": float(flags.mean()) if flags.size else None, "ci": [low, high]}
+
+
+def pass_at_k(flags: np.ndarray, k: int) -> np.ndarray:
+    """Per prompt: did any of its k samples succeed (flags record-major, k per prompt)."""
+    return np.asarray(flags, dtype=bool).reshape(-1, k).any(axis=1)
+
+
+def failure_reasons(reasons: Sequence[str]) -> dict[str, int]:
+    """Parse failures counted by kind (the reason up to its first colon: 'wrong count', 'missing tag ...')."""
+    kinds = Counter(r.split(":", 1)[0] for r in reasons if r)
+    return dict(kinds.most_common())
+
+
+def summarize(rows: SampleRows, seed: int = 0) -> dict:
+    """The report for a set of samples: 'all' and one entry per system (module docstring)."""
+    groups = {"all": np.arange(len(rows))}
+    for name in dict.fromkeys(rows.system):
+        groups[name] = np.array([i for i, s in enumerate(rows.system) if s == name])
+    return {name: _summary(rows, idx, seed) for name, idx in groups.items()}
+
+
+def _summary(rows: SampleRows, idx: np.ndarray, seed: int) -> dict:
+    m = {key: value[idx] for key, value in rows.metrics.items()}
+    parsed, feasible = m["parsed"], m["feasible"]
+    out = {
+        "samples": int(idx.size),
+        "prompts": int(idx.size // rows.k),
+        "parsed": rate(parsed, seed),
+        "feasible": rate(feasible, seed),
+        **{success_key(eps): rate(m[success_key(eps)], seed) for eps in SUCCESS_EPS},
+        "gap_feasible": describe(m["gap"][feasible], seed),
+        "score_parsed": describe(m["score"][parsed], seed),
+        "terminal_error_parsed": describe(m["terminal_error"][parsed], seed),
+        "infinite_cost": int(np.isinf(m["J"][parsed]).sum()),
+        "parse_failures": failure_reasons([rows.reason[i] for i in idx]),
+    }
+    if rows.k > 1:
+        # idx is record-major and whole records, so reshaping by k groups each prompt's samples
+        for eps in SUCCESS_EPS:
+            out[f"pass@{rows.k} {success_key(eps)}"] = rate(pass_at_k(m[success_key(eps)], rows.k), seed)
+    return out
+
+
+# ---------------------------------------------------------------- format checks
+
+
+def format_rates(texts: Sequence[str], systems: Sequence[str]) -> tuple[dict[str, float], list[dict]]:
+    """Rate of each format check over the answers, and each answer's checks (what verify_grpo_format and
+    main_eval --eval-mode format report)."""
+    checks = [format_checks(text, get_system(name)) for text, name in zip(texts, systems, strict=True)]
+    names = list(checks[0]) if checks else []
+    rates = {name: sum(c[name] for c in checks) / len(checks) for name in names}
+    return rates, checks

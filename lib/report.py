@@ -1,0 +1,261 @@
+"""What main_eval.py writes: metrics.json's document, report.md's tables, and the figures it embeds."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lib.metrics import SUCCESS_EPS
+from lib.systems import get_system
+
+SUCCESS_KEYS = [f"success@{round(eps * 100)}%" for eps in SUCCESS_EPS]
+REFERENCE_NAMES = {"optimal": "optimal (exact)", "label": "label (printed)", "zero": "u = 0"}
+
+
+def safe_name(label: str) -> str:
+    """A label as a file-name part: letters, digits, '.', '_' and '-' only."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
+
+
+def _json_number(value):
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def sample_lines(results: Sequence[Mapping]) -> str:
+    """samples.jsonl: one line per model answer (its text, the parser's reason or the format checks, every
+    metric), so any number in the report can be traced to the answers behind it."""
+    lines = []
+    for result in results:
+        if "rows" not in result:  # --eval-mode format
+            for text, system, checks in zip(
+                result["texts"], result["systems"], result["checks"], strict=True
+            ):
+                lines.append(
+                    json.dumps(
+                        {"model": result["label"], "system": system, "checks": checks, "completion": text}
+                    )
+                    + "\n"
+                )
+            continue
+        rows = result["rows"]
+        for i in range(len(rows)):
+            entry = {"model": result["label"], "id": rows.record_id[i], "system": rows.system[i],
+                     "sample": i % rows.k, "reason": rows.reason[i], "completion": rows.completion[i]}  # fmt: skip
+            entry.update({key: _json_number(values[i]) for key, values in rows.metrics.items()})
+            lines.append(json.dumps(entry) + "\n")
+    return "".join(lines)
+
+
+def metrics_document(
+    context: Mapping, results: Sequence[Mapping], summaries: Mapping, ref_summaries: Mapping
+) -> dict:
+    """metrics.json: the context, each model's summary per system and timing, and the reference rows."""
+    models = {}
+    for result in results:
+        calls = result["calls"]
+        per_second = calls["prompts"] / calls["seconds"] if calls["seconds"] > 0 else None
+        models[result["label"]] = {
+            "model": result["model"],
+            "summary": summaries[result["label"]],
+            "timing": {
+                "answers": calls["prompts"],
+                "generation_seconds": calls["seconds"],
+                "answers_per_second": per_second,
+            },
+        }
+    return {"context": dict(context), "models": models, "references": dict(ref_summaries)}
+
+
+def _pct(entry: Mapping) -> str:
+    if entry["rate"] is None:
+        return "-"
+    low, high = entry["ci"]
+    return f"{100 * entry['rate']:.1f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def _value(entry: Mapping, statistic: str, digits: str = ".3g") -> str:
+    if entry["n"] == 0:
+        return "-"
+    value, (low, high) = entry[statistic], entry[f"{statistic}_ci"]
+    if value is None:
+        return "inf"
+    bounds = ", ".join("inf" if v is None else format(v, digits) for v in (low, high))
+    return f"{format(value, digits)} [{bounds}]"
+
+
+def _table(rows: Mapping[str, Mapping], k: int) -> list[str]:
+    pass_keys = [f"pass@{k} {key}" for key in SUCCESS_KEYS] if k > 1 else []
+    header = ["controller", "answers", "parsed", "feasible", *SUCCESS_KEYS, *pass_keys,
+              "median gap (feasible)", "mean score S (parsed)", "median terminal error (parsed)"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in rows.items():
+        cells = [name, str(s["samples"]), _pct(s["parsed"]), _pct(s["feasible"])]
+        cells += [_pct(s[key]) for key in SUCCESS_KEYS] + [
+            _pct(s[key]) if key in s else "-" for key in pass_keys
+        ]
+        cells += [_value(s["gap_feasible"], "median"), _value(s["score_parsed"], "mean"),
+                  _value(s["terminal_error_parsed"], "median")]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(
+    context: Mapping,
+    results: Sequence[Mapping],
+    summaries: Mapping,
+    ref_summaries: Mapping,
+    figures: Sequence[tuple[str, str]],
+) -> str:
+    """report.md: what was evaluated, one table per system (models, then the reference controllers), the parse
+    failures by reason, generation speed, and the figures."""
+    k = context["samples_per_prompt"]
+    mode = context["eval_mode"] + (
+        f" (re-plan every {context['replan_every']} steps)" if context["replan_every"] else ""
+    )
+    out = [
+        f"# Evaluation on `{context['dataset']}` ({context['records']} eval problems, mode {mode})",
+        "",
+        "Models: " + ", ".join(f"**{r['label']}** ({r['model']})" for r in results) + ". "
+        f"{k} answer(s) per problem, temperature {context['temperature']} "
+        f"({'greedy' if context['temperature'] == 0 else 'sampled'}), at most {context['max_new_tokens']} new tokens, "
+        f"seed {context['seed']}; commit {context['git_commit']}, {context['created_at']}.",
+        "",
+        "Rates are over all answers (an answer that does not parse is a failure, never padded); the gap "
+        "(J - J*)/J* is over feasible answers, the score S = (J0 - J)/(J0 - J*) (1 = optimal, 0 = doing nothing) "
+        "and the terminal error ||x_N - x*|| over parsed answers. Brackets: 95% bootstrap intervals. "
+        "Reference rows: the exact optimum, the printed label the model is trained on, and u = 0.",
+    ]
+    systems = list(next(iter(summaries.values())))
+    for system in systems:
+        rows = {r["label"]: summaries[r["label"]][system] for r in results}
+        rows.update({REFERENCE_NAMES[name]: ref_summaries[name][system] for name in ref_summaries})
+        out += ["", f"## {'All systems' if system == 'all' else system}", "", *_table(rows, k)]
+    out += ["", "## Parse failures", ""]
+    for r in results:
+        failures = summaries[r["label"]]["all"]["parse_failures"]
+        listed = "; ".join(f"{reason}: {count}" for reason, count in failures.items()) or "none"
+        out.append(f"- **{r['label']}**: {listed}")
+    out += ["", "## Generation", ""]
+    for r in results:
+        calls = r["calls"]
+        speed = f"{calls['prompts'] / calls['seconds']:.2f} answers/s" if calls["seconds"] > 0 else "-"
+        out.append(f"- **{r['label']}**: {calls['prompts']} answers in {calls['seconds']:.1f} s ({speed})")
+    if figures:
+        out += ["", "## Figures", ""]
+        out += [f"![{title}]({name})" for name, title in figures]
+    return "\n".join(out) + "\n"
+
+
+def format_report(context: Mapping, results: Sequence[Mapping]) -> str:
+    """report.md of --eval-mode format: the rate of each answer-format check per model."""
+    checks = list(results[0]["format_rates"]) if results else []
+    out = [f"# Answer format on `{context['dataset']}` ({context['records']} eval problems)", "",
+           "| model | " + " | ".join(c.replace("_", " ") for c in checks) + " | overall |",
+           "|" + "---|" * (len(checks) + 2)]  # fmt: skip
+    for r in results:
+        rates = r["format_rates"]
+        overall = sum(rates.values()) / len(rates) if rates else 0.0
+        out.append(
+            f"| {r['label']} | "
+            + " | ".join(f"{100 * rates[c]:.1f}%" for c in checks)
+            + f" | {100 * overall:.1f}% |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def figure_files(figures: Sequence[tuple[str, str]]) -> list[str]:
+    return [name for name, _ in figures]
+
+
+def _run_folder(described: str) -> Path | None:
+    return Path(described[4:]) if described.startswith("run ") else None
+
+
+def render_figures(
+    folder: Path,
+    records: Sequence[Mapping],
+    results: Sequence[Mapping],
+    references: Mapping,
+    summaries: Mapping,
+    ref_summaries: Mapping,
+    args,
+) -> list[tuple[str, str]]:
+    """Draw every figure into folder; returns (file name, title) pairs in report order."""
+    from lib import plots
+
+    figures: list[tuple[str, str]] = []
+    labels = [r["label"] for r in results]
+    all_rows = {REFERENCE_NAMES[n]: ref_summaries[n]["all"] for n in ("optimal", "zero")}
+    model_rows = {label: summaries[label]["all"] for label in labels}
+    gaps = {r["label"]: r["rows"].metrics["gap"][r["rows"].metrics["feasible"]] for r in results}
+    gaps[REFERENCE_NAMES["label"]] = references["label"].metrics["gap"][
+        references["label"].metrics["feasible"]
+    ]
+    title = f"{context_title(args)}: {', '.join(labels)}"
+    plots.plot_performance_summary(
+        {**model_rows, **all_rows}, gaps, SUCCESS_KEYS, title, folder / "performance_summary.png"
+    )
+    figures.append(("performance_summary.png", "performance summary"))
+    if len(results) > 1:
+        plots.plot_comparison(
+            model_rows, SUCCESS_KEYS, f"model comparison - {context_title(args)}", folder / "comparison.png"
+        )
+        figures.append(("comparison.png", "model comparison"))
+    k = args.samples_per_prompt
+    by_system: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_system.setdefault(record["system"], []).append(i)
+    for name, indices in by_system.items():
+        system = get_system(name)
+        for n, i in enumerate(indices[: args.plot_instances]):
+            record = records[i]
+            answers = {r["label"]: r["rows"].u[i * k] for r in results}
+            x0, u_opt = np.asarray(record["x0"]), np.asarray(record["u_opt"])
+            gaps_text = ", ".join(f"{r['label']} gap {_gap_text(r['rows'], i * k)}" for r in results)
+            head = f"{system.title}, x0 = {tuple(round(v, 2) for v in record['x0'])} ({gaps_text})"
+            trajectory = f"{name}_trajectory_{n}.png"
+            plots.plot_trajectory(system, x0, answers, u_opt, head, folder / trajectory)
+            phase = f"phase_portrait_{name}_{n}.png"
+            plots.plot_phase_portrait(system, x0, answers, u_opt, head, folder / phase)
+            figures += [
+                (trajectory, f"{name} instance {record['id']}: trajectory"),
+                (phase, f"{name} instance {record['id']}: phase portrait"),
+            ]
+    for r in results:
+        run = _run_folder(r["model"])
+        if run is None or not (run / "log_history.json").is_file():
+            continue
+        history = json.loads((run / "log_history.json").read_text())
+        beta = _run_beta(run)
+        name = f"training_curves_{safe_name(r['label'])}.png"
+        if plots.plot_training_curves(
+            history, f"training of {r['label']} ({run.parent.name})", folder / name, beta
+        ):
+            figures.append((name, f"training curves of {r['label']}"))
+    return figures
+
+
+def _gap_text(rows, i: int) -> str:
+    if not rows.metrics["parsed"][i]:
+        return "n/a (no parse)"
+    gap = rows.metrics["gap"][i]
+    return f"{100 * gap:.1f}%" + ("" if rows.metrics["feasible"][i] else ", infeasible")
+
+
+def _run_beta(run: Path) -> float:
+    try:
+        return float(json.loads((run / "config.json").read_text())["grpo"]["beta"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def context_title(args) -> str:
+    return f"{args.dataset}, {args.eval_mode}"

@@ -1,0 +1,290 @@
+"""Evaluation by simulation: metrics against the optimum, MPC, reports and figures, and main_eval's CLI.
+
+The answerers here are test doubles standing in for a model's generation (a function prompts -> texts): one
+returns the exact optimum, one the printed labels, one zeros, one a wrong-length answer. Real generation
+from a tiny model runs through the CLI tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import load_script, run_python
+
+from lib.errors import EXIT_USAGE, run_cli
+from lib.evaluation import (
+    answer_records,
+    bootstrap_ci,
+    load_eval_records,
+    pass_at_k,
+    reference_rows,
+    score_samples,
+    summarize,
+)
+from lib.references import solve_reference
+from lib.systems import get_system
+
+X0_PATTERN = re.compile(r"Initial state: x_0 = \(([^)]*)\)")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Eval records of two systems (6 each) and a tiny model trained on nothing in particular."""
+    from lib.models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("eval")
+    argv = ["--systems", "double_integrator", "van_der_pol", "--train-samples", "4", "--eval-samples", "12",
+            "--dataset-name", "mix", "--output-dir", str(root / "datasets")]  # fmt: skip
+    assert load_script("generate_data").main(argv) == 0
+    records, _ = load_eval_records(root / "datasets" / "mix")
+    corpus = [m["content"] for r in records[:4] for m in r["prompt"] + r["completion"]]
+    build_tiny_model(root / "tiny", corpus)
+    return root
+
+
+@pytest.fixture(scope="module")
+def records(workspace):
+    return load_eval_records(workspace / "datasets" / "mix")[0]
+
+
+def by_prompt(records, make_text):
+    """An answerer that looks each prompt up among the records (prompts are unique per record)."""
+    table = {json.dumps(r["prompt"]): r for r in records}
+    return lambda prompts: [make_text(table[json.dumps(p)]) for p in prompts]
+
+
+def wrap(u) -> str:
+    return f"<REASONING>r</REASONING><CONTROLS>{', '.join(repr(float(v)) for v in u)}</CONTROLS>"
+
+
+def exact_optimum(record) -> str:
+    return wrap(record["u_opt"])  # full precision: the certified optimum itself
+
+
+def test_records_are_interleaved_over_systems_and_capped(records, workspace):
+    assert [r["system"] for r in records[:4]] == ["double_integrator", "van_der_pol"] * 2
+    capped, _ = load_eval_records(workspace / "datasets" / "mix", num_samples=3)
+    assert [r["id"] for r in capped] == [r["id"] for r in records[:3]]
+    assert all(r["J_floor"] > 0 for r in capped)
+
+
+def test_the_optimal_answers_score_as_optimal(records):
+    rows = score_samples(records, answer_records(records, by_prompt(records, exact_optimum)))
+    m = rows.metrics
+    assert m["parsed"].all() and m["feasible"].all()
+    assert np.abs(m["gap"]).max() < 1e-9
+    assert np.allclose(m["score"], 1.0, atol=1e-9)
+    summary = summarize(rows)["all"]
+    for key in ("success@1%", "success@5%", "success@10%", "parsed", "feasible"):
+        assert summary[key]["rate"] == 1.0
+    assert summary["gap_feasible"]["median"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["parse_failures"] == {}
+
+
+def test_the_printed_labels_are_within_one_percent(records):
+    rows = score_samples(
+        records, answer_records(records, by_prompt(records, lambda r: r["completion"][0]["content"]))
+    )
+    assert rows.metrics["success@1%"].all()
+    assert (rows.metrics["gap"] >= -1e-12).all()  # a feasible answer can never beat the certified optimum
+
+
+def test_zeros_score_zero_and_a_wrong_length_is_a_parse_failure_not_padded(records):
+    zeros = score_samples(
+        records, answer_records(records, by_prompt(records, lambda r: wrap(np.zeros(r["horizon"]["steps"]))))
+    )
+    assert np.allclose(zeros.metrics["score"], 0.0, atol=1e-12)
+    assert zeros.metrics["success@10%"].sum() == 0
+    short = score_samples(
+        records, answer_records(records, by_prompt(records, lambda r: wrap(r["u_opt"][:-1])))
+    )
+    assert not short.metrics["parsed"].any()
+    assert all(reason.startswith("wrong count: got 49") for reason in short.reason)
+    assert np.isnan(short.metrics["J"]).all()  # never simulated as if padded with zeros
+    summary = summarize(short)["all"]
+    assert summary["parsed"]["rate"] == 0.0 and summary["success@10%"]["rate"] == 0.0
+    assert summary["parse_failures"] == {"wrong count": len(records)}
+
+
+def test_reference_rows(records):
+    optimal, zero = reference_rows(records, "optimal"), reference_rows(records, "zero")
+    assert np.abs(optimal.metrics["gap"]).max() < 1e-9
+    assert np.allclose(zero.metrics["score"], 0.0, atol=1e-12)
+    assert np.allclose(zero.metrics["J"], [r["J_zero"] for r in records])
+
+
+def test_out_of_bounds_answers_are_infeasible_and_never_succeed(records):
+    def one_step_beyond(record):  # the optimum with u_0 pushed 0.5 past the upper bound
+        u = np.asarray(record["u_opt"], dtype=float).copy()
+        u[0] = record["bounds"]["u_max"] + 0.5
+        return wrap(u)
+
+    rows = score_samples(records, answer_records(records, by_prompt(records, one_step_beyond)))
+    assert rows.metrics["parsed"].all() and not rows.metrics["feasible"].any()
+    assert summarize(rows)["all"]["gap_feasible"]["n"] == 0
+
+
+def test_pass_at_k_counts_a_prompt_once_any_sample_succeeds(records):
+    calls = {"n": 0}
+
+    def alternate(prompts):  # sample 0 answers zeros, sample 1 the optimum
+        calls["n"] += 1
+        out = []
+        for i, prompt in enumerate(prompts):
+            record = next(r for r in records if r["prompt"] == prompt)
+            out.append(exact_optimum(record) if i % 2 else wrap(np.zeros(record["horizon"]["steps"])))
+        return out
+
+    rows = score_samples(records, answer_records(records, alternate, k=2))
+    summary = summarize(rows)["all"]
+    assert calls["n"] == 1  # one batched call for every sample
+    assert summary["success@1%"]["rate"] == pytest.approx(0.5)
+    assert summary["pass@2 success@1%"]["rate"] == 1.0
+    assert list(pass_at_k([False, True, False, False], 2)) == [True, False]
+
+
+def test_bootstrap_interval_contains_the_mean_and_is_seeded():
+    values = np.random.default_rng(1).normal(3.0, 1.0, 200)
+    low, high = bootstrap_ci(values, seed=4)
+    assert low < values.mean() < high and high - low < 0.5
+    assert bootstrap_ci(values, seed=4) == (low, high)
+
+
+def exact_solver_answerer(system_name: str):
+    """The certified optimum for whatever state the prompt shows (what a perfect model would write)."""
+    system = get_system(system_name)
+    calls = []
+
+    def answer(prompts):
+        calls.append(len(prompts))
+        x0 = np.array(
+            [[float(v) for v in X0_PATTERN.search(p[1]["content"]).group(1).split(",")] for p in prompts]
+        )
+        return [wrap(u) for u in solve_reference(system, x0).u]
+
+    return answer, calls
+
+
+def test_mpc_replans_in_batches_from_the_simulated_state(records):
+    di = [r for r in records if r["system"] == "double_integrator"]
+    answer, calls = exact_solver_answerer("double_integrator")
+    rows = score_samples(di, answer_records(di, answer, mode="mpc", replan_every=10))
+    assert calls == [len(di)] * 5  # 50 steps / 10 per plan = 5 rounds, each one call for every instance
+    m = rows.metrics
+    assert m["parsed"].all() and m["feasible"].all()
+    # re-planning from rounded states with a shifted horizon is not the open-loop optimum, but close to it
+    assert (m["gap"] >= -1e-9).all() and m["gap"].max() < 0.05
+
+
+def test_mpc_with_one_plan_is_the_open_loop_evaluation(records):
+    open_loop = score_samples(records, answer_records(records, by_prompt(records, exact_optimum)))
+    one_plan = score_samples(
+        records, answer_records(records, by_prompt(records, exact_optimum), mode="mpc", replan_every=50)
+    )
+    assert np.allclose(open_loop.metrics["J"], one_plan.metrics["J"])
+
+
+def test_mpc_reports_which_replan_broke(records):
+    di = [r for r in records if r["system"] == "double_integrator"][:2]
+    answer, _ = exact_solver_answerer("double_integrator")
+    rounds = iter([answer, lambda prompts: ["junk"] * len(prompts)])
+    rows = score_samples(di, answer_records(di, lambda p: next(rounds)(p), mode="mpc", replan_every=25))
+    assert not rows.metrics["parsed"].any()
+    assert rows.reason[0].startswith("re-plan at step 25: missing tag")
+
+
+# ---------------------------------------------------------------- the CLI, with real generation
+
+
+def eval_main(argv):
+    return run_cli(load_script("main_eval").main, argv)
+
+
+def cli_args(workspace, out, *extra):
+    return ["--model-path", str(workspace / "tiny"), "--dataset", "mix", "--num-samples", "4", "--max-new-tokens", "8",
+            "--output-dir", str(out), f"data.datasets_dir={workspace / 'datasets'}", "device.type=cpu", *extra]  # fmt: skip
+
+
+def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp_path):
+    out = tmp_path / "eval"
+    assert eval_main(cli_args(workspace, out, "--save-plots", "--plot-instances", "1")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["context"]["records"] == 4
+    model = metrics["models"]["tiny"]
+    assert model["summary"]["all"]["samples"] == 4
+    # 8 tokens of a random model cannot hold 50 controls: every answer is a counted parse failure
+    assert model["summary"]["all"]["parsed"]["rate"] == 0.0
+    assert sum(model["summary"]["all"]["parse_failures"].values()) == 4
+    assert metrics["references"]["optimal"]["all"]["success@1%"]["rate"] == 1.0
+    assert metrics["references"]["zero"]["all"]["score_parsed"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "performance_summary.png" in pngs
+    assert {"double_integrator_trajectory_0.png", "phase_portrait_van_der_pol_0.png"} <= set(pngs)
+    assert all((out / p).stat().st_size > 10_000 for p in pngs)
+    report = (out / "report.md").read_text()
+    assert "## double_integrator" in report and "optimal (exact)" in report and "u = 0" in report
+    assert all(f"]({p})" in report for p in pngs)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["reason"] for s in samples)
+
+    again = tmp_path / "again"
+    assert eval_main(cli_args(workspace, again)) == 0
+    second = json.loads((again / "metrics.json").read_text())
+    assert second["models"]["tiny"]["summary"] == model["summary"]  # same seed, same model, greedy
+    assert not list(again.glob("*.png"))  # no --save-plots, no figures
+
+
+def test_cli_replaces_its_own_previous_files_only(workspace, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert eval_main(cli_args(workspace, out, "--save-plots", "--plot-instances", "2")) == 0
+    assert (out / "double_integrator_trajectory_1.png").is_file()
+    assert eval_main(cli_args(workspace, out, "--save-plots", "--plot-instances", "1")) == 0
+    assert not (out / "double_integrator_trajectory_1.png").exists()  # stale figure of the last run: gone
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_compares_models_and_checks_format(workspace, tmp_path):
+    out = tmp_path / "cmp"
+    tiny = str(workspace / "tiny")
+    argv = cli_args(workspace, out, "--save-plots", "--plot-instances", "1", "--labels", "a", "b")
+    argv[1:2] = [tiny, tiny]
+    assert eval_main(argv) == 0
+    assert (out / "comparison.png").stat().st_size > 10_000
+    assert set(json.loads((out / "metrics.json").read_text())["models"]) == {"a", "b"}
+    fmt = tmp_path / "fmt"
+    assert eval_main(cli_args(workspace, fmt, "--eval-mode", "format")) == 0
+    rates = json.loads((fmt / "metrics.json").read_text())["models"]["tiny"]["format_rates"]
+    assert rates["exact_control_count"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--samples-per-prompt", "4"],  # pass@k with greedy decoding
+        ["--num-samples", "0"],
+        ["--labels", "a", "b"],
+        ["--system", "pendulum"],
+        ["--dataset", "nope"],
+        ["--eval-mode", "analyze"],
+    ],
+)
+def test_cli_bad_input_exits_2_and_writes_nothing(workspace, tmp_path, extra):
+    out = tmp_path / "eval"
+    assert eval_main(cli_args(workspace, out, *extra)) == EXIT_USAGE
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["models/universal/sft/no-such-run", "no-such-org/no-such-model"])
+def test_cli_missing_model_exits_2(workspace, tmp_path, model):
+    """A mistyped run folder, or a hub name that is not in the cache (offline, as on this machine)."""
+    argv = cli_args(workspace, tmp_path / "eval")
+    argv[1] = model
+    result = run_python(["scripts/main_eval.py", *argv], env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "Traceback" not in result.stderr and model.split("/")[-1] in result.stderr
+    assert not (tmp_path / "eval").exists()
