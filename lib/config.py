@@ -14,6 +14,7 @@ Usage (for shell scripts, so nothing parses YAML in bash):
     python -m lib.config show FILE [key=value ...]      # the resolved config as JSON
     python -m lib.config get FILE KEY [key=value ...]   # one value (strings raw, the rest as JSON)
     python -m lib.config validate [PATH ...]            # files or folders (recursive), default configs/
+                                                        # (configs/accelerate/ is skipped: OTHER_TOOL_DIRS)
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "schemas"
 DEFAULT_SCHEMA = "control"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+# Folders that hold another tool's config files, not experiment configs: `find_configs` does not walk
+# into a folder with one of these names (nor takes a file inside one), and `validate` lists what it
+# skipped and why. The name is the rule, wherever the folder sits, so configs/accelerate/ and a copy of
+# it elsewhere behave the same; each tool's own test checks its files (tests/test_accelerate.py).
+OTHER_TOOL_DIRS: dict[str, str] = {
+    "accelerate": "accelerate launch configs (accelerate's format; use with --config_file)",
+}
 
 # Old key -> new key (dotted paths), or None to drop it. Applied to every file and override.
 # The byte_lm_* names and memory_reserve_pct come from the original BLT entropy-model config.
@@ -441,14 +450,41 @@ def repo_path(path: str | Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def other_tool_config(file: Path, searched: Path | None = None) -> str | None:
+    """Why `file` is another tool's config (OTHER_TOOL_DIRS), or None for an experiment config.
+
+    Only folders from `searched` (the folder being walked; default: the file's own folder) down count,
+    so a checkout that happens to live under a folder named `accelerate` still validates its configs.
+    """
+    folders = [searched.name, *file.relative_to(searched).parts[:-1]] if searched else [file.parent.name]
+    return next((OTHER_TOOL_DIRS[name] for name in folders if name in OTHER_TOOL_DIRS), None)
+
+
 def find_configs(paths: Sequence[str | Path]) -> list[Path]:
+    """The experiment config files among `paths` (folders recursively), other tools' configs left out."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix in CONFIG_SUFFIXES and f.is_file())
-        else:
+            found += sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix in CONFIG_SUFFIXES and f.is_file() and not other_tool_config(f, p)
+            )
+        elif not other_tool_config(p):
             found.append(p)
     return found
+
+
+def skipped_configs(paths: Sequence[str | Path]) -> dict[Path, str]:
+    """The config files among `paths` that find_configs leaves out, each with the reason."""
+    skipped: dict[Path, str] = {}
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.suffix in CONFIG_SUFFIXES) if p.is_dir() else [p]
+        for f in files:
+            reason = other_tool_config(f, p if p.is_dir() else None)
+            if reason and f.is_file():
+                skipped[f] = reason
+    return skipped
 
 
 def _display(path: Path) -> str:
@@ -488,8 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _validate_paths(paths: Sequence[str]) -> int:
     files = find_configs(paths)
+    skipped = skipped_configs(paths)
+    for file, reason in skipped.items():
+        print(f"skipped {_display(file)}: {reason}")
     if not files:
-        raise ConfigError(f"no config files (*.yaml, *.yml, *.json) under {', '.join(paths)}.")
+        raise ConfigError(
+            f"no experiment config files (*.yaml, *.yml, *.json) under {', '.join(paths)}"
+            + (f" ({len(skipped)} skipped: other tools' configs)." if skipped else "."),
+            fix="pass a config file or a folder that holds some (configs/ by default).",
+        )
     failed = 0
     for file in files:
         try:
@@ -498,7 +541,8 @@ def _validate_paths(paths: Sequence[str]) -> int:
         except ConfigError as exc:
             failed += 1
             print(f"FAILED  {_display(file)}: {exc} {exc.fix}".rstrip())
-    print(f"validated {len(files)} config(s): {len(files) - failed} ok, {failed} failed")
+    note = f"; skipped {len(skipped)} other tools' config(s)" if skipped else ""
+    print(f"validated {len(files)} config(s): {len(files) - failed} ok, {failed} failed{note}")
     return 2 if failed else 0
 
 

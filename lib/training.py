@@ -11,6 +11,10 @@
 `training_type: both` runs SFT then GRPO from that SFT run, both under the same run_id, so `--resume`
 after a preemption finds both: a completed stage is kept, an unfinished one resumes from its last
 checkpoint. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits 130, resumable.
+
+Under `accelerate launch` (several processes, lib/distributed.py) every process trains, all agree on rank
+0's run_id, and only the main process writes the run folder and `latest`; run_info.json records
+`world_size`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from lib.config import ROOT, repo_path
 from lib.dataset import read_info, read_split
 from lib.device import DeviceSetup, settings_from_config, setup_device
+from lib.distributed import Processes
 from lib.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
 from lib.models import EMBEDDED, resolve_model_name
 from lib.rewards import reward_functions
@@ -390,9 +395,18 @@ def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -
 
 
 def start_run(
-    cfg: dict, stage: str, run_id: str, argv: Sequence[str], setup: DeviceSetup, extra: dict
+    cfg: dict,
+    stage: str,
+    run_id: str,
+    argv: Sequence[str],
+    setup: DeviceSetup,
+    extra: dict,
+    processes: Processes | None = None,
 ) -> Path:
+    processes = processes or Processes()
     run_dir = stage_dir(cfg, stage) / run_id
+    if not processes.is_main:  # one writer per run folder; the trainer makes checkpoints/ on any rank
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", cfg)
     _write_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
@@ -409,6 +423,7 @@ def start_run(
         "git_commit": _git_commit(),
         "packages": package_versions(),
         "device": setup.summary(),
+        "world_size": processes.world_size,
         "base_model": cfg["model"]["name"],
         "adapter": cfg["model"]["lora"]["enabled"],
         "dataset": cfg["data"]["dataset_name"],
@@ -418,29 +433,47 @@ def start_run(
     return run_dir
 
 
-def finish_run(run_dir: Path, trainer, tokenizer, metrics: dict, stopped_by: str | None) -> bool:
-    """Write the model, history and metrics; mark the run completed and move `latest` (unless stopped)."""
+def finish_run(
+    run_dir: Path,
+    trainer,
+    tokenizer,
+    metrics: dict,
+    stopped_by: str | None,
+    processes: Processes | None = None,
+) -> bool:
+    """Write the model, history and metrics; mark the run completed and move `latest` (unless stopped).
+
+    Every process calls it (saving a sharded FSDP / DeepSpeed model needs all of them), the main one
+    writes, and all wait for it, so a later stage on any rank reads a complete run folder.
+    """
+    processes = processes or Processes()
+    step = trainer.state.global_step
+    if processes.distributed:  # each rank says it trained, so a multi-process log shows all of them
+        log.info("%s: %s finished at step %d", processes.describe(), run_dir.parent.name, step)
+    if not stopped_by:
+        trainer.save_model(str(run_dir / "model"))  # a collective under FSDP / DeepSpeed; rank 0 writes
+    if processes.is_main:
+        _write_run_end(run_dir, trainer, tokenizer, metrics, stopped_by)
+    processes.barrier()
+    return not stopped_by
+
+
+def _write_run_end(run_dir: Path, trainer, tokenizer, metrics: dict, stopped_by: str | None) -> None:
     info = read_run_info(run_dir)
-    history = trainer.state.log_history
-    _write_json(run_dir / "log_history.json", history)
+    step = trainer.state.global_step
+    _write_json(run_dir / "log_history.json", trainer.state.log_history)
     trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
     if stopped_by:
-        info.update(status="interrupted", stopped_by=stopped_by, step=trainer.state.global_step)
+        info.update(status="interrupted", stopped_by=stopped_by, step=step)
         _write_json(run_dir / "run_info.json", info)
-        return False
-    trainer.save_model(str(run_dir / "model"))
+        return
     tokenizer.save_pretrained(run_dir / "model")
-    metrics = {
-        "global_step": trainer.state.global_step,
-        **{k: v for k, v in metrics.items() if v is not None},
-    }
+    metrics = {"global_step": step, **{k: v for k, v in metrics.items() if v is not None}}
     _write_json(run_dir / "metrics.json", metrics)
-    info.update(
-        status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), step=trainer.state.global_step
-    )
+    info.update(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), step=step)
     _write_json(run_dir / "run_info.json", info)
     _write_atomic(run_dir.parent / "latest", run_dir.name + "\n")  # only now: `latest` is always complete
-    return True
+    log.info("%s/latest -> %s", run_dir.parent, run_dir.name)
 
 
 def _last_checkpoint(run_dir: Path) -> str | None:
@@ -458,14 +491,17 @@ def _mean_of_last(history: list[dict], key: str, count: int = 5) -> float | None
 # ---------------------------------------------------------------- stages
 
 
-def train_sft(cfg: dict, setup: DeviceSetup, run_id: str, argv: Sequence[str]) -> tuple[Path, bool]:
+def train_sft(
+    cfg: dict, setup: DeviceSetup, run_id: str, argv: Sequence[str], processes: Processes | None = None
+) -> tuple[Path, bool]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     train, evaluation, _ = load_stage_records(cfg, "sft")
     model, tokenizer, peft_config = load_start_model(cfg, setup, None)
     train = check_lengths(tokenizer, train, cfg, "sft")
-    run_dir = start_run(cfg, "sft", run_id, argv, setup, {"init_run": None, "train_records": len(train)})
+    extra = {"init_run": None, "train_records": len(train)}
+    run_dir = start_run(cfg, "sft", run_id, argv, setup, extra, processes)
     fields = list(SFT_FIELDS)
     args = SFTConfig(
         **common_args(cfg["sft"], cfg, setup, run_dir),
@@ -493,11 +529,16 @@ def train_sft(cfg: dict, setup: DeviceSetup, run_id: str, argv: Sequence[str]) -
     if evaluation and not stop.signal_name:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["eval_records"] = len(evaluation)
-    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name)
+    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
 
 
 def train_grpo(
-    cfg: dict, setup: DeviceSetup, run_id: str, argv: Sequence[str], init_run: Path | None
+    cfg: dict,
+    setup: DeviceSetup,
+    run_id: str,
+    argv: Sequence[str],
+    init_run: Path | None,
+    processes: Processes | None = None,
 ) -> tuple[Path, bool]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -519,6 +560,7 @@ def train_grpo(
         argv,
         setup,
         {"init_run": str(init_run) if init_run else None, "train_records": len(train)},
+        processes,
     )
     args = GRPOConfig(
         **common_args(grpo, cfg, setup, run_dir),
@@ -550,7 +592,7 @@ def train_grpo(
     metrics = {"reward": _mean_of_last(history, "reward")}
     for function in functions:
         metrics[f"rewards/{function.__name__}"] = _mean_of_last(history, f"rewards/{function.__name__}/mean")
-    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name)
+    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
 
 
 def grpo_init_run(cfg: dict, sft_run: Path | None) -> Path | None:
@@ -577,15 +619,23 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
     """Run the stages `training_type` asks for; 0 when all completed, 130 when stopped by a signal."""
     if setup.unsloth:
         import unsloth  # noqa: F401  (Unsloth patches transformers and TRL: it must be imported first)
+    processes = Processes.start(setup.device)
     if cfg["model"]["name"] == EMBEDDED:
-        resolve_model_name(EMBEDDED)  # convert the GGUF once, before any trainer starts
-    run_id = cfg["run"]["run_id"] or (resumable_run_id(cfg) if resume else time.strftime("%Y%m%d-%H%M%S"))
+        with processes.main_first():  # one process converts the GGUF, the others then find it converted
+            resolve_model_name(EMBEDDED)  # convert once, before any trainer starts
+    # rank 0 decides: a time-stamp run_id taken by each process could differ by a second between ranks
+    run_id = processes.agree(
+        cfg["run"]["run_id"] or (resumable_run_id(cfg) if resume else time.strftime("%Y%m%d-%H%M%S"))
+    )
     stages = STAGES if cfg["training_type"] == "both" else (cfg["training_type"],)
     sft_run = None
     for stage in stages:
         run_dir = stage_dir(cfg, stage) / run_id
-        if (run_dir / "run_info.json").is_file():
-            status = read_run_info(run_dir).get("status")
+        previous = read_run_info(run_dir) if (run_dir / "run_info.json").is_file() else None
+        # every rank looks before rank 0 starts the folder (which would make it "exist" to a late rank)
+        processes.barrier()
+        if previous is not None:
+            status = previous.get("status")
             if not resume:
                 raise UsageError(
                     f"run {run_dir} already exists ({status}).",
@@ -597,22 +647,23 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
                 continue
             log.info("resuming %s run %s from %s", stage, run_dir, _last_checkpoint(run_dir) or "the start")
         if stage == "sft":
-            run_dir, done = train_sft(cfg, setup, run_id, argv)
+            run_dir, done = train_sft(cfg, setup, run_id, argv, processes)
             sft_run = run_dir
         else:
-            resumed = run_dir / "run_info.json"
-            if resumed.is_file():  # a resumed run keeps the start it had, whatever `latest` says now
-                recorded = read_run_info(run_dir)["init_run"]
+            if previous is not None:  # a resumed run keeps the start it had, whatever `latest` says now
+                recorded = previous["init_run"]
                 init = Path(recorded) if recorded else None
             else:
                 init = grpo_init_run(cfg, sft_run)
-            run_dir, done = train_grpo(cfg, setup, run_id, argv, init)
+            run_dir, done = train_grpo(cfg, setup, run_id, argv, init, processes)
         if not done:
-            print(
-                f"stopped: {stage} run {run_dir} saved a checkpoint; continue with --resume --run-id {run_id}"
-            )
+            if processes.is_main:
+                print(
+                    f"stopped: {stage} run {run_dir} saved a checkpoint; continue with --resume --run-id {run_id}"
+                )
             return EXIT_INTERRUPTED
-        print(f"{stage} run completed: {run_dir}")
+        if processes.is_main:
+            print(f"{stage} run completed: {run_dir}")
     return EXIT_OK
 
 
