@@ -45,5 +45,15 @@ bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tok
 train: install ## SFT and/or GRPO from a config (CONFIG=..., default the embedded model on CPU; ARGS for key=value)
 	$(PY) scripts/main_trainer.py --config $(CONFIG) $(ARGS)
 
+# train-mps: CONFIG defaults to the byte-level model's MPS profile here (CONFIG=... on the command line or in
+# the environment wins). Without MPS, lib.device logs the reason and trains on what the machine has.
+MPS_CONFIG := configs/blt/entropy_mps.json
+.PHONY: train-mps bench-blt
+train-mps: install ## train with an Apple MPS profile (default configs/blt/entropy_mps.json; CONFIG=..., ARGS=key=value)
+	$(PY) scripts/main_trainer.py --config $(if $(filter file,$(origin CONFIG)),$(MPS_CONFIG),$(CONFIG)) $(ARGS)
+
+bench-blt: install ## byte-level model training bytes/s: CPU, and CUDA fp32 + mixed precision where present -> results/bench/blt.{json,md}
+	$(PY) scripts/bench_blt.py $(ARGS)
+
 verify-grpo: install ## check the answer format of the newest GRPO run with real generation (ARGS for flags)
 	$(PY) scripts/verify_grpo_format.py $(ARGS)

@@ -97,11 +97,12 @@ class DeviceSetup:
 
 
 def settings_from_config(cfg: Mapping) -> DeviceSettings:
-    """DeviceSettings from a resolved config: a control config's `device` section or a blt config."""
-    if "device" in cfg:
+    """DeviceSettings from a resolved config: a control config's `device` section or a blt config, whose
+    flat keys are `device` (auto | cuda | mps | cpu), `force_cpu`, `mixed_precision` and the two watermarks."""
+    if isinstance(cfg.get("device"), Mapping):
         return DeviceSettings(**cfg["device"])
     return DeviceSettings(
-        type="auto",
+        type=cfg["device"],
         force_cpu=cfg["force_cpu"],
         precision="auto" if cfg["mixed_precision"] else "fp32",
         mps_high_watermark_ratio=cfg["mps_high_watermark_ratio"],

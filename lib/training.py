@@ -669,11 +669,14 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
 
 def train_from_config(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
     """What main_trainer.py and train_single_system.py do: check model_type, set the device up, train."""
+    if cfg["model_type"] == "blt":  # the byte-level entropy model has its own trainer and run folders
+        from lib.blt import train_blt
+
+        return train_blt(cfg, argv, resume=resume)
     if cfg["model_type"] != "control":
         raise UsageError(
-            f"model_type '{cfg['model_type']}' cannot be trained by this version of main_trainer.py "
-            "(the byte-level entropy model's trainer is not built yet).",
-            fix="use a control config (model_type: control), e.g. configs/control/smollm2_cpu.yaml.",
+            f"model_type '{cfg['model_type']}' cannot be trained by main_trainer.py.",
+            fix="use a control config (configs/control/) or a blt config (configs/blt/).",
         )
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())

@@ -1,13 +1,17 @@
-"""Train from one config: SFT, GRPO, or both in one process, on CUDA, Apple MPS or CPU.
+"""Train from one config: SFT, GRPO or both (control), or the byte-level entropy model (blt), on CUDA, MPS or CPU.
 
 Usage:
     make train CONFIG=configs/control/smollm2_cpu.yaml
     python scripts/main_trainer.py --config configs/control/smollm2_cpu.yaml data.dataset_name=test_di
     python scripts/main_trainer.py --config FILE training_type=both run.run_id=exp1 --resume
 
-Overrides are `key.sub=value` after the config (see schemas/control.schema.json). The config's
-`model_type` picks the model family: `control` (the language-model controller). Runs are written to
-models/<system or universal>/<sft|grpo>/<run_id>/ (lib/training.py). Exit codes: 0 done, 1 failed,
+    make train-mps ARGS="max_steps=20 eval_steps=10"      # the byte-level entropy model, MPS profile
+    python scripts/main_trainer.py --config configs/blt/entropy_cpu.json max_steps=200 run_id=b1 --resume
+
+Overrides are `key.sub=value` after the config (see schemas/control.schema.json, schemas/blt.schema.json).
+The config's `model_type` picks the model family: `control` (the language-model controller; runs in
+models/<system or universal>/<sft|grpo>/<run_id>/, lib/training.py) or `blt` (the byte-level entropy model;
+runs in <output_dir>/<run_id>/, default models/blt, lib/blt.py). Exit codes: 0 done, 1 failed,
 2 bad config or input, 130 stopped by SIGTERM / Ctrl-C with a resumable checkpoint.
 """
 

@@ -1,0 +1,521 @@
+"""Analysis of a trained byte-level entropy model: bits per byte, next-byte entropy, and the patches it makes.
+
+    metrics = analyze_blt("models/blt/<run_id>", cfg, Path("results/blt_analysis"), save_plots=True)
+
+Entropy is in bits: H_i = -sum_v p(v | bytes before i) log2 p(v | ...), over the model's whole output (256
+byte values and 3 specials, so 0 <= H_i <= log2(259) = 8.02). Every byte i of an evaluation file gets the
+entropy of the model's prediction FOR it, made from the bytes before it (at least block_size / 2 of them
+past the first half-window of a file stream: windows overlap by half, see lib.blt.score_tokens). Bits per
+byte here therefore come out a little lower than the training evaluation's, whose windows do not overlap.
+
+Patching rules (Byte Latent Transformer, Pagnoni et al. 2024), for one file's entropies H_0 .. H_{n-1}:
+  threshold: a new patch starts at byte i when H_i > threshold            (patch_starts_threshold)
+  rise:      a new patch starts at byte i >= 1 when H_i - H_{i-1} > threshold  (patch_starts_rise)
+Byte 0 of every file always starts a patch; patches never span two files.
+
+Writes into output_dir: metrics.json, report.md and, with save_plots, entropy_trace.png,
+patch_length_hist.png, bits_per_byte.png (from the run's log_history.json) and
+patch_length_vs_threshold.png. Every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen on clusters and CI; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lib.blt import (  # noqa: E402
+    LN2,
+    VOCAB_SIZE,
+    checkpoint_steps,
+    ensure_default_corpus,
+    latest_blt_run,
+    load_byte_data,
+    load_model,
+    score_tokens,
+)
+from lib.config import repo_path  # noqa: E402
+from lib.device import settings_from_config, setup_device  # noqa: E402
+from lib.errors import UsageError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+RULES = ("threshold", "rise")
+SAMPLE_BYTES = 120  # bytes in the entropy-trace figure: enough for two lines of text, each byte labelled
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+MAX_ENTROPY_BITS = math.log2(VOCAB_SIZE)
+
+
+# ---------------------------------------------------------------- the patching rules (pure)
+
+
+def _entropy_array(entropy: Sequence[float] | np.ndarray) -> np.ndarray:
+    values = np.asarray(entropy, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"entropy must be one-dimensional, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("entropy holds NaN or infinite values")
+    return values
+
+
+def patch_starts_threshold(entropy: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
+    """Indices where a patch starts: 0, and every i with entropy[i] > threshold (sorted, int64)."""
+    values = _entropy_array(entropy)
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    fires = values > threshold
+    fires[0] = True
+    return np.flatnonzero(fires).astype(np.int64)
+
+
+def patch_starts_rise(entropy: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
+    """Indices where a patch starts: 0, and every i >= 1 with entropy[i] - entropy[i-1] > threshold."""
+    values = _entropy_array(entropy)
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    fires = np.zeros(values.size, dtype=bool)
+    fires[0] = True
+    fires[1:] = np.diff(values) > threshold
+    return np.flatnonzero(fires).astype(np.int64)
+
+
+PATCH_RULES = {"threshold": patch_starts_threshold, "rise": patch_starts_rise}
+
+
+def patch_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Lengths of the patches that begin at `starts` in a sequence of n bytes (they sum to n)."""
+    return np.diff(np.append(np.asarray(starts, dtype=np.int64), n))
+
+
+def patch_statistics(lengths: np.ndarray, n_bytes: int) -> dict:
+    """Mean and distribution of patch length (bytes), and patches per KB (1,024 bytes)."""
+    lengths = np.asarray(lengths)
+    if lengths.size == 0:
+        return {"patches": 0, "patches_per_kb": 0.0}
+    return {
+        "patches": int(lengths.size),
+        "patches_per_kb": float(lengths.size * 1024 / n_bytes),
+        "mean_length": float(lengths.mean()),
+        "max_length": int(lengths.max()),
+        "length_quantiles": {f"p{round(q * 100)}": float(np.quantile(lengths, q)) for q in QUANTILES},
+    }
+
+
+# ---------------------------------------------------------------- finding the model
+
+
+def resolve_blt_model(model_path: str, cfg: dict) -> tuple[Path, Path | None]:
+    """(model folder, run folder or None) for a run folder, a folder with a `latest` file, 'latest' (under
+    cfg['output_dir']), a run's model/ or checkpoint folder. An interrupted run gives its last checkpoint."""
+    if model_path == "latest":
+        output_dir = repo_path(cfg["output_dir"])
+        run = latest_blt_run(output_dir)
+        if run is None:
+            raise UsageError(
+                f"no completed byte-level model run in {output_dir} (no `latest` file).",
+                fix="train one first (make train-mps, or scripts/main_trainer.py with a configs/blt/ config), "
+                "or pass a run folder as the model path.",
+            )
+        path = run
+    else:
+        path = Path(model_path).expanduser()
+        if not path.exists():
+            path = repo_path(model_path)
+    if not path.exists():
+        raise UsageError(
+            f"model path {model_path} does not exist.",
+            fix="pass a run folder (models/blt/<run_id>), the folder holding `latest` (models/blt), or 'latest'.",
+        )
+    if not (path / "run_info.json").is_file() and (path / "latest").is_file():
+        run = latest_blt_run(path)
+        if run is None:
+            raise UsageError(f"{path}/latest names no run folder.", fix="pass a run folder instead.")
+        path = run
+    if (path / "run_info.json").is_file():
+        if (path / "model" / "config.json").is_file():
+            return path / "model", path
+        steps = checkpoint_steps(path)
+        if not steps:
+            raise UsageError(
+                f"run {path} has neither a final model nor a checkpoint yet.",
+                fix="let it reach save_steps, or finish it with --resume.",
+            )
+        log.warning("run %s did not complete: analysing its last checkpoint (step %d)", path, steps[-1])
+        return path / "checkpoints" / f"checkpoint-{steps[-1]}", path
+    if (path / "config.json").is_file():
+        for parent in (path.parent, path.parent.parent):  # <run>/model or <run>/checkpoints/checkpoint-N
+            if (parent / "run_info.json").is_file():
+                return path, parent
+        return path, None
+    raise UsageError(
+        f"{path} is neither a byte-level model run nor a model folder.",
+        fix="pass a run folder (models/blt/<run_id>), the folder holding `latest` (models/blt), or 'latest'.",
+    )
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _save_figure(fig, path: Path) -> str:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path.name
+
+
+def _byte_label(value: int) -> str:
+    if value == 10:
+        return "\\n"
+    if value == 32:
+        return "\u00b7"  # a middle dot shows a space
+    if 33 <= value < 127:
+        return chr(value)
+    return f"{value:02x}"  # other bytes (UTF-8 continuation bytes, tabs, ...) in hex
+
+
+def plot_entropy_trace(sample: dict, threshold: float, path: Path) -> str:
+    entropy = np.asarray(sample["entropy"])
+    x = np.arange(entropy.size)
+    starts = patch_starts_threshold(entropy, threshold)
+    rise = patch_starts_rise(entropy, threshold)
+    fig, ax = plt.subplots(figsize=(max(10.0, entropy.size * 0.12), 4.2))
+    ax.bar(x, entropy, width=0.8, color="tab:blue", label="next-byte entropy")
+    ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g} bits")
+    for i, s in enumerate(starts):
+        ax.axvline(
+            s - 0.5,
+            color="black",
+            linewidth=0.7,
+            alpha=0.6,
+            label="patch start (threshold)" if i == 0 else None,
+        )
+    ax.plot(
+        rise, entropy[rise] + 0.15, "v", color="tab:orange", markersize=4, label="patch start (rise rule)"
+    )
+    ax.set_xticks(x)
+    ax.set_xticklabels([_byte_label(b) for b in sample["bytes"]], fontsize=6, fontfamily="monospace")
+    ax.set_xlim(-0.5, entropy.size - 0.5)
+    ax.set_ylim(0, max(float(entropy.max()) + 0.6, threshold + 0.5))
+    ax.set_xlabel(f"byte of {sample['file']} from offset {sample['offset']} (each label is the byte itself)")
+    ax.set_ylabel("entropy of the next-byte prediction [bits]")
+    ax.set_title(
+        f"Next-byte entropy over {entropy.size} bytes: {starts.size} patches at threshold {threshold:g} bits, "
+        f"{rise.size} by the rise rule"
+    )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, ncol=4, frameon=False)
+    return _save_figure(fig, path)
+
+
+def plot_patch_histogram(lengths: dict[str, np.ndarray], threshold: float, path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    longest = max(int(v.max()) for v in lengths.values() if v.size)
+    bins = np.arange(1, min(longest, 64) + 2) - 0.5  # one bin per length; everything above 64 in the last one
+    for rule, color in zip(RULES, ("tab:blue", "tab:orange"), strict=True):
+        values = np.minimum(lengths[rule], 64)
+        ax.hist(
+            values,
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            color=color,
+            label=f"{rule} rule (mean {lengths[rule].mean():.2f})",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("patch length [bytes] (lengths above 64 counted at 64)")
+    ax.set_ylabel("number of patches")
+    ax.set_title(f"Patch lengths on the eval files at threshold {threshold:g} bits")
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+def plot_bits_per_byte(history: list[dict], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    train = [(h["step"], h["bits_per_byte"]) for h in history if "bits_per_byte" in h]
+    evals = [(h["step"], h["eval_bits_per_byte"]) for h in history if "eval_bits_per_byte" in h]
+    if train:
+        ax.plot(*zip(*train, strict=True), color="tab:blue", linewidth=1, label="train (mean since last log)")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", color="tab:red", markersize=3, label="eval")
+    ax.axhline(8.0, color="gray", linestyle=":", linewidth=1, label="uniform guess over 256 bytes (8 bits)")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("bits per byte")
+    ax.set_title("Bits per byte over training")
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+def plot_length_vs_threshold(sweep: dict[str, list[dict]], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for rule, color in zip(RULES, ("tab:blue", "tab:orange"), strict=True):
+        rows = sweep[rule]
+        thresholds = [r["threshold"] for r in rows]
+        ax.plot(thresholds, [r["mean_length"] for r in rows], "o-", color=color, label=f"{rule} rule: mean")
+        ax.plot(
+            thresholds,
+            [r["length_quantiles"]["p90"] for r in rows],
+            "--",
+            color=color,
+            alpha=0.7,
+            label=f"{rule} rule: 90th percentile",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("entropy threshold [bits]")
+    ax.set_ylabel("patch length [bytes]")
+    ax.set_title("Patch length vs entropy threshold (eval files)")
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- the analysis
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _thresholds(cfg: dict, thresholds: Sequence[float] | None) -> list[float]:
+    chosen = list(cfg["analysis_thresholds"] if thresholds is None else thresholds)
+    bad = [t for t in chosen if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)]
+    if not chosen or bad:
+        raise UsageError(
+            f"entropy thresholds must be finite numbers >= 0 (bits); got {bad or 'none'}.",
+            fix="pass thresholds such as 0.5 1 2 4 (between 0 and log2(259) = 8.02 bits).",
+        )
+    return sorted({float(t) for t in chosen} | {float(cfg["entropy_threshold"])})
+
+
+def _documents(data, tokens_used: int, entropy: np.ndarray) -> list[dict]:
+    """Per file (within the first tokens_used tokens): its name, bytes and their entropies."""
+    docs = []
+    tokens = np.asarray(data.tokens[:tokens_used])
+    for name, first, size in data.document_spans():
+        end = min(first + size, tokens_used)
+        if end <= first:
+            continue
+        docs.append(
+            {
+                "file": name,
+                "bytes": tokens[first:end].astype(np.uint8),
+                "entropy": entropy[first - 1 : end - 1],  # score index t - 1 is the prediction of token t
+            }
+        )
+    return docs
+
+
+def _sample(docs: list[dict], seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    long_enough = [d for d in docs if d["bytes"].size >= SAMPLE_BYTES]
+    doc = (
+        long_enough[rng.integers(len(long_enough))]
+        if long_enough
+        else max(docs, key=lambda d: d["bytes"].size)
+    )
+    offset = (
+        int(rng.integers(doc["bytes"].size - SAMPLE_BYTES + 1)) if doc["bytes"].size > SAMPLE_BYTES else 0
+    )
+    end = offset + SAMPLE_BYTES
+    return {
+        "file": doc["file"],
+        "offset": offset,
+        "bytes": doc["bytes"][offset:end].tolist(),
+        "entropy": doc["entropy"][offset:end].tolist(),
+    }
+
+
+def analyze_blt(
+    model_path: str,
+    cfg: dict,
+    output_dir: Path,
+    save_plots: bool,
+    thresholds: Sequence[float] | None = None,
+    max_bytes: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Analyse a byte-level model on cfg['eval_data_dir']; write metrics.json, report.md (+ figures).
+
+    model_path: a run folder, the folder holding `latest`, 'latest' (under cfg['output_dir']), or a model
+    folder. cfg: a resolved blt config (its eval_data_dir, cache_dir, entropy_threshold, analysis_thresholds,
+    batch_size and device keys are used; the model's shape comes from the model folder). thresholds: the
+    sweep in bits (default cfg['analysis_thresholds']; cfg['entropy_threshold'] is always added).
+    max_bytes: analyse only the first max_bytes bytes of the eval files (in file order). seed: picks the
+    text sample of the entropy-trace figure. Returns the metrics dict written to metrics.json.
+    """
+    if cfg.get("model_type") != "blt":
+        raise UsageError(
+            f"the analysis needs a blt config, got model_type '{cfg.get('model_type')}'.",
+            fix="pass --config configs/blt/<profile>.json (or none: the blt defaults).",
+        )
+    sweep_thresholds = _thresholds(cfg, thresholds)
+    if max_bytes is not None and max_bytes < 2:
+        raise UsageError(
+            f"max_bytes={max_bytes} is too small.", fix="pass at least 2, or leave it unset for all."
+        )
+    model_dir, run_dir = resolve_blt_model(model_path, cfg)
+    ensure_default_corpus(cfg["eval_data_dir"])
+    data = load_byte_data(cfg["eval_data_dir"], cfg["cache_dir"], "eval_data_dir")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    tokens = np.asarray(data.tokens)
+    if max_bytes is not None:
+        # cut the stream right after the max_bytes-th byte token (specials around it do not count)
+        byte_count = np.cumsum(tokens < 256)
+        if byte_count[-1] > max_bytes:
+            tokens = tokens[: int(np.searchsorted(byte_count, max_bytes)) + 1]
+    setup = setup_device(settings_from_config(cfg))
+    model = load_model(model_dir, setup.device)
+    block = int(model.config.n_positions)
+    nll, entropy = score_tokens(model, tokens, block, max(block // 2, 1), cfg["batch_size"], setup, True)
+    is_byte = tokens[1:] < 256
+    n_bytes = int(is_byte.sum())
+    if n_bytes == 0:
+        raise UsageError(f"eval_data_dir {data.directory} gave no bytes to analyse.", fix="raise max_bytes.")
+    bits_per_byte = float(nll[is_byte].sum() / LN2 / n_bytes)
+    byte_entropy = entropy[is_byte]
+    docs = _documents(data, len(tokens), entropy)
+
+    sweep: dict[str, list[dict]] = {rule: [] for rule in RULES}
+    at_threshold: dict[str, np.ndarray] = {}
+    for rule, starts_of in PATCH_RULES.items():
+        for threshold in sweep_thresholds:
+            lengths = np.concatenate(
+                [patch_lengths(starts_of(d["entropy"], threshold), d["entropy"].size) for d in docs]
+            )
+            sweep[rule].append({"threshold": threshold, **patch_statistics(lengths, n_bytes)})
+            if threshold == float(cfg["entropy_threshold"]):
+                at_threshold[rule] = lengths
+    threshold = float(cfg["entropy_threshold"])
+    histogram = {}
+    for rule, lengths in at_threshold.items():
+        counts = np.bincount(np.minimum(lengths, 64))[1:]
+        histogram[rule] = {
+            "lengths": list(range(1, counts.size + 1)),
+            "counts": counts.tolist(),
+            "note": "64 = 64 or more",
+        }
+
+    history = []
+    run_metrics = {}
+    if run_dir is not None:
+        if (run_dir / "log_history.json").is_file():
+            history = json.loads((run_dir / "log_history.json").read_text())
+        if (run_dir / "metrics.json").is_file():
+            run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    sample = _sample(docs, seed)
+    figures = {}
+    if save_plots:
+        figures["entropy_trace"] = plot_entropy_trace(sample, threshold, output_dir / "entropy_trace.png")
+        figures["patch_length_hist"] = plot_patch_histogram(
+            at_threshold, threshold, output_dir / "patch_length_hist.png"
+        )
+        if history:
+            figures["bits_per_byte"] = plot_bits_per_byte(history, output_dir / "bits_per_byte.png")
+        figures["patch_length_vs_threshold"] = plot_length_vs_threshold(
+            sweep, output_dir / "patch_length_vs_threshold.png"
+        )
+
+    metrics = {
+        "model_type": "blt",
+        "model": str(model_dir),
+        "run": str(run_dir) if run_dir else None,
+        "eval_data_dir": str(data.directory),
+        "eval_files": len(docs),
+        "bytes": n_bytes,
+        "context": f"windows of {block} bytes overlapping by half: each byte sees >= {block - max(block // 2, 1)} bytes of context past the first window of the stream",
+        "bits_per_byte": bits_per_byte,
+        "entropy_unit": "bits",
+        "entropy": {
+            "mean": float(byte_entropy.mean()),
+            "max_possible": MAX_ENTROPY_BITS,
+            "quantiles": {f"p{round(q * 100)}": float(np.quantile(byte_entropy, q)) for q in QUANTILES},
+        },
+        "entropy_threshold": threshold,
+        "patches": {rule: next(r for r in sweep[rule] if r["threshold"] == threshold) for rule in RULES},
+        "patch_length_histogram": histogram,
+        "sweep": sweep,
+        "training": {
+            "eval_bits_per_byte": run_metrics.get("eval_bits_per_byte"),
+            "global_step": run_metrics.get("global_step"),
+            "eval_points": [h for h in history if "eval_bits_per_byte" in h],
+        },
+        "sample": {k: sample[k] for k in ("file", "offset")}
+        | {"text": bytes(sample["bytes"]).decode("utf-8", "replace")},
+        "figures": figures,
+        "device": setup.summary(),
+        "max_bytes": max_bytes,
+        "seed": seed,
+    }
+    _write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    _write_atomic(output_dir / "report.md", report_markdown(metrics))
+    log.info("blt analysis: %.3f bits per byte over %d bytes; wrote %s", bits_per_byte, n_bytes, output_dir)
+    return metrics
+
+
+def report_markdown(m: dict) -> str:
+    t = m["entropy_threshold"]
+    lines = [
+        "# Byte-level entropy model: analysis",
+        "",
+        f"- model: `{m['model']}`",
+        f"- eval data: `{m['eval_data_dir']}` ({m['eval_files']} files, {m['bytes']:,} bytes analysed)",
+        f"- bits per byte: **{m['bits_per_byte']:.3f}** ({m['context']})",
+    ]
+    if m["training"]["eval_bits_per_byte"] is not None:
+        lines.append(
+            f"- at the end of training (non-overlapping windows): {m['training']['eval_bits_per_byte']:.3f} "
+            f"bits per byte at step {m['training']['global_step']}"
+        )
+    q = m["entropy"]["quantiles"]
+    lines += [
+        f"- next-byte entropy (bits, of at most {m['entropy']['max_possible']:.2f}): mean {m['entropy']['mean']:.3f}, "
+        f"median {q['p50']:.3f}, 90th percentile {q['p90']:.3f}",
+        "",
+        f"## Patches at the configured threshold ({t:g} bits)",
+        "",
+        "| rule | patches | patches per KB | mean length [bytes] | median | 90th percentile | longest |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for rule in RULES:
+        p = m["patches"][rule]
+        lines.append(
+            f"| {rule} | {p['patches']:,} | {p['patches_per_kb']:.1f} | {p['mean_length']:.2f} | "
+            f"{p['length_quantiles']['p50']:g} | {p['length_quantiles']['p90']:g} | {p['max_length']} |"
+        )
+    lines += [
+        "",
+        "threshold rule: a patch starts where the entropy exceeds the threshold; rise rule: where it rises by "
+        "more than the threshold over the previous byte. Each file starts a patch.",
+        "",
+        "## Sweep over thresholds",
+        "",
+        "| threshold [bits] | threshold rule: mean length | patches per KB | rise rule: mean length | patches per KB |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for a, b in zip(m["sweep"]["threshold"], m["sweep"]["rise"], strict=True):
+        lines.append(
+            f"| {a['threshold']:g} | {a['mean_length']:.2f} | {a['patches_per_kb']:.1f} | "
+            f"{b['mean_length']:.2f} | {b['patches_per_kb']:.1f} |"
+        )
+    captions = {
+        "entropy_trace": f"Next-byte entropy over a sample of `{m['sample']['file']}` with patch starts",
+        "patch_length_hist": "Patch-length histogram at the configured threshold",
+        "bits_per_byte": "Bits per byte over training steps",
+        "patch_length_vs_threshold": "Patch length vs threshold",
+    }
+    if m["figures"]:
+        lines += ["", "## Figures", ""]
+        for key, name in m["figures"].items():
+            lines += [f"![{captions[key]}]({name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
