@@ -57,3 +57,8 @@ bench-blt: install ## byte-level model training bytes/s: CPU, and CUDA fp32 + mi
 
 verify-grpo: install ## check the answer format of the newest GRPO run with real generation (ARGS for flags)
 	$(PY) scripts/verify_grpo_format.py $(ARGS)
+
+# clean-cache needs no .venv (scripts/cleanup_cache.py uses the standard library only), so it installs nothing.
+.PHONY: clean-cache
+clean-cache: ## remove caches, temp training outputs, wandb/, *.tmp, logs (never models/ datasets/ results/ figures/ or source); DRY=1 lists only
+	@$(PYTHON) scripts/cleanup_cache.py $(if $(filter 1 yes true,$(DRY)),--dry-run) $(ARGS)
