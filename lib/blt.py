@@ -324,6 +324,13 @@ def load_model(folder: Path, device: str):
     return GPT2LMHeadModel.from_pretrained(folder).to(device).eval()
 
 
+def quiet_transformers() -> None:
+    """No progress bars for saving and loading a 2 MB model: they would drown the training log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -650,6 +657,7 @@ def train_blt(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
             cfg["max_steps"],
             cfg["learning_rate"],
         )
+    quiet_transformers()
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
     if cfg["mixed_precision"] and setup.device != "cuda":

@@ -41,6 +41,7 @@ from lib.blt import (  # noqa: E402
     latest_blt_run,
     load_byte_data,
     load_model,
+    quiet_transformers,
     score_tokens,
 )
 from lib.config import repo_path  # noqa: E402
@@ -160,6 +161,17 @@ def resolve_blt_model(model_path: str, cfg: dict) -> tuple[Path, Path | None]:
         f"{path} is neither a byte-level model run nor a model folder.",
         fix="pass a run folder (models/blt/<run_id>), the folder holding `latest` (models/blt), or 'latest'.",
     )
+
+
+def config_of_run(model_path: str, cfg: dict) -> dict | None:
+    """The resolved config the run behind `model_path` was trained with (its config.json), or None for a bare
+    model folder: analyse on the run's own eval_data_dir when the user gave no config."""
+    from lib.config import resolve_config
+
+    _, run_dir = resolve_blt_model(model_path, cfg)
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        return None
+    return resolve_config(run_dir / "config.json", schema_name="blt")
 
 
 # ---------------------------------------------------------------- figures
@@ -375,6 +387,7 @@ def analyze_blt(
         if byte_count[-1] > max_bytes:
             tokens = tokens[: int(np.searchsorted(byte_count, max_bytes)) + 1]
     setup = setup_device(settings_from_config(cfg))
+    quiet_transformers()
     model = load_model(model_dir, setup.device)
     block = int(model.config.n_positions)
     nll, entropy = score_tokens(model, tokens, block, max(block // 2, 1), cfg["batch_size"], setup, True)

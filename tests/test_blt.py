@@ -24,6 +24,7 @@ from conftest import ROOT, load_script, run
 from lib.blt import BOS, EOS, build_default_corpus, load_byte_data
 from lib.blt_analysis import (
     analyze_blt,
+    config_of_run,
     patch_lengths,
     patch_starts_rise,
     patch_starts_threshold,
@@ -372,6 +373,8 @@ def test_analysis_finds_latest_and_caps_bytes(trained, root, tmp_path):
     assert not list(tmp_path.glob("*.png")) and (tmp_path / "report.md").is_file()
     with pytest.raises(UsageError, match="does not exist"):
         analyze_blt(str(tmp_path / "nowhere"), cfg, tmp_path, save_plots=False)
+    own = config_of_run(str(trained), resolve_config(None, schema_name="blt"))
+    assert own["eval_data_dir"] == str(root / "corpus" / "eval") and own["hidden_size"] == 32
 
 
 def test_benchmark_quick_run_writes_json_and_markdown(root, tmp_path):
