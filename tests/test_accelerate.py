@@ -1,9 +1,10 @@
 """Multi-process training: the accelerate configs, the validator leaving them alone, and a real 2-process run.
 
 The 2-process run is `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` of
-scripts/main_trainer.py with no GPU visible, so accelerate starts two processes that train over gloo on
-the CPU (`accelerate launch --cpu --num_processes 2` would start one process: accelerate's multi-CPU
-path goes through mpirun). It takes about 20 s on two cores, so it stays in the fast suite.
+scripts/main_trainer.py (SFT then GRPO, 2 steps each) with no GPU visible, so accelerate starts two
+processes that train over gloo on the CPU (`accelerate launch --cpu --num_processes 2` would start one
+process: accelerate's multi-CPU path goes through mpirun). It takes about 20 s on two cores, so it stays
+in the fast suite.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_python
@@ -169,7 +169,7 @@ def test_several_processes_on_mps_or_a_bad_world_size_are_usage_errors(monkeypat
 # ---------------------------------------------------------------- SFT in two processes
 
 
-def test_sft_in_two_processes_trains_on_both_ranks_and_writes_one_run(workspace):  # noqa: F811
+def test_sft_then_grpo_in_two_processes_train_on_both_ranks_and_write_one_run(workspace):  # noqa: F811
     models = workspace / "models_2proc"
     args = [
         sys.executable,
@@ -184,37 +184,43 @@ def test_sft_in_two_processes_trains_on_both_ranks_and_writes_one_run(workspace)
         "scripts/main_trainer.py",
         "--config",
         "configs/profiles/cpu.yaml",
-        # no run.run_id: the time-stamp default, which rank 0 decides for both
-        *overrides(workspace, f"run.models_dir={models}"),
+        # no run.run_id: the time-stamp default, which rank 0 decides for both ranks and both stages;
+        # GRPO starts on every rank from the SFT run that only rank 0 wrote
+        *overrides(workspace, f"run.models_dir={models}", "training_type=both"),
     ]
     result = subprocess.run(args, cwd=ROOT, env=cpu_only_env(), capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
 
-    # both ranks trained to the end
-    for rank in (0, 1):
-        assert f"process {rank} of 2: sft finished at step 2" in output, output[-4000:]
-    stage = models / "universal" / "sft"
-    # exactly one run folder and one `latest`, written once, by rank 0
-    entries = sorted(p.name for p in stage.iterdir())
-    assert len(entries) == 2 and "latest" in entries, entries
-    run_id = next(name for name in entries if name != "latest")
-    assert (stage / "latest").read_text() == run_id + "\n"
-    assert output.count(f"{stage}/latest -> {run_id}") == 1
-    assert result.stdout.count("sft run completed:") == 1
+    run_ids = set()
+    for stage_name in ("sft", "grpo"):
+        for rank in (0, 1):  # both ranks trained to the end
+            assert f"process {rank} of 2: {stage_name} finished at step 2" in output, output[-4000:]
+        stage = models / "universal" / stage_name
+        # exactly one run folder and one `latest`, written once, by rank 0
+        entries = sorted(p.name for p in stage.iterdir())
+        assert len(entries) == 2 and "latest" in entries, entries
+        run_id = next(name for name in entries if name != "latest")
+        run_ids.add(run_id)
+        assert (stage / "latest").read_text() == run_id + "\n"
+        assert output.count(f"{stage}/latest -> {run_id}") == 1
+        assert result.stdout.count(f"{stage_name} run completed:") == 1
+        info = json.loads((stage / run_id / "run_info.json").read_text())
+        assert (info["status"], info["step"], info["world_size"]) == ("completed", 2, 2)
+        for name in ("config.json", "log_history.json", "trainer_state.json", "metrics.json"):
+            json.loads((stage / run_id / name).read_text())  # whole files
+        # each rank saved its random state in the checkpoint: two processes took part in every step
+        checkpoint = stage / run_id / "checkpoints" / "checkpoint-2"
+        assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    assert len(run_ids) == 1  # one run_id for both stages
     assert not [p for p in models.rglob("*") if p.name.endswith(".tmp")]  # no half-written file left
 
-    info = json.loads((stage / run_id / "run_info.json").read_text())
-    assert (info["status"], info["step"], info["world_size"], info["run_id"]) == ("completed", 2, 2, run_id)
-    for name in ("config.json", "log_history.json", "trainer_state.json", "metrics.json"):
-        json.loads((stage / run_id / name).read_text())  # whole files
-    # each rank saved its random state in the checkpoint: two processes took part in every step
-    checkpoint = stage / run_id / "checkpoints" / "checkpoint-2"
-    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
-    # and the data was split between them: an epoch is half as many steps as one process would take
-    state = json.loads((stage / run_id / "trainer_state.json").read_text())
-    records, per_device = info["train_records"], 2
-    steps_per_epoch = math.ceil(math.ceil(records / 2) / per_device)
-    assert state["epoch"] == pytest.approx(2 / steps_per_epoch)
+    sft_run = models / "universal" / "sft" / run_id
+    grpo_info = json.loads((models / "universal" / "grpo" / run_id / "run_info.json").read_text())
+    assert grpo_info["init_run"] == str(sft_run)
+    # the SFT data was split between the ranks: an epoch is half as many steps as one process would take
+    state = json.loads((sft_run / "trainer_state.json").read_text())
+    records = json.loads((sft_run / "run_info.json").read_text())["train_records"]
+    per_device = 2
+    assert state["epoch"] == pytest.approx(2 / math.ceil(math.ceil(records / 2) / per_device))
     assert state["epoch"] != pytest.approx(2 / math.ceil(records / per_device))
-    assert Path(info["base_model"]) == workspace / "tiny"
