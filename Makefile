@@ -7,7 +7,7 @@ ARGS ?=
 CONFIG ?= configs/control/smollm2_cpu.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-cuda test test-slow lint format validate data bench bench-train train verify-grpo
+.PHONY: help install install-cuda test test-slow lint format validate data bench bench-train train verify-grpo eval bench-eval
 
 help: ## list the targets (this message)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,12 @@ bench-blt: install ## byte-level model training bytes/s: CPU, and CUDA fp32 + mi
 
 verify-grpo: install ## check the answer format of the newest GRPO run with real generation (ARGS for flags)
 	$(PY) scripts/verify_grpo_format.py $(ARGS)
+
+eval: install ## evaluate models by simulating their answers (ARGS="--model-path ... --dataset ..."; see README)
+	$(PY) scripts/main_eval.py $(ARGS)
+
+bench-eval: install ## evaluation throughput, batched vs one at a time, SmolLM2-135M -> results/bench/eval.{json,md}
+	$(PY) scripts/bench_eval.py $(ARGS)
 
 # clean-cache needs no .venv (scripts/cleanup_cache.py uses the standard library only), so it installs nothing.
 .PHONY: clean-cache

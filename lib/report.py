@@ -259,3 +259,65 @@ def _run_beta(run: Path) -> float:
 
 def context_title(args) -> str:
     return f"{args.dataset}, {args.eval_mode}"
+
+
+def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
+    """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
+    the evaluation phases' metrics.json), the reference rows, and how long each phase took."""
+    from lib import plots
+
+    models: dict[str, Mapping] = {}
+    references: Mapping = {}
+    context: Mapping = {}
+    sources = []
+    for folder in ("sft_evaluation", "grpo_evaluation"):
+        path = run_dir / folder / "metrics.json"
+        if not path.is_file():
+            continue
+        document = json.loads(path.read_text())
+        sources.append(folder)
+        context = context or document["context"]
+        references = references or document["references"]
+        for label, entry in document["models"].items():
+            models[label] = entry
+    out = [f"# Pipeline {run_dir.name}", ""]
+    if not models:
+        out.append("No evaluation phase has completed: nothing to compare yet.")
+    else:
+        out += [
+            f"Dataset `{context['dataset']}`, {context['records']} held-out eval problems, mode {context['eval_mode']}, "
+            f"temperature {context['temperature']}, at most {context['max_new_tokens']} new tokens. "
+            f"Sources: {', '.join(f'[{s}]({s}/report.md)' for s in sources)}. Brackets: 95% bootstrap intervals.",
+        ]
+        systems = list(next(iter(models.values()))["summary"])
+        for system in systems:
+            rows = {label: entry["summary"][system] for label, entry in models.items()}
+            rows.update({REFERENCE_NAMES[name]: references[name][system] for name in references})
+            out += [
+                "",
+                f"## {'All systems' if system == 'all' else system}",
+                "",
+                *_table(rows, context["samples_per_prompt"]),
+            ]
+        plots.plot_comparison(
+            {label: entry["summary"]["all"] for label, entry in models.items()},
+            SUCCESS_KEYS,
+            f"{run_dir.name}: {' vs '.join(models)} on {context['dataset']}",
+            run_dir / "comparison.png",
+        )
+        out += ["", "![model comparison](comparison.png)"]
+    out += ["", "## Phases", "", "| phase | status | exit | elapsed |", "|---|---|---:|---:|"]
+    for phase, entry in state["phases"].items():
+        elapsed = entry.get("elapsed_s")
+        out.append(f"| {phase} | {entry.get('status')} | {entry.get('exit_code', '')} | "
+                   f"{'' if elapsed is None else f'{elapsed:.0f} s'} |")  # fmt: skip
+    document = {"pipeline": run_dir.name, "context": context, "models": models, "references": references,
+                "phases": state["phases"]}  # fmt: skip
+    tmp = run_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    tmp.replace(run_dir / "metrics.json")
+    report = run_dir / "report.md"
+    tmp = run_dir / ".report.md.tmp"
+    tmp.write_text("\n".join(out) + "\n")
+    tmp.replace(report)
+    return report

@@ -80,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--max-bytes", type=int, help="analyze: analyse at most this many eval bytes")
     flag("--config", help="config for device, models_dir and datasets_dir (default: schema defaults)")
     add("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may sit between flags
     if args.greedy:
         args.temperature = 0.0
     for name in ("num_samples", "samples_per_prompt", "batch_size", "max_new_tokens", "replan_every"):

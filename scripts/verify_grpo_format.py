@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config", help="config for device, models_dir and datasets_dir (default: schema defaults)"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may sit between flags
     if args.num_tests < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise UsageError("--num-tests, --max-new-tokens and --batch-size must be at least 1.")
     if not 0.0 <= args.min_score <= 1.0:

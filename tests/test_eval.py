@@ -288,3 +288,19 @@ def test_cli_missing_model_exits_2(workspace, tmp_path, model):
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "Traceback" not in result.stderr and model.split("/")[-1] in result.stderr
     assert not (tmp_path / "eval").exists()
+
+
+def test_cli_on_a_run_folder_draws_its_training_curves(workspace, tmp_path):
+    models = tmp_path / "models"
+    train = ["--config", "configs/profiles/cpu.yaml", f"model.name={workspace / 'tiny'}", "model.max_seq_length=2048",
+             "data.dataset_name=mix", f"data.datasets_dir={workspace / 'datasets'}", f"run.models_dir={models}",
+             "data.eval_max_samples=0", "sft.per_device_train_batch_size=2", "sft.max_steps=2", "sft.logging_steps=1",
+             "run.run_id=r1"]  # fmt: skip
+    assert run_cli(load_script("main_trainer").main, train) == 0
+    out = tmp_path / "eval"
+    argv = cli_args(workspace, out, "--save-plots", "--plot-instances", "1", f"run.models_dir={models}")
+    argv[1] = str(models / "universal" / "sft")  # a stage folder: its `latest` run
+    assert eval_main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["sft/r1"]
+    assert (out / "training_curves_sft_r1.png").stat().st_size > 10_000
