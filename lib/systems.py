@@ -127,25 +127,24 @@ def trajectory_cost(system: System, states: np.ndarray, u: np.ndarray) -> np.nda
 # The systems
 
 
-def _double_integrator() -> System:
+def _double_integrator(name: str = "double_integrator", dt: float = 0.1, steps: int = 50) -> System:
     Ac = np.array([[0.0, 1.0], [0.0, 0.0]])
     Bc = np.array([[0.0], [1.0]])
-    dt = 0.1
-    A, B = zoh(Ac, Bc, dt)  # = [[1, dt], [0, 1]], [[dt^2/2], [dt]] = [[0.005], [0.1]]
+    A, B = zoh(Ac, Bc, dt)  # = [[1, dt], [0, 1]], [[dt^2/2], [dt]]; dt = 0.1: [[0.005], [0.1]]
     return System(
-        name="double_integrator",
-        title="double integrator",
+        name=name,
+        title="double integrator" if steps == 50 else f"double integrator ({steps} steps of {dt:g} s)",
         description=(
             "A unit mass moves on a frictionless line: p is its position, v its velocity, and the control is "
-            "its acceleration. Dynamics p'' = u, discretised exactly with zero-order "
-            "hold (u constant over each step): p_{k+1} = p_k + 0.1 v_k + 0.005 u_k, v_{k+1} = v_k + 0.1 u_k."
+            "its acceleration. Dynamics p'' = u, discretised exactly with zero-order hold (u constant over "
+            f"each step): p_{{k+1}} = p_k + {dt:g} v_k + {dt * dt / 2:g} u_k, v_{{k+1}} = v_k + {dt:g} u_k."
         ),
         state_names=("p", "v"),
         state_units=("m", "m/s"),
         control_name="acceleration",
         control_unit="m/s^2",
         dt=dt,
-        steps=50,
+        steps=steps,
         u_min=-3.0,
         u_max=3.0,
         Q=np.diag([1.0, 1.0]),
@@ -303,7 +302,15 @@ def _pendulum() -> System:
 
 
 SYSTEMS: dict[str, System] = {
-    s.name: s for s in (_double_integrator(), _van_der_pol(), _two_mass_spring(), _pendulum())
+    s.name: s
+    for s in (
+        _double_integrator(),
+        _van_der_pol(),
+        _two_mass_spring(),
+        _pendulum(),
+        # the same 5 s horizon in 10 steps of 0.5 s: answers 5x shorter, for CPU demos and quick prototyping
+        _double_integrator("double_integrator_short", dt=0.5, steps=10),
+    )
 }
 
 

@@ -1,0 +1,139 @@
+"""The pipeline end to end on a tiny model: every phase, the report, resume after a failed phase, and
+slurm/pipeline.sh without SLURM (its banners and exit status). The real-SLURM tests are in test_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, load_script, run
+
+from lib.errors import EXIT_USAGE, run_cli
+
+PHASES = ["data", "sft", "eval_sft", "grpo", "eval_grpo", "report"]
+
+
+def tiny_pipeline_config(root: Path, tiny: Path) -> Path:
+    """A complete pipeline config for the tiny model: a few seconds per phase."""
+    config = {
+        "extends": str(ROOT / "configs" / "profiles" / "cpu.yaml"),
+        "seed": 3,
+        "model": {"name": str(tiny), "max_seq_length": 2048},
+        "data": {"dataset_name": "pipe", "datasets_dir": str(root / "datasets"), "eval_max_samples": 0},
+        "run": {"models_dir": str(root / "models")},
+        "sft": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1},
+        # 4 completions per step = 2 prompts x num_generations 2
+        "grpo": {
+            "max_steps": 1,
+            "per_device_train_batch_size": 4,
+            "num_generations": 2,
+            "max_completion_length": 8,
+        },
+        "pipeline": {
+            "results_dir": str(root / "results"),
+            "data": {"systems": ["double_integrator_short"], "train_samples": 6, "eval_samples": 3},
+            "eval": {"num_samples": 3, "max_new_tokens": 8, "batch_size": 4, "plot_instances": 1},
+        },
+    }
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def build_tiny(root: Path) -> Path:
+    from lib.answer import build_prompt
+    from lib.models import build_tiny_model
+    from lib.systems import get_system
+
+    system = get_system("double_integrator_short")
+    corpus = [m["content"] for m in build_prompt(system, [0.1, 0.2])] + [
+        "<REASONING>a</REASONING><CONTROLS>1</CONTROLS>"
+    ]
+    return build_tiny_model(root / "tiny", corpus)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    return root, tiny_pipeline_config(root, build_tiny(root))
+
+
+def pipeline_main(argv):
+    return run_cli(load_script("run_pipeline").main, argv)
+
+
+def failing_launcher(root: Path, code: int, stage: str = "grpo") -> Path:
+    """A TRAIN_LAUNCHER that fails the `stage` training phase with `code` and runs the other one."""
+    script = root / f"fail_{stage}.sh"
+    script.write_text(
+        f'#!/bin/sh\ncase "$*" in *training_type={stage}*) exit {code};; esac\nexec {sys.executable} "$@"\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+@pytest.mark.slow  # ~1 min; the SLURM test (test_slurm.py) runs the same phases in CI
+def test_a_failed_phase_stops_the_pipeline_then_a_rerun_resumes_and_reports(workspace, monkeypatch):
+    root, config = workspace
+    monkeypatch.setenv("TRAIN_LAUNCHER", str(failing_launcher(root, 3)))
+    assert pipeline_main(["--config", str(config)]) == 3
+    (run_dir,) = (root / "results").glob("pipeline_*")
+    state = json.loads((run_dir / "state.json").read_text())["phases"]
+    assert [state[p]["status"] for p in PHASES] == ["completed"] * 3 + ["failed", "pending", "pending"]
+    assert state["grpo"]["exit_code"] == 3
+    sft_metrics = (run_dir / "sft_evaluation" / "metrics.json").read_bytes()
+
+    monkeypatch.delenv("TRAIN_LAUNCHER")
+    assert pipeline_main(["--run-dir", str(run_dir)]) == 0
+    state = json.loads((run_dir / "state.json").read_text())["phases"]
+    assert [p for p in PHASES if state[p]["status"] == "completed"] == PHASES
+    assert (run_dir / "sft_evaluation" / "metrics.json").read_bytes() == sft_metrics  # kept, not redone
+    sft_eval = json.loads((run_dir / "sft_evaluation" / "metrics.json").read_text())
+    assert list(sft_eval["models"]) == ["base", "sft"] and sft_eval["context"]["records"] == 3
+    assert list(json.loads((run_dir / "grpo_evaluation" / "metrics.json").read_text())["models"]) == ["grpo"]
+    report = (run_dir / "report.md").read_text()
+    for row in (
+        "| base |",
+        "| sft |",
+        "| grpo |",
+        "| optimal (exact) |",
+        "| u = 0 |",
+        "| grpo | completed |",
+    ):
+        assert row in report
+    assert (run_dir / "comparison.png").stat().st_size > 10_000
+    assert (run_dir / "sft_evaluation" / "performance_summary.png").is_file()
+    grpo_info = json.loads((root / "models/universal/grpo" / run_dir.name / "run_info.json").read_text())
+    assert grpo_info["init_run"] == str(root / "models/universal/sft" / run_dir.name)
+
+
+def test_bad_usage_exits_2(workspace, tmp_path):
+    root, config = workspace
+    assert pipeline_main([]) == EXIT_USAGE
+    assert pipeline_main(["--run-dir", str(tmp_path)]) == EXIT_USAGE  # not a pipeline folder
+    assert pipeline_main(["--config", str(config), "pipeline.phases=data,nope"]) == EXIT_USAGE
+    assert pipeline_main(["--config", str(config), "data.dataset_name=null"]) == EXIT_USAGE
+
+
+def test_pipeline_sh_without_slurm_prints_banners_and_exits_with_the_failed_phase_status(workspace, tmp_path):
+    root, config = workspace
+    overrides = f"pipeline.results_dir={tmp_path / 'results'} pipeline.phases=data,sft,report"
+    env = {"CONFIG": str(config), "PIPELINE_OVERRIDES": overrides, "PYTHON": sys.executable,
+           "TRAIN_LAUNCHER": str(failing_launcher(tmp_path, 4, "sft"))}  # fmt: skip
+    result = run(["bash", "slurm/pipeline.sh"], timeout=300, env=env)
+    assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "PHASE 1/3: data" in out and "PHASE 2/3: sft" in out and out.count("Started at: ") == 2
+    assert "OK: phase data completed in " in out
+    assert "FAILED: phase sft exited with status 4 after " in out and "Total runtime: " in out
+    assert "PHASE 3/3" not in out
+
+    (run_dir,) = (tmp_path / "results").glob("pipeline_*")
+    env = {"RUN_DIR": str(run_dir), "PYTHON": sys.executable, "TRAIN_LAUNCHER": "false"}
+    resumed = run(["bash", "slurm/pipeline.sh"], timeout=300, env=env)
+    assert resumed.returncode == 1  # `false` as the launcher: the sft phase fails with status 1
+    assert "phase data: already completed" in resumed.stdout
