@@ -64,6 +64,15 @@ eval: install ## evaluate models by simulating their answers (ARGS="--model-path
 bench-eval: install ## evaluation throughput, batched vs one at a time, SmolLM2-135M -> results/bench/eval.{json,md}
 	$(PY) scripts/bench_eval.py $(ARGS)
 
+# pipeline: CONFIG defaults to the pipeline recipe here (the global default is a training-only config).
+PIPELINE_CONFIG := configs/pipeline/smollm2_cpu.yaml
+.PHONY: pipeline demo
+pipeline: install ## data -> SFT -> eval -> GRPO -> eval -> report (CONFIG=configs/pipeline/..., ARGS for key=value)
+	$(PY) scripts/run_pipeline.py --config $(if $(filter file,$(origin CONFIG)),$(PIPELINE_CONFIG),$(CONFIG)) $(ARGS)
+
+demo: install ## the whole pipeline on the embedded model on this CPU (~15 min on 2 cores); prints the report's path
+	$(PY) scripts/run_pipeline.py --config configs/pipeline/demo_cpu.yaml $(ARGS)
+
 # clean-cache needs no .venv (scripts/cleanup_cache.py uses the standard library only), so it installs nothing.
 .PHONY: clean-cache
 clean-cache: ## remove caches, temp training outputs, wandb/, *.tmp, logs (never models/ datasets/ results/ figures/ or source); DRY=1 lists only

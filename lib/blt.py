@@ -537,15 +537,6 @@ def read_blt_run_info(run_dir: Path) -> dict:
         ) from None
 
 
-def latest_blt_run(output_dir: Path) -> Path | None:
-    """The run that `<output_dir>/latest` names (the last completed run), or None."""
-    pointer = output_dir / "latest"
-    if not pointer.is_file():
-        return None
-    run = output_dir / pointer.read_text().strip()
-    return run if (run / "run_info.json").is_file() else None
-
-
 def newest_run(output_dir: Path) -> str:
     runs = sorted(
         (p for p in output_dir.glob("*") if (p / "run_info.json").is_file()),

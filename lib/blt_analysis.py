@@ -38,7 +38,6 @@ from lib.blt import (  # noqa: E402
     VOCAB_SIZE,
     checkpoint_steps,
     ensure_default_corpus,
-    latest_blt_run,
     load_byte_data,
     load_model,
     quiet_transformers,
@@ -47,6 +46,7 @@ from lib.blt import (  # noqa: E402
 from lib.config import repo_path  # noqa: E402
 from lib.device import settings_from_config, setup_device  # noqa: E402
 from lib.errors import UsageError  # noqa: E402
+from lib.training import latest_run  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def resolve_blt_model(model_path: str, cfg: dict) -> tuple[Path, Path | None]:
     cfg['output_dir']), a run's model/ or checkpoint folder. An interrupted run gives its last checkpoint."""
     if model_path == "latest":
         output_dir = repo_path(cfg["output_dir"])
-        run = latest_blt_run(output_dir)
+        run = latest_run(output_dir)
         if run is None:
             raise UsageError(
                 f"no completed byte-level model run in {output_dir} (no `latest` file).",
@@ -137,7 +137,7 @@ def resolve_blt_model(model_path: str, cfg: dict) -> tuple[Path, Path | None]:
             fix="pass a run folder (models/blt/<run_id>), the folder holding `latest` (models/blt), or 'latest'.",
         )
     if not (path / "run_info.json").is_file() and (path / "latest").is_file():
-        run = latest_blt_run(path)
+        run = latest_run(path)
         if run is None:
             raise UsageError(f"{path}/latest names no run folder.", fix="pass a run folder instead.")
         path = run
@@ -163,15 +163,16 @@ def resolve_blt_model(model_path: str, cfg: dict) -> tuple[Path, Path | None]:
     )
 
 
-def config_of_run(model_path: str, cfg: dict) -> dict | None:
-    """The resolved config the run behind `model_path` was trained with (its config.json), or None for a bare
-    model folder: analyse on the run's own eval_data_dir when the user gave no config."""
+def config_of_run(model_path: str, cfg: dict, overrides: Sequence[str] = ()) -> dict | None:
+    """The resolved config the run behind `model_path` was trained with (its config.json, with `overrides`
+    on top), or None for a bare model folder: analyse on the run's own eval_data_dir when the user gave no
+    config."""
     from lib.config import resolve_config
 
     _, run_dir = resolve_blt_model(model_path, cfg)
     if run_dir is None or not (run_dir / "config.json").is_file():
         return None
-    return resolve_config(run_dir / "config.json", schema_name="blt")
+    return resolve_config(run_dir / "config.json", overrides, schema_name="blt")
 
 
 # ---------------------------------------------------------------- figures

@@ -700,6 +700,8 @@ def load_model_reference(reference: str, cfg: dict, setup: DeviceSetup):
         path = max(runs, key=lambda r: (r / "run_info.json").stat().st_mtime)
     elif (path / "latest").is_file() and not (path / "run_info.json").is_file():
         path = latest_run(path) or path
+    elif path.name == "latest" and path.is_file():  # the pointer file itself: <stage dir>/latest
+        path = latest_run(path.parent) or path
     if (path / "run_info.json").is_file():
         model = load_run_model(path, cfg, setup)
         return model, load_tokenizer(str(path / "model"), cfg), f"run {path}"

@@ -225,11 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     output_dir = args.output_dir or ROOT / "figures"
     if args.eval_mode == "analyze":
-        from lib.blt import analyze_blt
+        from lib.blt_analysis import analyze_blt, config_of_run
 
         if len(args.model_path) != 1:
             raise UsageError("--eval-mode analyze takes one --model-path.")
         cfg = resolve_config(args.config, args.overrides, schema_name="blt")
+        if not args.config:  # no config given: analyse with the one the run was trained with
+            cfg = config_of_run(args.model_path[0], cfg, args.overrides) or cfg
         metrics = analyze_blt(
             args.model_path[0], cfg, output_dir, args.save_plots, args.thresholds, args.max_bytes, args.seed
         )

@@ -377,6 +377,22 @@ def test_analysis_finds_latest_and_caps_bytes(trained, root, tmp_path):
     assert own["eval_data_dir"] == str(root / "corpus" / "eval") and own["hidden_size"] == 32
 
 
+def test_main_eval_analyze_with_the_original_flag_spellings(trained, tmp_path):
+    from conftest import load_script
+
+    from lib.errors import run_cli
+
+    out = tmp_path / "cli"
+    argv = ["--eval_mode", "analyze", "--model_type", "blt", "--model_path", str(trained), "--output_dir", str(out),
+            "--save_plots", "--max_bytes", "900", "entropy_threshold=1.5"]  # fmt: skip
+    assert run_cli(load_script("main_eval").main, argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        metrics["bytes"] == 900 and metrics["patches"]["threshold"]["threshold"] == 1.5
+    )  # the run's config + override
+    assert (out / "entropy_trace.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_benchmark_quick_run_writes_json_and_markdown(root, tmp_path):
     bench = load_script("bench_blt")
     overrides = [a for a in tiny(root) if not a.startswith(("output_dir", "eval_data_dir"))]

@@ -21,6 +21,9 @@ VENV = ROOT / ".venv"
 # Commands the docs show that this suite does not run again, each with the reason.
 RUN_ELSEWHERE = {
     "make test": "this suite is what it runs (CI runs it from a clean clone)",
+    "make demo": "~15 minutes: run from a fresh clone for each change to the pipeline (its report is quoted in "
+    "the closing note); test_pipeline.py and test_slurm.py run the same phases on a tiny model",
+    "sbatch slurm/pipeline.sh": "needs a SLURM cluster: tests/test_slurm.py submits it to a real single-node SLURM",
 }
 
 

@@ -304,3 +304,6 @@ def test_cli_on_a_run_folder_draws_its_training_curves(workspace, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["models"]) == ["sft/r1"]
     assert (out / "training_curves_sft_r1.png").stat().st_size > 10_000
+    argv[1] = str(models / "universal" / "sft" / "latest")  # the pointer file names the same run
+    assert eval_main(argv) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["models"]) == ["sft/r1"]

@@ -1,0 +1,82 @@
+"""`sbatch slurm/pipeline.sh` on a real single-node SLURM (tests/tools/slurm_local.sh starts it).
+
+Skipped where SLURM is not installed (`.ci/run` installs slurmctld, slurmd, slurm-client and munge, so CI
+runs it). The first job fails its GRPO phase on purpose (a TRAIN_LAUNCHER that exits 3): it must end FAILED
+with exit code 3, after banners for the phases it ran, with the earlier phases' outputs intact. The second job
+resumes that pipeline folder, skips what completed and finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run
+from test_pipeline import PHASES, build_tiny, failing_launcher, tiny_pipeline_config
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        shutil.which("slurmctld") is None or shutil.which("sbatch") is None, reason="SLURM not installed"
+    ),
+]
+TOOL = ROOT / "tests" / "tools" / "slurm_local.sh"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("slurm")
+    env = {"SLURM_CI_DIR": str(base)}
+    started = run(["bash", str(TOOL), "start"], timeout=180, env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield {**env, "SLURM_CONF": str(base / "slurm.conf")}
+    run(["bash", str(TOOL), "stop"], timeout=120, env=env)
+
+
+def submit(cluster: dict, log: str, exports: dict) -> tuple[str, str, str]:
+    """sbatch slurm/pipeline.sh, wait for the end; (state, exit code, log text)."""
+    export = ",".join(["ALL", *(f"{k}={v}" for k, v in exports.items())])
+    args = ["bash", str(TOOL), "swait", f"--export={export}", f"--output={log}", "slurm/pipeline.sh"]
+    result = run(args, timeout=900, env=cluster)
+    job = result.stdout.split()[0]
+    shown = run(["scontrol", "show", "job", "-o", job], env=cluster).stdout
+    state = re.search(r"JobState=(\S+)", shown).group(1)
+    code = re.search(r"ExitCode=(\S+)", shown).group(1)
+    for _ in range(20):  # the log is flushed by slurmstepd as the job ends
+        if os.path.exists(log):
+            break
+        time.sleep(0.5)
+    return state, code, open(log).read()
+
+
+def test_sbatch_pipeline_fails_at_the_failed_phase_then_resumes_to_completion(cluster, tmp_path):
+    tiny = build_tiny(tmp_path)
+    config = tiny_pipeline_config(tmp_path, tiny)
+    python = sys.executable
+    exports = {"CONFIG": str(config), "PYTHON": python, "TRAIN_LAUNCHER": str(failing_launcher(tmp_path, 3))}
+    state, code, log = submit(cluster, str(tmp_path / "first.out"), exports)
+    assert (state, code) == ("FAILED", "3:0"), log[-3000:]
+    for number, phase in enumerate(PHASES[:4], 1):
+        assert f"PHASE {number}/6: {phase}" in log
+    assert log.count("Started at: ") == 4 and "OK: phase eval_sft completed in " in log
+    assert "FAILED: phase grpo exited with status 3" in log and "Total runtime: " in log
+    (run_dir,) = (tmp_path / "results").glob("pipeline_*")
+    phases = json.loads((run_dir / "state.json").read_text())["phases"]
+    assert [phases[p]["status"] for p in PHASES] == ["completed"] * 3 + ["failed", "pending", "pending"]
+    assert json.loads((run_dir / "state.json").read_text())["slurm_job_id"]
+    sft_eval = (run_dir / "sft_evaluation" / "metrics.json").read_bytes()  # earlier outputs intact
+
+    state, code, log = submit(
+        cluster, str(tmp_path / "second.out"), {"RUN_DIR": str(run_dir), "PYTHON": python}
+    )
+    assert (state, code) == ("COMPLETED", "0:0"), log[-3000:]
+    assert "phase sft: already completed" in log and "Pipeline completed at " in log
+    assert (run_dir / "sft_evaluation" / "metrics.json").read_bytes() == sft_eval
+    phases = json.loads((run_dir / "state.json").read_text())["phases"]
+    assert all(phases[p]["status"] == "completed" for p in PHASES)
+    assert "| grpo |" in (run_dir / "report.md").read_text()
