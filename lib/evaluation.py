@@ -20,6 +20,7 @@ printed label the model is trained to copy (`label`), whose gap is the rounding 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -305,8 +306,9 @@ def pass_at_k(flags: np.ndarray, k: int) -> np.ndarray:
 
 
 def failure_reasons(reasons: Sequence[str]) -> dict[str, int]:
-    """Parse failures counted by kind (the reason up to its first colon: 'wrong count', 'missing tag ...')."""
-    kinds = Counter(r.split(":", 1)[0] for r in reasons if r)
+    """Parse failures counted by kind: the reason up to its first colon ('wrong count', 'missing tag ...'),
+    numbers replaced by N ('tag <CONTROLS> appears N times, expected once')."""
+    kinds = Counter(re.sub(r"\d+", "N", r.split(":", 1)[0]) for r in reasons if r)
     return dict(kinds.most_common())
 
 

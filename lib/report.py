@@ -91,6 +91,12 @@ def _value(entry: Mapping, statistic: str, digits: str = ".3g") -> str:
     return f"{format(value, digits)} [{bounds}]"
 
 
+def _systems_to_show(summary: Mapping) -> list[str]:
+    """'all' and each system; just the system when there is one (its table would repeat 'all')."""
+    names = [name for name in summary if name != "all"]
+    return names if len(names) == 1 else ["all", *names]
+
+
 def _table(rows: Mapping[str, Mapping], k: int) -> list[str]:
     pass_keys = [f"pass@{k} {key}" for key in SUCCESS_KEYS] if k > 1 else []
     header = ["controller", "answers", "parsed", "feasible", *SUCCESS_KEYS, *pass_keys,
@@ -133,7 +139,7 @@ def render_report(
         "and the terminal error ||x_N - x*|| over parsed answers. Brackets: 95% bootstrap intervals. "
         "Reference rows: the exact optimum, the printed label the model is trained on, and u = 0.",
     ]
-    systems = list(next(iter(summaries.values())))
+    systems = _systems_to_show(next(iter(summaries.values())))
     for system in systems:
         rows = {r["label"]: summaries[r["label"]][system] for r in results}
         rows.update({REFERENCE_NAMES[name]: ref_summaries[name][system] for name in ref_summaries})
@@ -289,7 +295,7 @@ def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
             f"temperature {context['temperature']}, at most {context['max_new_tokens']} new tokens. "
             f"Sources: {', '.join(f'[{s}]({s}/report.md)' for s in sources)}. Brackets: 95% bootstrap intervals.",
         ]
-        systems = list(next(iter(models.values()))["summary"])
+        systems = _systems_to_show(next(iter(models.values()))["summary"])
         for system in systems:
             rows = {label: entry["summary"][system] for label, entry in models.items()}
             rows.update({REFERENCE_NAMES[name]: references[name][system] for name in references})
@@ -308,8 +314,11 @@ def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
         out += ["", "![model comparison](comparison.png)"]
     out += ["", "## Phases", "", "| phase | status | exit | elapsed |", "|---|---|---:|---:|"]
     for phase, entry in state["phases"].items():
+        if phase == "report" and entry.get("status") == "running":
+            continue  # this phase, writing the report now
         elapsed = entry.get("elapsed_s")
-        out.append(f"| {phase} | {entry.get('status')} | {entry.get('exit_code', '')} | "
+        code = entry.get("exit_code")
+        out.append(f"| {phase} | {entry.get('status')} | {'' if code is None else code} | "
                    f"{'' if elapsed is None else f'{elapsed:.0f} s'} |")  # fmt: skip
     document = {"pipeline": run_dir.name, "context": context, "models": models, "references": references,
                 "phases": state["phases"]}  # fmt: skip

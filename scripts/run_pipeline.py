@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -70,19 +71,28 @@ def create_run_dir(cfg: dict, command: str, job_id: str | None) -> Path:
     parent = repo_path(cfg["pipeline"]["results_dir"])
     parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = parent / f"pipeline_{stamp}"
-    suffix = 1
-    while run_dir.exists():  # two pipelines started in the same second
-        suffix += 1
-        run_dir = parent / f"pipeline_{stamp}-{suffix}"
-    partial = parent / f".{run_dir.name}.partial"
-    partial.mkdir()
-    _write_json(partial / "config.json", cfg)
-    state = {"name": run_dir.name, "command": command, "slurm_job_id": job_id, "created_at": stamp,
+    state = {"command": command, "slurm_job_id": job_id, "created_at": stamp,
              "phases": {p: {"status": "pending"} for p in PHASES}}  # fmt: skip
-    _write_json(partial / "state.json", state)
-    partial.rename(run_dir)
-    return run_dir
+    # Several pipelines may start in the same second (a sweep's array tasks): the folder is built under a
+    # hidden name that only one process can create, then renamed; a taken name moves on to the next suffix.
+    for suffix in range(1, 1000):
+        run_dir = parent / (f"pipeline_{stamp}" if suffix == 1 else f"pipeline_{stamp}-{suffix}")
+        partial = parent / f".{run_dir.name}.partial"
+        if run_dir.exists():
+            continue
+        try:
+            partial.mkdir()
+        except FileExistsError:
+            continue
+        _write_json(partial / "config.json", cfg)
+        _write_json(partial / "state.json", {"name": run_dir.name, **state})
+        try:
+            partial.rename(run_dir)
+        except OSError:  # another process took the name between the check and the rename
+            shutil.rmtree(partial, ignore_errors=True)
+            continue
+        return run_dir
+    raise RuntimeError(f"could not create a pipeline folder in {parent}")
 
 
 def find_job_run_dir(results_dir: Path, job_id: str) -> Path | None:
@@ -131,23 +141,14 @@ def training_run(cfg: dict, stage: str, name: str) -> Path:
 
 def phase_data(cfg: dict, run_dir: Path) -> int:
     from lib.config import repo_path
-    from lib.dataset import read_info
 
     data, settings = cfg["data"], cfg["pipeline"]["data"]
     path = repo_path(data["datasets_dir"]) / data["dataset_name"]
     if path.exists():
-        info = read_info(path)
-        found = {"systems": list(info["systems"]), "train_samples": info["counts"]["train"],
-                 "eval_samples": info["counts"]["eval"], "decimals": info["decimals"]}  # fmt: skip
-        wanted = {key: settings[key] for key in found}
-        if found != wanted:
-            raise UsageError(
-                f"dataset {path} exists but was made with {found}, and this pipeline asks for {wanted}.",
-                fix="give the pipeline another data.dataset_name, or delete the dataset to regenerate it.",
-            )
+        check_existing_dataset(path, settings)
         print(f"dataset {path} exists with the requested settings: kept")
         return EXIT_OK
-    return _run(
+    code = _run(
         _python(
             "generate_data.py",
             "--systems",
@@ -168,6 +169,26 @@ def phase_data(cfg: dict, run_dir: Path) -> int:
             str(repo_path(data["datasets_dir"])),
         )  # fmt: skip
     )
+    if code != EXIT_OK and path.exists():  # a sweep's other task wrote the same dataset meanwhile
+        check_existing_dataset(path, settings)
+        print(f"dataset {path} was made by another pipeline meanwhile, with the requested settings: kept")
+        return EXIT_OK
+    return code
+
+
+def check_existing_dataset(path: Path, settings: dict) -> None:
+    """An existing dataset is used only if it was made with the pipeline's data settings."""
+    from lib.dataset import read_info
+
+    info = read_info(path)
+    found = {"systems": list(info["systems"]), "train_samples": info["counts"]["train"],
+             "eval_samples": info["counts"]["eval"], "decimals": info["decimals"]}  # fmt: skip
+    wanted = {key: settings[key] for key in found}
+    if found != wanted:
+        raise UsageError(
+            f"dataset {path} exists but was made with {found}, and this pipeline asks for {wanted}.",
+            fix="give the pipeline another data.dataset_name, or delete the dataset to regenerate it.",
+        )
 
 
 def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:

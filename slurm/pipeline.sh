@@ -37,6 +37,13 @@ SITE="${PIPELINE_SITE:-slurm/site.sh}"
 source "$SITE" || { echo "cannot source the site file $SITE" >&2; exit 2; }
 
 CONFIG="${CONFIG:-$PIPELINE_DEFAULT_CONFIG}"
+# A task of a sweep (slurm/sweep.sh): its overrides are line TASK_ID + 1 of SWEEP_FILE.
+if [ -n "${SWEEP_FILE:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    line=$(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$SWEEP_FILE" | sed -n "$((SLURM_ARRAY_TASK_ID + 1))p")
+    [ -n "$line" ] || { echo "sweep: no line $((SLURM_ARRAY_TASK_ID + 1)) in $SWEEP_FILE" >&2; exit 2; }
+    PIPELINE_OVERRIDES="$PIPELINE_OVERRIDES $line"
+    echo "sweep task $SLURM_ARRAY_TASK_ID: $line"
+fi
 STEP=()
 [ -n "${SLURM_JOB_ID:-}" ] && STEP=(srun --ntasks=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}")
 

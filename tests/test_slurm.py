@@ -80,3 +80,32 @@ def test_sbatch_pipeline_fails_at_the_failed_phase_then_resumes_to_completion(cl
     phases = json.loads((run_dir / "state.json").read_text())["phases"]
     assert all(phases[p]["status"] == "completed" for p in PHASES)
     assert "| grpo |" in (run_dir / "report.md").read_text()
+
+
+def wait_for(cluster: dict, job: str, timeout: float = 300) -> list[str]:
+    """Poll until every task of the job has ended; their states."""
+    end = time.time() + timeout
+    while time.time() < end:
+        shown = run(["scontrol", "show", "job", "-o", job], env=cluster).stdout
+        states = re.findall(r"JobState=(\S+)", shown)
+        if states and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in states):
+            return states
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} did not end in {timeout} s")
+
+
+def test_sweep_submits_one_pipeline_per_override_line(cluster, tmp_path):
+    config = tiny_pipeline_config(tmp_path, build_tiny(tmp_path))
+    sweep = tmp_path / "sweep.txt"
+    sweep.write_text("# two data-only pipelines\npipeline.phases=data,report seed=1 data.dataset_name=s1\n\n"
+                     "pipeline.phases=data,report seed=2 data.dataset_name=s2\n")  # fmt: skip
+    env = {**cluster, "CONFIG": str(config), "PYTHON": sys.executable}
+    result = run(["bash", "slurm/sweep.sh", str(sweep), f"--output={tmp_path}/sweep-%A_%a.out"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert wait_for(cluster, result.stdout.strip()) == ["COMPLETED", "COMPLETED"]
+    seeds = sorted(
+        json.loads((d / "config.json").read_text())["seed"] for d in (tmp_path / "results").glob("pipeline_*")
+    )
+    assert seeds == [1, 2]
+    assert {d.name for d in (tmp_path / "datasets").iterdir()} == {"s1", "s2"}
+    assert run(["bash", "slurm/sweep.sh", str(tmp_path / "none.txt")], env=env).returncode == 2
