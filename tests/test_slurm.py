@@ -26,6 +26,9 @@ pytestmark = [
     ),
 ]
 TOOL = ROOT / "tests" / "tools" / "slurm_local.sh"
+# The test node has 2 cores, ~24 GB and no GPU: the script's #SBATCH requests (1 GPU, 8 CPUs, 64 GB) are
+# overridden on the command line, as a user would for a CPU partition.
+RESOURCES = ["--gres=none", "--cpus-per-task=2", "--mem=2G"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,17 @@ def cluster(tmp_path_factory):
 def submit(cluster: dict, log: str, exports: dict) -> tuple[str, str, str]:
     """sbatch slurm/pipeline.sh, wait for the end; (state, exit code, log text)."""
     export = ",".join(["ALL", *(f"{k}={v}" for k, v in exports.items())])
-    args = ["bash", str(TOOL), "swait", f"--export={export}", f"--output={log}", "slurm/pipeline.sh"]
+    args = [
+        "bash",
+        str(TOOL),
+        "swait",
+        *RESOURCES,
+        f"--export={export}",
+        f"--output={log}",
+        "slurm/pipeline.sh",
+    ]
     result = run(args, timeout=900, env=cluster)
+    assert result.stdout.strip(), f"sbatch refused the job: {result.stderr}"
     job = result.stdout.split()[0]
     shown = run(["scontrol", "show", "job", "-o", job], env=cluster).stdout
     state = re.search(r"JobState=(\S+)", shown).group(1)
@@ -100,7 +112,9 @@ def test_sweep_submits_one_pipeline_per_override_line(cluster, tmp_path):
     sweep.write_text("# two data-only pipelines\npipeline.phases=data,report seed=1 data.dataset_name=s1\n\n"
                      "pipeline.phases=data,report seed=2 data.dataset_name=s2\n")  # fmt: skip
     env = {**cluster, "CONFIG": str(config), "PYTHON": sys.executable}
-    result = run(["bash", "slurm/sweep.sh", str(sweep), f"--output={tmp_path}/sweep-%A_%a.out"], env=env)
+    result = run(
+        ["bash", "slurm/sweep.sh", str(sweep), *RESOURCES, f"--output={tmp_path}/sweep-%A_%a.out"], env=env
+    )
     assert result.returncode == 0, result.stderr
     assert wait_for(cluster, result.stdout.strip()) == ["COMPLETED", "COMPLETED"]
     seeds = sorted(
