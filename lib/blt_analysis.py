@@ -46,6 +46,7 @@ from lib.blt import (  # noqa: E402
 from lib.config import repo_path  # noqa: E402
 from lib.device import settings_from_config, setup_device  # noqa: E402
 from lib.errors import UsageError  # noqa: E402
+from lib.plots import save_figure  # noqa: E402
 from lib.training import latest_run  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -178,14 +179,6 @@ def config_of_run(model_path: str, cfg: dict, overrides: Sequence[str] = ()) -> 
 # ---------------------------------------------------------------- figures
 
 
-def _save_figure(fig, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path.name
-
-
 def _byte_label(value: int) -> str:
     if value == 10:
         return "\\n"
@@ -226,7 +219,7 @@ def plot_entropy_trace(sample: dict, threshold: float, path: Path) -> str:
         f"{rise.size} by the rise rule"
     )
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, ncol=4, frameon=False)
-    return _save_figure(fig, path)
+    return save_figure(fig, path).name
 
 
 def plot_patch_histogram(lengths: dict[str, np.ndarray], threshold: float, path: Path) -> str:
@@ -248,7 +241,7 @@ def plot_patch_histogram(lengths: dict[str, np.ndarray], threshold: float, path:
     ax.set_ylabel("number of patches")
     ax.set_title(f"Patch lengths on the eval files at threshold {threshold:g} bits")
     ax.legend()
-    return _save_figure(fig, path)
+    return save_figure(fig, path).name
 
 
 def plot_bits_per_byte(history: list[dict], path: Path) -> str:
@@ -264,7 +257,7 @@ def plot_bits_per_byte(history: list[dict], path: Path) -> str:
     ax.set_ylabel("bits per byte")
     ax.set_title("Bits per byte over training")
     ax.legend()
-    return _save_figure(fig, path)
+    return save_figure(fig, path).name
 
 
 def plot_length_vs_threshold(sweep: dict[str, list[dict]], path: Path) -> str:
@@ -286,7 +279,7 @@ def plot_length_vs_threshold(sweep: dict[str, list[dict]], path: Path) -> str:
     ax.set_ylabel("patch length [bytes]")
     ax.set_title("Patch length vs entropy threshold (eval files)")
     ax.legend()
-    return _save_figure(fig, path)
+    return save_figure(fig, path).name
 
 
 # ---------------------------------------------------------------- the analysis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 
 def generate_completions(
@@ -50,15 +51,15 @@ def generate_completions(
     return completions
 
 
-def generate_vllm(
+def vllm_generator(
     model_dir: str,
-    prompts: list[list[dict]],
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int = 0,
     gpu_memory_utilization: float = 0.8,
-) -> list[str]:
-    """The same answers from vLLM (CUDA only): all prompts at once, vLLM schedules the batches itself.
+) -> Callable[[list[list[dict]]], list[str]]:
+    """prompts -> answers through vLLM (CUDA only), the engine built once and reused for every call (MPC
+    re-plans call it again and again); vLLM schedules the batches itself.
 
     model_dir must be a plain (merged) transformers folder: vLLM cannot load our LoRA run chains.
     """
@@ -66,5 +67,8 @@ def generate_vllm(
 
     llm = LLM(model=model_dir, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    outputs = llm.chat(prompts, params, use_tqdm=True)
-    return [output.outputs[0].text for output in outputs]
+
+    def generate(prompts: list[list[dict]]) -> list[str]:
+        return [output.outputs[0].text for output in llm.chat(prompts, params, use_tqdm=True)]
+
+    return generate

@@ -125,15 +125,13 @@ def model_label(described: str, reference: str) -> str:
 
 def make_answerer(model, tokenizer, setup, args: argparse.Namespace, workdir: Path):
     """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate."""
-    from lib.generation import generate_completions, generate_vllm
+    from lib.generation import generate_completions, vllm_generator
 
     if setup.vllm:
         merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
-        return lambda prompts: generate_vllm(
-            str(merged), prompts, args.max_new_tokens, args.temperature, args.seed
-        )
+        return vllm_generator(str(merged), args.max_new_tokens, args.temperature, args.seed)
     model.to(setup.device)
     return lambda prompts: generate_completions(
         model,
