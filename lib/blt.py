@@ -54,7 +54,14 @@ import torch.nn.functional as F
 from lib.config import ROOT, repo_path
 from lib.device import DeviceSetup, settings_from_config, setup_device
 from lib.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, run_cli
-from lib.training import StopOnSignal, _git_commit, _write_atomic, _write_json, package_versions
+from lib.training import (
+    StopOnSignal,
+    _git_commit,
+    _mean_of_last,
+    _write_atomic,
+    _write_json,
+    package_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -619,11 +626,6 @@ def _start_run(run_dir: Path, cfg: dict, argv: Sequence[str], setup: DeviceSetup
         **extra,
     }
     _write_json(run_dir / "run_info.json", info)
-
-
-def _mean_of_last(history: list[dict], key: str, count: int = 5) -> float | None:
-    values = [h[key] for h in history if key in h]
-    return sum(values[-count:]) / len(values[-count:]) if values else None
 
 
 # ---------------------------------------------------------------- training
