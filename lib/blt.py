@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.atomic import write_json_atomic, write_text_atomic
 from lib.config import ROOT, repo_path
 from lib.device import DeviceSetup, settings_from_config, setup_device
 from lib.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, run_cli
@@ -58,9 +59,9 @@ from lib.training import (
     StopOnSignal,
     _git_commit,
     _mean_of_last,
-    _write_atomic,
-    _write_json,
+    newest_run,
     package_versions,
+    read_run_info,
 )
 
 log = logging.getLogger(__name__)
@@ -535,25 +536,11 @@ def evaluate(model, data: ByteData, cfg: dict, setup: DeviceSetup) -> dict:
 
 
 def read_blt_run_info(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "run_info.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UsageError(
-            f"{run_dir} is not a byte-level model run (run_info.json missing or unreadable).",
-            fix="pass a folder written by main_trainer.py with model_type blt (models/blt/<run_id>).",
-        ) from None
-
-
-def newest_run(output_dir: Path) -> str:
-    runs = sorted(
-        (p for p in output_dir.glob("*") if (p / "run_info.json").is_file()),
-        key=lambda p: (p / "run_info.json").stat().st_mtime,
+    return read_run_info(
+        run_dir,
+        kind="byte-level model run",
+        fix="pass a folder written by main_trainer.py with model_type blt (models/blt/<run_id>).",
     )
-    if not runs:
-        raise UsageError(
-            f"--resume: no run to resume in {output_dir}.", fix="start a new run without --resume."
-        )
-    return runs[-1].name
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
@@ -611,8 +598,8 @@ def _check_resumable(run_dir: Path, cfg: dict) -> None:
 
 def _start_run(run_dir: Path, cfg: dict, argv: Sequence[str], setup: DeviceSetup, extra: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", cfg)
-    _write_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
+    write_json_atomic(run_dir / "config.json", cfg)
+    write_text_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
     previous = read_blt_run_info(run_dir) if (run_dir / "run_info.json").is_file() else {}
     info = {
         "model_type": "blt",
@@ -625,7 +612,7 @@ def _start_run(run_dir: Path, cfg: dict, argv: Sequence[str], setup: DeviceSetup
         "device": setup.summary(),
         **extra,
     }
-    _write_json(run_dir / "run_info.json", info)
+    write_json_atomic(run_dir / "run_info.json", info)
 
 
 # ---------------------------------------------------------------- training
@@ -741,7 +728,7 @@ def _train(
     def checkpoint_now() -> None:
         state.update(global_step=step, log_history=history)
         save_checkpoint(run_dir, step, model, optimizer, scheduler, scaler, state)
-        _write_json(run_dir / "log_history.json", history)
+        write_json_atomic(run_dir / "log_history.json", history)
 
     if step == 0:
         record_eval()  # the starting point: about log2(259) = 8.02 bits per byte for an untrained model
@@ -792,12 +779,12 @@ def _train(
         del loader  # shuts DataLoader workers down
 
     state.update(global_step=step, log_history=history)
-    _write_json(run_dir / "log_history.json", history)
-    _write_json(run_dir / "trainer_state.json", state)
+    write_json_atomic(run_dir / "log_history.json", history)
+    write_json_atomic(run_dir / "trainer_state.json", state)
     info = read_blt_run_info(run_dir)
     if stopped_by:
         info.update(status="interrupted", stopped_by=stopped_by, step=step)
-        _write_json(run_dir / "run_info.json", info)
+        write_json_atomic(run_dir / "run_info.json", info)
         print(
             f"stopped: run {run_dir} saved a checkpoint at step {step}; continue with --resume run_id={run_dir.name}"
         )
@@ -825,10 +812,10 @@ def _train(
         "device": setup.device,
         "precision": setup.precision,
     }
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / "metrics.json", metrics)
     info.update(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), step=step)
-    _write_json(run_dir / "run_info.json", info)
-    _write_atomic(run_dir.parent / "latest", run_dir.name + "\n")  # only now: `latest` is always complete
+    write_json_atomic(run_dir / "run_info.json", info)
+    write_text_atomic(run_dir.parent / "latest", run_dir.name + "\n")  # only now: `latest` is always complete
     print(
         f"blt run completed: {run_dir} (step {step}, eval {metrics['eval_bits_per_byte']:.3f} bits per byte)"
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +32,7 @@ matplotlib.use("Agg")  # no screen on clusters and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lib.atomic import write_text_atomic  # noqa: E402
 from lib.blt import (  # noqa: E402
     LN2,
     VOCAB_SIZE,
@@ -285,12 +285,6 @@ def plot_length_vs_threshold(sweep: dict[str, list[dict]], path: Path) -> str:
 # ---------------------------------------------------------------- the analysis
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _thresholds(cfg: dict, thresholds: Sequence[float] | None) -> list[float]:
     chosen = list(cfg["analysis_thresholds"] if thresholds is None else thresholds)
     bad = [t for t in chosen if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)]
@@ -464,8 +458,8 @@ def analyze_blt(
         "max_bytes": max_bytes,
         "seed": seed,
     }
-    _write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    _write_atomic(output_dir / "report.md", report_markdown(metrics))
+    write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(output_dir / "report.md", report_markdown(metrics))
     log.info("blt analysis: %.3f bits per byte over %d bytes; wrote %s", bits_per_byte, n_bytes, output_dir)
     return metrics
 

@@ -36,8 +36,16 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def _valid(u: np.ndarray) -> bool:
-    return u.size > 0 and bool(np.isfinite(u).all())
+def _rollouts(
+    system: System, x0: np.ndarray, answers: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray | None]:
+    """label -> simulated states [N+1, n] of each answer; None for an unparsed answer (no finite controls)."""
+    out: dict[str, np.ndarray | None] = {}
+    for label, u in answers.items():
+        u = np.asarray(u, dtype=float)
+        valid = u.size > 0 and bool(np.isfinite(u).all())
+        out[label] = simulate(system, np.asarray(x0)[None], u[None])[0] if valid else None
+    return out
 
 
 def plot_trajectory(
@@ -62,15 +70,13 @@ def plot_trajectory(
         ax.set_ylabel(f"{system.state_names[j]} [{system.state_units[j]}]")
     ax_u = axes[-1]
     ax_u.step(t[:-1], u_opt, where="post", **OPTIMAL_STYLE)
-    for color, (label, u) in zip(COLORS, answers.items(), strict=False):
-        u = np.asarray(u, dtype=float)
-        if not _valid(u):
+    for color, (label, states) in zip(COLORS, _rollouts(system, x0, answers).items(), strict=False):
+        if states is None:
             ax_u.plot([], [], color=color, label=f"{label}: no answer")
             continue
-        states = simulate(system, np.asarray(x0)[None], u[None])[0]
         for j in range(system.n):
             axes[j].plot(t, states[:, j], color=color, label=label)
-        ax_u.step(t[:-1], u, where="post", color=color, label=label)
+        ax_u.step(t[:-1], np.asarray(answers[label], dtype=float), where="post", color=color, label=label)
     ax_u.axhline(system.u_max, **BOUND_STYLE, label="bounds")
     ax_u.axhline(system.u_min, **BOUND_STYLE)
     ax_u.set_ylabel(f"{system.control_name} [{system.control_unit}]")
@@ -99,11 +105,7 @@ def plot_phase_portrait(
     pairs = _phase_pairs(system)
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
     optimal = simulate(system, np.asarray(x0)[None], np.asarray(u_opt)[None])[0]
-    paths = {}
-    for label, u in answers.items():
-        u = np.asarray(u, dtype=float)
-        if _valid(u):
-            paths[label] = simulate(system, np.asarray(x0)[None], u[None])[0]
+    paths = {label: states for label, states in _rollouts(system, x0, answers).items() if states is not None}
     for ax, (a, b) in zip(axes[0], pairs, strict=True):
         (la, ha), (lb, hb) = system.x0_box[a], system.x0_box[b]
         ax.add_patch(

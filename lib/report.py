@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.atomic import write_json_atomic, write_text_atomic
 from lib.metrics import SUCCESS_EPS
 from lib.systems import get_system
 
@@ -322,11 +323,7 @@ def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
                    f"{'' if elapsed is None else f'{elapsed:.0f} s'} |")  # fmt: skip
     document = {"pipeline": run_dir.name, "context": context, "models": models, "references": references,
                 "phases": state["phases"]}  # fmt: skip
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    tmp.replace(run_dir / "metrics.json")
+    write_json_atomic(run_dir / "metrics.json", document)
     report = run_dir / "report.md"
-    tmp = run_dir / ".report.md.tmp"
-    tmp.write_text("\n".join(out) + "\n")
-    tmp.replace(report)
+    write_text_atomic(report, "\n".join(out) + "\n")
     return report

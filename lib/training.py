@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lib.atomic import write_json_atomic, write_text_atomic
 from lib.config import ROOT, repo_path
 from lib.dataset import read_info, read_split
 from lib.device import DeviceSetup, settings_from_config, setup_device
@@ -59,14 +60,31 @@ def stage_dir(cfg: dict, stage: str) -> Path:
     return repo_path(cfg["run"]["models_dir"]) / scope_of(cfg) / stage
 
 
-def read_run_info(run_dir: Path) -> dict:
+def read_run_info(
+    run_dir: Path,
+    kind: str = "training run",
+    fix: str = "pass a folder under models/<scope>/<stage>/ written by main_trainer.py.",
+) -> dict:
+    """run_info.json of a run folder (control or byte-level model), with a clear error when it is not one."""
     try:
         return json.loads((run_dir / "run_info.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise UsageError(
-            f"{run_dir} is not a training run (run_info.json missing or unreadable).",
-            fix="pass a folder under models/<scope>/<stage>/ written by main_trainer.py.",
+            f"{run_dir} is not a {kind} (run_info.json missing or unreadable).", fix=fix
         ) from None
+
+
+def newest_run(directory: Path) -> str:
+    """The run_id of the run whose run_info.json changed last (what --resume continues without a run_id)."""
+    runs = sorted(
+        (p for p in directory.glob("*") if (p / "run_info.json").is_file()),
+        key=lambda p: (p / "run_info.json").stat().st_mtime,
+    )
+    if not runs:
+        raise UsageError(
+            f"--resume: no run to resume in {directory}.", fix="start a new run without --resume."
+        )
+    return runs[-1].name
 
 
 def latest_run(directory: Path) -> Path | None:
@@ -76,16 +94,6 @@ def latest_run(directory: Path) -> Path | None:
         return None
     run = directory / pointer.read_text().strip()
     return run if (run / "run_info.json").is_file() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: object) -> None:
-    _write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _git_commit() -> str:
@@ -111,16 +119,7 @@ def package_versions() -> dict[str, str]:
 
 def resumable_run_id(cfg: dict) -> str:
     """With --resume and no run_id: the newest run of the first stage this job runs."""
-    first = "grpo" if cfg["training_type"] == "grpo" else "sft"
-    directory = stage_dir(cfg, first)
-    runs = sorted(
-        (p for p in directory.glob("*") if (p / "run_info.json").is_file()), key=lambda p: p.stat().st_mtime
-    )
-    if not runs:
-        raise UsageError(
-            f"--resume: no run to resume in {directory}.", fix="start a new run without --resume."
-        )
-    return runs[-1].name
+    return newest_run(stage_dir(cfg, "grpo" if cfg["training_type"] == "grpo" else "sft"))
 
 
 # ---------------------------------------------------------------- data
@@ -408,8 +407,8 @@ def start_run(
     if not processes.is_main:  # one writer per run folder; the trainer makes checkpoints/ on any rank
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", cfg)
-    _write_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
+    write_json_atomic(run_dir / "config.json", cfg)
+    write_text_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
     previous = (
         json.loads((run_dir / "run_info.json").read_text()) if (run_dir / "run_info.json").is_file() else {}
     )
@@ -429,7 +428,7 @@ def start_run(
         "dataset": cfg["data"]["dataset_name"],
         **extra,
     }
-    _write_json(run_dir / "run_info.json", info)
+    write_json_atomic(run_dir / "run_info.json", info)
     return run_dir
 
 
@@ -461,18 +460,18 @@ def finish_run(
 def _write_run_end(run_dir: Path, trainer, tokenizer, metrics: dict, stopped_by: str | None) -> None:
     info = read_run_info(run_dir)
     step = trainer.state.global_step
-    _write_json(run_dir / "log_history.json", trainer.state.log_history)
+    write_json_atomic(run_dir / "log_history.json", trainer.state.log_history)
     trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
     if stopped_by:
         info.update(status="interrupted", stopped_by=stopped_by, step=step)
-        _write_json(run_dir / "run_info.json", info)
+        write_json_atomic(run_dir / "run_info.json", info)
         return
     tokenizer.save_pretrained(run_dir / "model")
     metrics = {"global_step": step, **{k: v for k, v in metrics.items() if v is not None}}
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / "metrics.json", metrics)
     info.update(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), step=step)
-    _write_json(run_dir / "run_info.json", info)
-    _write_atomic(run_dir.parent / "latest", run_dir.name + "\n")  # only now: `latest` is always complete
+    write_json_atomic(run_dir / "run_info.json", info)
+    write_text_atomic(run_dir.parent / "latest", run_dir.name + "\n")  # only now: `latest` is always complete
     log.info("%s/latest -> %s", run_dir.parent, run_dir.name)
 
 

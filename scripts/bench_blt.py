@@ -156,10 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from lib.atomic import write_text_atomic
     from lib.blt import build_model, check_config, count_parameters, ensure_default_corpus, load_byte_data
     from lib.config import resolve_config
     from lib.device import choose_device, probe_platform, settings_from_config
-    from lib.training import _write_atomic
 
     cfg = resolve_config(None, args.overrides, schema_name="blt")
     check_config(cfg)
@@ -219,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_end": os.getloadavg(),
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.output_dir / "blt.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(args.output_dir / "blt.md", markdown(result))
+    write_text_atomic(args.output_dir / "blt.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.output_dir / "blt.md", markdown(result))
     print(f"wrote {args.output_dir / 'blt.json'} and {args.output_dir / 'blt.md'}")
     return 0
 

@@ -40,18 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
 
+from lib.atomic import write_json_atomic  # noqa: E402
 from lib.errors import EXIT_OK, UsageError, run_cli  # noqa: E402
 
 PHASES = ("data", "sft", "eval_sft", "grpo", "eval_grpo", "report")
 
 
 # ---------------------------------------------------------------- the pipeline folder
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_state(run_dir: Path) -> dict:
@@ -84,8 +79,8 @@ def create_run_dir(cfg: dict, command: str, job_id: str | None) -> Path:
             partial.mkdir()
         except FileExistsError:
             continue
-        _write_json(partial / "config.json", cfg)
-        _write_json(partial / "state.json", {"name": run_dir.name, **state})
+        write_json_atomic(partial / "config.json", cfg)
+        write_json_atomic(partial / "state.json", {"name": run_dir.name, **state})
         try:
             partial.rename(run_dir)
         except OSError:  # another process took the name between the check and the rename
@@ -109,7 +104,7 @@ def find_job_run_dir(results_dir: Path, job_id: str) -> Path | None:
 def set_phase(run_dir: Path, phase: str, **fields) -> dict:
     state = read_state(run_dir)
     state["phases"][phase] = {**state["phases"].get(phase, {}), **fields}
-    _write_json(run_dir / "state.json", state)
+    write_json_atomic(run_dir / "state.json", state)
     return state
 
 
