@@ -31,7 +31,7 @@ format: install ## ruff: fix what can be fixed and format the code
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
 
 validate: install ## validate every config under configs/ against its schema
-	$(PY) -m lib.config validate configs
+	$(PY) -m lib.common.config validate configs
 
 data: install ## datasets/di_vdp: 2,000 double-integrator + Van der Pol problems (~25 s; ARGS=--overwrite to redo)
 	$(PY) scripts/generate_data.py --systems double_integrator van_der_pol --total-samples 2000 --dataset-name di_vdp --workers 2 $(ARGS)
@@ -46,7 +46,7 @@ train: install ## SFT and/or GRPO from a config (CONFIG=..., default the embedde
 	$(PY) scripts/main_trainer.py --config $(CONFIG) $(ARGS)
 
 # train-mps: CONFIG defaults to the byte-level model's MPS profile here (CONFIG=... on the command line or in
-# the environment wins). Without MPS, lib.device logs the reason and trains on what the machine has.
+# the environment wins). Without MPS, lib.common.device logs the reason and trains on what the machine has.
 MPS_CONFIG := configs/blt/entropy_mps.json
 .PHONY: train-mps bench-blt
 train-mps: install ## train with an Apple MPS profile (default configs/blt/entropy_mps.json; CONFIG=..., ARGS=key=value)

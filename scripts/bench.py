@@ -9,7 +9,7 @@ It measures, in one run and on one core (--workers 1):
   1. samples per second end to end (sample x0, solve, round, format, write jsonl) for each system, after a
      warm-up that builds the per-system QP / NLP once (that one-time set-up is reported separately);
   2. the same count of double-integrator samples labelled the OLD way (clipped infinite-horizon LQR on a
-     forward-Euler model, lib/references.py), through the same formatting and writing, as the baseline rate;
+     forward-Euler model, lib/control/references.py), through the same formatting and writing, as the baseline rate;
   3. the quality of those old labels: J_baseline / J* on the default and on the wide initial-state box,
      for every system (median, 90th percentile, max, and the share above 1.01, i.e. worse than 1%), also
      once rounded to 2 decimals as printed, next to our printed labels (J_label / J*).
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,13 +30,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from lib.errors import UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import UsageError, run_cli
 
 SEED = 12345
 
@@ -59,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def timed_dataset(system_name: str, count: int, out: Path) -> dict:
     """Generate and write `count` samples of one system; seconds and the dataset's quality figures."""
-    from lib.dataset import build_dataset, write_dataset
+    from lib.control.dataset import build_dataset, write_dataset
 
     n_eval = max(1, count // 10)
     started = time.perf_counter()
@@ -80,9 +76,9 @@ def timed_dataset(system_name: str, count: int, out: Path) -> dict:
 
 def timed_baseline(count: int, out: Path) -> dict:
     """The old labelling of `count` double-integrator samples, through the same formatting and writing."""
-    from lib.dataset import record_lines, sample_initial_states, write_dataset
-    from lib.references import ReferenceSolution, clipped_lqr_controls, round_plain
-    from lib.systems import get_system, simulate, trajectory_cost
+    from lib.control.dataset import record_lines, sample_initial_states, write_dataset
+    from lib.control.references import ReferenceSolution, clipped_lqr_controls, round_plain
+    from lib.control.systems import get_system, simulate, trajectory_cost
 
     system = get_system("double_integrator")
     started = time.perf_counter()
@@ -119,9 +115,9 @@ def _spread(ratio: np.ndarray) -> dict:
 def baseline_quality(system_name: str, count: int, wide: bool) -> dict:
     """J / J* over `count` initial states of one box: the old controls at full precision and as printed
     with 2 decimals (plain rounding), and our printed labels (J_label / J*)."""
-    from lib.dataset import sample_initial_states
-    from lib.references import clipped_lqr_controls, round_plain, solve_reference
-    from lib.systems import get_system, simulate, trajectory_cost
+    from lib.control.dataset import sample_initial_states
+    from lib.control.references import clipped_lqr_controls, round_plain, solve_reference
+    from lib.control.systems import get_system, simulate, trajectory_cost
 
     system = get_system(system_name)
     x0 = sample_initial_states(system, count, SEED + 1, wide=wide)
@@ -140,15 +136,11 @@ def baseline_quality(system_name: str, count: int, wide: bool) -> dict:
 def environment() -> dict:
     from importlib.metadata import version
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "none"
+    from lib.common.runs import git_commit
+
     return {
         "created_at": datetime.now(timezone.utc).isoformat(),
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "python": platform.python_version(),
         "packages": {name: version(name) for name in ("numpy", "scipy", "daqp", "casadi")},
@@ -209,8 +201,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lib.references import condensed_qp, solve_reference
-    from lib.systems import SYSTEMS
+    from lib.control.references import condensed_qp, solve_reference
+    from lib.control.systems import SYSTEMS
 
     args = parse_args(argv)
     result: dict = {

@@ -24,18 +24,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import UsageError, run_cli
+from lib.common.runs import peak_rss_mb
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -63,7 +60,8 @@ def run_case(cfg: dict, setup, data, steps: int, warmup: int) -> dict:
     """Train `warmup` + `steps` steps from a fresh model; time the last `steps`."""
     import torch
 
-    from lib.blt import StepBatches, build_model, make_optimizer, make_scheduler, train_step
+    from lib.blt.model import build_model
+    from lib.blt.training import StepBatches, make_optimizer, make_scheduler, train_step
 
     cfg = {**cfg, "max_steps": warmup + steps}
     model = build_model(cfg).to(setup.device)
@@ -95,9 +93,7 @@ def run_case(cfg: dict, setup, data, steps: int, warmup: int) -> dict:
         "bytes_per_step": bytes_per_step,
         "bytes_per_second": steps * bytes_per_step / seconds,
         "seconds_per_step": seconds / steps,
-        "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb(),
         "peak_memory_kind": "CUDA max allocated" if cuda else "process max RSS (whole process)",
         "last_loss": losses[-1],
     }
@@ -106,11 +102,11 @@ def run_case(cfg: dict, setup, data, steps: int, warmup: int) -> dict:
 def environment() -> dict:
     import torch
 
-    from lib.training import _git_commit, package_versions
+    from lib.common.runs import git_commit, package_versions
 
     return {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "torch_default_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -150,16 +146,15 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     import torch
 
-    from lib.atomic import write_text_atomic
-    from lib.blt import build_model, check_config, count_parameters, ensure_default_corpus, load_byte_data
-    from lib.config import resolve_config
-    from lib.device import choose_device, probe_platform, settings_from_config
+    from lib.blt.data import ensure_default_corpus, load_byte_data
+    from lib.blt.model import build_model, check_config, count_parameters
+    from lib.common.atomic import write_text_atomic
+    from lib.common.config import resolve_config
+    from lib.common.device import choose_device, probe_platform, settings_from_config
 
     cfg = resolve_config(None, args.overrides, schema_name="blt")
     check_config(cfg)

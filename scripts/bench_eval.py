@@ -19,11 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import EXIT_OK, UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import EXIT_OK, UsageError, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,13 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import numpy as np
 
-    from lib.answer import build_prompt
-    from lib.config import resolve_config
-    from lib.dataset import sample_initial_states
-    from lib.device import settings_from_config, setup_device
-    from lib.generation import generate_completions
-    from lib.systems import get_system
-    from lib.training import load_model_reference
+    from lib.common.config import resolve_config
+    from lib.common.device import settings_from_config, setup_device
+    from lib.control.answer import build_prompt
+    from lib.control.dataset import sample_initial_states
+    from lib.control.systems import get_system
+    from lib.llm.generation import generate_completions
+    from lib.llm.models import load_model_reference
 
     cfg = resolve_config(None, args.overrides)
     setup = setup_device(settings_from_config(cfg))

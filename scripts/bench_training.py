@@ -6,7 +6,7 @@ Usage:
     python scripts/bench_training.py --sft-steps 5 --grpo-steps 1 --model /path/to/model   # a quick run
 
 It generates a double-integrator dataset in a temporary folder, then runs the real trainers
-(lib/training.py) in child processes, one per stage, so each stage's peak memory (max RSS) is its own:
+(lib/llm/training.py) in child processes, one per stage, so each stage's peak memory (max RSS) is its own:
   SFT  --sft-steps steps, batch --sft-batch, LoRA rank 16, on the dataset's first records;
   GRPO --grpo-steps steps from that SFT run, 2 prompts x 4 generations, --grpo-completion tokens.
 Writes results/bench/training.json, training.md (the table) and sft_loss_curve.png, and prints the table.
@@ -25,20 +25,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import UsageError, run_cli
 
 # Run in a child process: train one stage, then print the peak RSS of this process in MB.
 CHILD = """
-import resource, sys
-sys.path.insert(0, {root!r})
-from lib.config import resolve_config
-from lib.training import train_from_config
+import sys
+from lib.common.config import resolve_config
+from lib.common.runs import peak_rss_mb
+from lib.llm.training import train_from_config
 code = train_from_config(resolve_config(None, {overrides!r}), ["bench_training"])
-print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print("PEAK_RSS_MB", peak_rss_mb())
 sys.exit(code)
 """
 
@@ -47,7 +44,7 @@ def run_stage(overrides: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one training stage in a fresh process."""
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", CHILD.format(root=str(ROOT), overrides=overrides)],
+        [sys.executable, "-c", CHILD.format(overrides=overrides)],
         capture_output=True,
         text=True,
     )
@@ -88,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.sft_steps, args.sft_batch, args.grpo_steps) < 1:
         raise UsageError("--sft-steps, --sft-batch and --grpo-steps must be at least 1.")
 
-    from lib.models import resolve_model_name
+    from lib.llm.models import resolve_model_name
 
     resolve_model_name(args.model)  # convert the embedded model first, so its 30 s is not timed
     with tempfile.TemporaryDirectory() as tmp:

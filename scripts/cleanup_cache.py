@@ -50,10 +50,8 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
 
-from lib.errors import EXIT_FAILED, EXIT_OK, UsageError, run_cli  # noqa: E402
+from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError, run_cli  # noqa: E402  (after dont_write_bytecode)
 
 TARGET_DIRS = (
     "__pycache__",

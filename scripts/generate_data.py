@@ -10,7 +10,7 @@ Usage:
     python scripts/generate_data.py --preview test_di    # a few records, readable
 
 Samples are split evenly over the systems (the first systems get the remainder). Labels are exact optima
-for the rounded initial state the prompt shows (lib/references.py); the same seed gives byte-identical
+for the rounded initial state the prompt shows (lib/control/references.py); the same seed gives byte-identical
 jsonl files whatever --workers is. Existing datasets are kept unless --overwrite, and an overwritten one
 is replaced only once the new one is completely written.
 """
@@ -23,15 +23,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import UsageError, run_cli
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from lib.systems import SYSTEMS
+    from lib.control.systems import SYSTEMS
 
     parser = argparse.ArgumentParser(
         description="Generate optimal-control datasets with certified optimal answers.",
@@ -91,7 +88,7 @@ def resolve_counts(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def system_names(args: argparse.Namespace) -> list[str]:
-    from lib.systems import SYSTEMS, get_system
+    from lib.control.systems import SYSTEMS, get_system
 
     if not args.systems:
         raise UsageError("no systems given.", fix=f"add --systems with one or more of: {', '.join(SYSTEMS)}")
@@ -105,7 +102,7 @@ def system_names(args: argparse.Namespace) -> list[str]:
 
 
 def show_list(output_dir: Path) -> int:
-    from lib.dataset import list_datasets
+    from lib.control.dataset import list_datasets
 
     found = list_datasets(output_dir)
     if not found:
@@ -118,7 +115,7 @@ def show_list(output_dir: Path) -> int:
 
 
 def show_validation(output_dir: Path, name: str) -> int:
-    from lib.dataset import validate_dataset
+    from lib.control.dataset import validate_dataset
 
     started = time.perf_counter()
     summary = validate_dataset(output_dir / name)
@@ -131,7 +128,7 @@ def show_validation(output_dir: Path, name: str) -> int:
 
 
 def show_preview(output_dir: Path, name: str, count: int = 3) -> int:
-    from lib.dataset import read_info, read_split
+    from lib.control.dataset import read_info, read_split
 
     path = output_dir / name
     info = read_info(path)
@@ -160,7 +157,7 @@ def show_preview(output_dir: Path, name: str, count: int = 3) -> int:
 def generate(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from tqdm import tqdm
 
-    from lib.dataset import build_dataset, write_dataset
+    from lib.control.dataset import build_dataset, write_dataset
 
     names = system_names(args)
     n_train, n_eval = resolve_counts(args)

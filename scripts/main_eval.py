@@ -35,17 +35,14 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import EXIT_OK, UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import EXIT_OK, UsageError, run_cli
+from lib.common.runs import git_commit
 
 log = logging.getLogger("main_eval")
 MODES = ("control", "mpc", "format", "analyze")
@@ -125,7 +122,7 @@ def model_label(described: str, reference: str) -> str:
 
 def make_answerer(model, tokenizer, setup, args: argparse.Namespace, workdir: Path):
     """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate."""
-    from lib.generation import generate_completions, vllm_generator
+    from lib.llm.generation import generate_completions, vllm_generator
 
     if setup.vllm:
         merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once
@@ -147,9 +144,9 @@ def make_answerer(model, tokenizer, setup, args: argparse.Namespace, workdir: Pa
 
 def evaluate_models(args: argparse.Namespace, cfg: dict, records: list[dict], workdir: Path) -> list[dict]:
     """Load each model in turn, let it answer, score the answers; one dict per model."""
-    from lib.device import settings_from_config, setup_device
-    from lib.evaluation import answer_records, format_rates, score_samples
-    from lib.training import load_model_reference
+    from lib.common.device import settings_from_config, setup_device
+    from lib.llm.evaluation import answer_records, format_rates, score_samples
+    from lib.llm.models import load_model_reference
 
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
@@ -190,15 +187,6 @@ def evaluate_models(args: argparse.Namespace, cfg: dict, records: list[dict], wo
     return results
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_outputs(output_dir: Path, staged: Path, files: list[str]) -> None:
     """Move the staged files into output_dir, first removing the files of the previous evaluation there."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -217,13 +205,12 @@ def write_outputs(output_dir: Path, staged: Path, files: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from lib.config import repo_path, resolve_config
+    from lib.common.config import repo_path, resolve_config
 
     output_dir = args.output_dir or ROOT / "figures"
     if args.eval_mode == "analyze":
-        from lib.blt_analysis import analyze_blt, config_of_run
+        from lib.blt.analysis import analyze_blt, config_of_run
 
         if len(args.model_path) != 1:
             raise UsageError("--eval-mode analyze takes one --model-path.")
@@ -236,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bits per byte {metrics.get('bits_per_byte')}; report: {output_dir / 'report.md'}")
         return EXIT_OK
 
-    from lib.evaluation import REFERENCES, load_eval_records, reference_rows, summarize
-    from lib.report import (
+    from lib.llm.evaluation import REFERENCES, load_eval_records, reference_rows, summarize
+    from lib.llm.report import (
         figure_files,
         format_report,
         metrics_document,
@@ -260,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
             "replan_every": args.replan_every if args.eval_mode == "mpc" else None,
             "command": "python scripts/main_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "git_commit": _git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }  # fmt: skip
         if args.eval_mode == "format":
             document = {"context": context, "models": {r["label"]: {"model": r["model"], "format_rates": r["format_rates"],

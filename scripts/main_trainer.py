@@ -10,31 +10,23 @@ Usage:
 
 Overrides are `key.sub=value` after the config (see schemas/control.schema.json, schemas/blt.schema.json).
 The config's `model_type` picks the model family: `control` (the language-model controller; runs in
-models/<system or universal>/<sft|grpo>/<run_id>/, lib/training.py) or `blt` (the byte-level entropy model;
-runs in <output_dir>/<run_id>/, default models/blt, lib/blt.py). Exit codes: 0 done, 1 failed,
+models/<system or universal>/<sft|grpo>/<run_id>/, lib/llm/training.py) or `blt` (the byte-level entropy model;
+runs in <output_dir>/<run_id>/, default models/blt, lib/blt/training.py). Exit codes: 0 done, 1 failed,
 2 bad config or input, 130 stopped by SIGTERM / Ctrl-C with a resumable checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import run_cli  # noqa: E402
+from lib.common.config import resolve_config
+from lib.common.errors import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lib.config import resolve_config
-    from lib.training import train_from_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a YAML or JSON config (configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -42,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = resolve_config(args.config, args.overrides)
     command = ["python", "scripts/main_trainer.py", *(sys.argv[1:] if argv is None else argv)]
+    if cfg["model_type"] == "blt":  # the byte-level entropy model has its own trainer and run folders
+        from lib.blt.training import train_blt
+
+        return train_blt(cfg, command, resume=args.resume)
+    from lib.llm.training import train_from_config
+
     return train_from_config(cfg, command, args.resume)
 
 

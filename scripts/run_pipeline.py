@@ -36,12 +36,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.atomic import write_json_atomic  # noqa: E402
-from lib.errors import EXIT_OK, UsageError, run_cli  # noqa: E402
+from lib.common.atomic import write_json_atomic
+from lib.common.config import ROOT
+from lib.common.errors import EXIT_OK, UsageError, run_cli
 
 PHASES = ("data", "sft", "eval_sft", "grpo", "eval_grpo", "report")
 
@@ -61,7 +58,7 @@ def read_state(run_dir: Path) -> dict:
 
 def create_run_dir(cfg: dict, command: str, job_id: str | None) -> Path:
     """A new results/pipeline_<timestamp>/ with the resolved config and an empty state."""
-    from lib.config import repo_path
+    from lib.common.config import repo_path
 
     parent = repo_path(cfg["pipeline"]["results_dir"])
     parent.mkdir(parents=True, exist_ok=True)
@@ -129,13 +126,13 @@ def _run(command: list[str]) -> int:
 
 
 def training_run(cfg: dict, stage: str, name: str) -> Path:
-    from lib.training import stage_dir
+    from lib.llm.stages import stage_dir
 
     return stage_dir(cfg, stage) / name
 
 
 def phase_data(cfg: dict, run_dir: Path) -> int:
-    from lib.config import repo_path
+    from lib.common.config import repo_path
 
     data, settings = cfg["data"], cfg["pipeline"]["data"]
     path = repo_path(data["datasets_dir"]) / data["dataset_name"]
@@ -173,7 +170,7 @@ def phase_data(cfg: dict, run_dir: Path) -> int:
 
 def check_existing_dataset(path: Path, settings: dict) -> None:
     """An existing dataset is used only if it was made with the pipeline's data settings."""
-    from lib.dataset import read_info
+    from lib.control.dataset import read_info
 
     info = read_info(path)
     found = {"systems": list(info["systems"]), "train_samples": info["counts"]["train"],
@@ -187,7 +184,7 @@ def check_existing_dataset(path: Path, settings: dict) -> None:
 
 
 def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:
-    from lib.training import read_run_info
+    from lib.common.runs import read_run_info
 
     run = training_run(cfg, stage, run_dir.name)
     resume = (run / "run_info.json").is_file()
@@ -244,7 +241,7 @@ def phase_eval_grpo(cfg: dict, run_dir: Path) -> int:
 
 
 def phase_report(cfg: dict, run_dir: Path) -> int:
-    from lib.report import write_pipeline_report
+    from lib.llm.report import write_pipeline_report
 
     path = write_pipeline_report(run_dir, read_state(run_dir))
     print(f"report: {path}")
@@ -299,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list-phases", action="store_true", help="print the folder's phases, one per line")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (new pipelines)")
     args = parser.parse_intermixed_args(argv)
-    from lib.config import repo_path, resolve_config
+    from lib.common.config import repo_path, resolve_config
 
     command = "python scripts/run_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.run_dir:

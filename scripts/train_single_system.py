@@ -17,13 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import run_cli  # noqa: E402
+from lib.common.errors import run_cli
 
 # flag (argparse dest) -> config key; the one mapping from the original flags onto the schema
 FLAG_KEYS = {
@@ -40,12 +35,10 @@ FLAG_KEYS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
 
-    from lib.config import repo_path, resolve_config
-    from lib.dataset import list_datasets
+    from lib.common.config import repo_path, resolve_config
+    from lib.control.dataset import list_datasets
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", help="train on this system's records only (models/<system>/)")
     parser.add_argument("--dataset-name", help="a dataset under datasets/ (see --list-datasets)")
@@ -70,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{entry['name']:24s} train {entry['train']:6d}  eval {entry['eval']:5d}  {', '.join(entry['systems'])}"
             )
         return 0
-    from lib.training import train_from_config
+    from lib.llm.training import train_from_config
 
     command = ["python", "scripts/train_single_system.py", *(sys.argv[1:] if argv is None else argv)]
     return train_from_config(cfg, command, args.resume)

@@ -22,18 +22,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # scripts/ is not a package: make `lib` importable from any cwd
-
-from lib.errors import EXIT_FAILED, EXIT_OK, UsageError, run_cli  # noqa: E402
+from lib.common.config import ROOT
+from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError, run_cli
 
 
 def problems(args: argparse.Namespace, datasets_dir: Path) -> list[tuple[str, list[float], list[dict]]]:
     """(system, x0, prompt) for each test: a dataset's eval records, or freshly sampled initial states."""
-    from lib.answer import build_prompt
-    from lib.dataset import read_split, sample_initial_states
-    from lib.systems import get_system
+    from lib.control.answer import build_prompt
+    from lib.control.dataset import read_split, sample_initial_states
+    from lib.control.systems import get_system
 
     if args.dataset:
         path = datasets_dir / args.dataset
@@ -50,9 +47,7 @@ def problems(args: argparse.Namespace, datasets_dir: Path) -> list[tuple[str, li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model-path", default="latest", help="run folder, stage folder, 'latest', or a model"
@@ -76,13 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.min_score <= 1.0:
         raise UsageError(f"--min-score must be within [0, 1], got {args.min_score}.")
 
-    from lib.answer import parse_controls
-    from lib.config import repo_path, resolve_config
-    from lib.device import settings_from_config, setup_device
-    from lib.evaluation import format_rates
-    from lib.generation import generate_completions
-    from lib.systems import get_system
-    from lib.training import load_model_reference
+    from lib.common.config import repo_path, resolve_config
+    from lib.common.device import settings_from_config, setup_device
+    from lib.control.answer import parse_controls
+    from lib.control.systems import get_system
+    from lib.llm.evaluation import format_rates
+    from lib.llm.generation import generate_completions
+    from lib.llm.models import load_model_reference
 
     cfg = resolve_config(args.config, args.overrides)
     tests = problems(args, repo_path(cfg["data"]["datasets_dir"]))

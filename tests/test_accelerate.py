@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, run_python
 from test_training import overrides, workspace  # noqa: F401  (workspace is the shared fixture)
 
-from lib.config import OTHER_TOOL_DIRS, find_configs, other_tool_config, skipped_configs
+from lib.common.config import OTHER_TOOL_DIRS, find_configs, other_tool_config, skipped_configs
 
 ACCELERATE_DIR = ROOT / "configs" / "accelerate"
 SHIPPED = ("ddp", "fsdp", "deepspeed_zero2")
@@ -54,7 +54,7 @@ def test_accelerate_config_loads_and_opens_with_its_command(name):
     path = ACCELERATE_DIR / f"{name}.yaml"
     config = load_config_from_file(str(path))  # accelerate's own reader, as `accelerate launch` uses it
     assert config.num_machines == 1 and config.num_processes >= 2
-    assert config.mixed_precision == "no"  # precision is lib.device's, handed over by the trainer
+    assert config.mixed_precision == "no"  # precision is lib.common.device's, handed over by the trainer
     header = path.read_text().split("\ncompute_environment")[0]
     assert all(line.startswith("#") for line in header.splitlines())
     assert f"accelerate launch --config_file configs/accelerate/{name}.yaml" in header
@@ -97,7 +97,7 @@ def test_shipped_accelerate_configs_are_skipped_by_validate():
     shipped = {ACCELERATE_DIR / f"{name}.yaml" for name in SHIPPED}
     assert not shipped & set(find_configs([ROOT / "configs"]))
     assert shipped <= set(skipped_configs([ROOT / "configs"]))
-    result = run_python(["-m", "lib.config", "validate", "configs"])
+    result = run_python(["-m", "lib.common.config", "validate", "configs"])
     assert result.returncode == 0, result.stdout + result.stderr
     for name in SHIPPED:
         assert f"skipped configs/accelerate/{name}.yaml: {OTHER_TOOL_DIRS['accelerate']}" in result.stdout
@@ -105,7 +105,7 @@ def test_shipped_accelerate_configs_are_skipped_by_validate():
 
 
 def test_validate_on_only_accelerate_configs_exits_2_and_says_why():
-    result = run_python(["-m", "lib.config", "validate", "configs/accelerate"])
+    result = run_python(["-m", "lib.common.config", "validate", "configs/accelerate"])
     assert result.returncode == 2
     assert "no experiment config files" in result.stderr and "3 skipped" in result.stderr
     assert "Traceback" not in result.stderr
@@ -115,7 +115,7 @@ def test_validate_on_only_accelerate_configs_exits_2_and_says_why():
 
 AGREE = """
 import sys, time
-from lib.distributed import Processes
+from lib.common.distributed import Processes
 p = Processes.start("cpu")
 with p.main_first():
     time.sleep(0.5 if p.is_main else 0)  # the main process runs the block first, alone
@@ -145,7 +145,7 @@ def test_processes_started_apart_agree_on_rank_0s_value():
 
 
 def test_one_process_needs_no_process_group(monkeypatch):
-    from lib.distributed import Processes, launched_world_size
+    from lib.common.distributed import Processes, launched_world_size
 
     for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -155,8 +155,8 @@ def test_one_process_needs_no_process_group(monkeypatch):
 
 
 def test_several_processes_on_mps_or_a_bad_world_size_are_usage_errors(monkeypatch):
-    from lib.distributed import Processes, launched_world_size
-    from lib.errors import UsageError
+    from lib.common.distributed import Processes, launched_world_size
+    from lib.common.errors import UsageError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UsageError, match="Apple MPS"):

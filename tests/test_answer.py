@@ -1,4 +1,4 @@
-"""Prompt and answer format (lib/answer.py): a strict, total parser and labels whose reasoning is true."""
+"""Prompt and answer format (lib/control/answer.py): a strict, total parser and labels whose reasoning is true."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.answer import (
+from lib.control.answer import (
     TAGS,
     build_prompt,
     format_answer,
@@ -17,9 +17,9 @@ from lib.answer import (
     format_controls,
     parse_controls,
 )
-from lib.dataset import sample_initial_states
-from lib.references import solve_reference
-from lib.systems import SYSTEMS, get_system, simulate, trajectory_cost
+from lib.control.dataset import sample_initial_states
+from lib.control.references import solve_reference
+from lib.control.systems import SYSTEMS, get_system, simulate, trajectory_cost
 
 
 def answer(body: str, reasoning: str = "r") -> str:

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_script, run
 
-from lib.blt import BOS, EOS, build_default_corpus, load_byte_data
-from lib.blt_analysis import (
+from lib.blt.analysis import (
     analyze_blt,
     config_of_run,
     patch_lengths,
@@ -30,8 +29,9 @@ from lib.blt_analysis import (
     patch_starts_threshold,
     patch_statistics,
 )
-from lib.config import resolve_config
-from lib.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, run_cli
+from lib.blt.data import BOS, EOS, build_default_corpus, load_byte_data
+from lib.common.config import resolve_config
+from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, run_cli
 
 TINY = [
     "hidden_size=32",
@@ -380,7 +380,7 @@ def test_analysis_finds_latest_and_caps_bytes(trained, root, tmp_path):
 def test_main_eval_analyze_with_the_original_flag_spellings(trained, tmp_path):
     from conftest import load_script
 
-    from lib.errors import run_cli
+    from lib.common.errors import run_cli
 
     out = tmp_path / "cli"
     argv = ["--eval_mode", "analyze", "--model_type", "blt", "--model_path", str(trained), "--output_dir", str(out),

@@ -332,7 +332,7 @@ def test_what_cannot_be_removed_is_reported_with_the_reason_and_exits_1(tmp_path
 
 
 def test_a_root_that_is_not_a_repository_is_a_usage_error(tmp_path):
-    from lib.errors import EXIT_USAGE, run_cli
+    from lib.common.errors import EXIT_USAGE, run_cli
 
     write(tmp_path / "x.log", 1)
     assert run_cli(cleanup.main, ["--root", str(tmp_path)]) == EXIT_USAGE

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from conftest import ROOT, run_python
 
-from lib.config import (
+from lib.common.config import (
     available_schemas,
     find_configs,
     load_schema,
@@ -18,7 +18,7 @@ from lib.config import (
     schema_keys,
     schema_node,
 )
-from lib.errors import ConfigError
+from lib.common.errors import ConfigError
 
 
 def write(path: Path, text: str) -> Path:
@@ -265,21 +265,23 @@ def test_every_shipped_config_validates():
 
 
 def test_cli_show_merges_an_override():
-    result = run_python(["-m", "lib.config", "show", "configs/profiles/cpu.yaml", "seed=3"])
+    result = run_python(["-m", "lib.common.config", "show", "configs/profiles/cpu.yaml", "seed=3"])
     assert result.returncode == 0, result.stderr
     cfg = json.loads(result.stdout)
     assert cfg["seed"] == 3 and cfg["device"]["type"] == "cpu"
 
 
 def test_cli_misspelled_key_exits_2_with_the_closest_name_and_no_traceback():
-    result = run_python(["-m", "lib.config", "show", "configs/profiles/cpu.yaml", "device.precison=fp32"])
+    result = run_python(
+        ["-m", "lib.common.config", "show", "configs/profiles/cpu.yaml", "device.precison=fp32"]
+    )
     assert result.returncode == 2
     assert "did you mean 'device.precision'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_cli_get_prints_plain_values_for_shell_scripts(capsys):
-    from lib.config import main
+    from lib.common.config import main
 
     assert main(["get", "configs/profiles/mps.yaml", "device.type"]) == 0
     assert main(["get", "configs/profiles/mps.yaml", "device.force_cpu"]) == 0
@@ -291,20 +293,20 @@ def test_cli_get_prints_plain_values_for_shell_scripts(capsys):
 
 def test_cli_legacy_key_warns_and_migrates(tmp_path):
     old = write(tmp_path / "old.json", '{"model_type": "blt", "byte_lm_hidden_size": 96}')
-    result = run_python(["-m", "lib.config", "get", str(old), "hidden_size"])
+    result = run_python(["-m", "lib.common.config", "get", str(old), "hidden_size"])
     assert result.returncode == 0 and result.stdout.strip() == "96"
     assert "renamed legacy key 'byte_lm_hidden_size' to 'hidden_size'" in result.stderr
 
 
 def test_cli_validate_counts_and_fails_on_a_bad_file(tmp_path):
-    good = run_python(["-m", "lib.config", "validate", "configs"])
+    good = run_python(["-m", "lib.common.config", "validate", "configs"])
     assert good.returncode == 0
     count = len(find_configs([ROOT / "configs"]))
     assert f"validated {count} config(s): {count} ok, 0 failed" in good.stdout
     write(tmp_path / "ok.yaml", "seed: 1\n")
     (tmp_path / "sub").mkdir()
     write(tmp_path / "sub" / "bad.yaml", "sed: 1\n")  # found recursively
-    bad = run_python(["-m", "lib.config", "validate", str(tmp_path)])
+    bad = run_python(["-m", "lib.common.config", "validate", str(tmp_path)])
     assert bad.returncode == 2
     assert "validated 2 config(s): 1 ok, 1 failed" in bad.stdout
     assert "did you mean 'seed'" in bad.stdout

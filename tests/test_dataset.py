@@ -1,4 +1,4 @@
-"""Datasets on disk (lib/dataset.py): the records, their certificates, atomic writes and checked loading."""
+"""Datasets on disk (lib/control/dataset.py): the records, their certificates, atomic writes and checked loading."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-import lib.dataset as dataset
-from lib.dataset import (
+import lib.control.dataset as dataset
+from lib.common.errors import UsageError
+from lib.control.dataset import (
     build_dataset,
     read_split,
     sample_initial_states,
@@ -17,9 +18,8 @@ from lib.dataset import (
     validate_dataset,
     write_dataset,
 )
-from lib.errors import UsageError
-from lib.references import KKT_TOL_LINEAR
-from lib.systems import SYSTEMS, get_system, simulate, trajectory_cost
+from lib.control.references import KKT_TOL_LINEAR
+from lib.control.systems import SYSTEMS, get_system, simulate, trajectory_cost
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-import lib.device as device_module
-from lib.config import resolve_config
-from lib.device import (
+import lib.common.device as device_module
+from lib.common.config import resolve_config
+from lib.common.device import (
     HIGH_VAR,
     LOW_VAR,
     PlatformFacts,
@@ -18,7 +18,7 @@ from lib.device import (
     settings_from_config,
     setup_device,
 )
-from lib.errors import UsageError
+from lib.common.errors import UsageError
 
 MAC = PlatformFacts(
     system="Darwin", machine="arm64", torch_version="2.13.0", mps_built=True, mps_available=True
@@ -141,7 +141,7 @@ def test_invalid_watermarks_explain_the_pytorch_error(high, low):
 
 
 def test_the_schema_blocks_out_of_range_watermarks_before_device_setup():
-    from lib.errors import ConfigError
+    from lib.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="mps_low_watermark_ratio"):
         resolve_config(None, ["device.mps_low_watermark_ratio=-1"])

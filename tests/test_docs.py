@@ -65,6 +65,11 @@ def test_documented_command_succeeds(command, scratch_repo):
     args = shlex.split(command)
     if args[0] == "python":
         args[0] = str(VENV / "bin" / "python")
-    env = {"VENV": str(VENV), "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    # PYTHONPATH: the copy's own lib/, not the checkout's that the venv's editable install points at
+    env = {
+        "VENV": str(VENV),
+        "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(scratch_repo),
+    }
     result = run(args, timeout=300, cwd=scratch_repo, env=env)
     assert result.returncode == 0, f"`{command}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"

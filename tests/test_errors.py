@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.errors import (
+from lib.common.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -16,7 +16,7 @@ from lib.errors import (
 
 
 class OutOfMemoryError(RuntimeError):
-    """Same class name as torch.OutOfMemoryError (lib.errors matches it by name, without importing torch)."""
+    """Same class name as torch.OutOfMemoryError (lib.common.errors matches it by name, without importing torch)."""
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,9 @@ def test_run_cli_exit_codes(capsys):
 
 
 def test_a_reader_closing_the_pipe_is_not_a_failure():
-    def print_to_closed_pipe(argv):  # what `python -m lib.config show ... | head -1` meets with long output
+    def print_to_closed_pipe(
+        argv,
+    ):  # what `python -m lib.common.config show ... | head -1` meets with long output
         raise BrokenPipeError(32, "Broken pipe")
 
     assert run_cli(print_to_closed_pipe) == 0

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from conftest import load_script, run_python
 
-from lib.errors import EXIT_USAGE, run_cli
-from lib.evaluation import (
+from lib.common.errors import EXIT_USAGE, run_cli
+from lib.control.references import solve_reference
+from lib.control.systems import get_system
+from lib.llm.evaluation import (
     answer_records,
     bootstrap_ci,
     load_eval_records,
@@ -24,8 +26,6 @@ from lib.evaluation import (
     score_samples,
     summarize,
 )
-from lib.references import solve_reference
-from lib.systems import get_system
 
 X0_PATTERN = re.compile(r"Initial state: x_0 = \(([^)]*)\)")
 
@@ -33,7 +33,7 @@ X0_PATTERN = re.compile(r"Initial state: x_0 = \(([^)]*)\)")
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Eval records of two systems (6 each) and a tiny model trained on nothing in particular."""
-    from lib.models import build_tiny_model
+    from lib.llm.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("eval")
     argv = ["--systems", "double_integrator", "van_der_pol", "--train-samples", "4", "--eval-samples", "12",

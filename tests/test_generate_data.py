@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import load_script, run_python
 
-from lib.errors import UsageError
-from lib.systems import SYSTEMS
+from lib.common.errors import UsageError
+from lib.control.systems import SYSTEMS
 
 SCRIPT = "scripts/generate_data.py"
 

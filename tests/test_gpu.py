@@ -12,14 +12,14 @@ import math
 import pytest
 from conftest import load_script
 
-from lib.errors import run_cli
+from lib.common.errors import run_cli
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from lib.models import build_tiny_model
+    from lib.llm.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("gpu")
     argv = ["--systems", "double_integrator", "--train-samples", "8", "--eval-samples", "4", "--dataset-name", "di",
@@ -33,8 +33,8 @@ def workspace(tmp_path_factory):
 def test_cuda_setup_picks_bf16_on_a_capable_gpu():
     import torch
 
-    from lib.config import resolve_config
-    from lib.device import settings_from_config, setup_device
+    from lib.common.config import resolve_config
+    from lib.common.device import settings_from_config, setup_device
 
     setup = setup_device(settings_from_config(resolve_config("configs/profiles/cuda.yaml")))
     assert setup.device == "cuda"

@@ -1,13 +1,13 @@
-"""Metrics (lib/metrics.py): simulated with no clipping, vectorised, the same numbers for rewards and eval."""
+"""Metrics (lib/control/metrics.py): simulated with no clipping, vectorised, the same numbers for rewards and eval."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lib.answer import format_answers
-from lib.dataset import sample_initial_states
-from lib.metrics import (
+from lib.control.answer import format_answers
+from lib.control.dataset import sample_initial_states
+from lib.control.metrics import (
     FEASIBILITY_TOL,
     SUCCESS_EPS,
     control_violation,
@@ -18,8 +18,8 @@ from lib.metrics import (
     optimality_gap,
     success_at,
 )
-from lib.references import solve_reference
-from lib.systems import get_system, simulate
+from lib.control.references import solve_reference
+from lib.control.systems import get_system, simulate
 
 
 @pytest.fixture(scope="module")

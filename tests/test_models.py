@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lib.errors import UsageError
-from lib.models import embedded_gguf_path, resolve_model_name
+from lib.common.errors import UsageError
+from lib.llm.models import embedded_gguf_path, resolve_model_name
 
 
 def test_the_embedded_gguf_is_installed_by_make_install():

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, load_script, run
 
-from lib.errors import EXIT_USAGE, run_cli
+from lib.common.errors import EXIT_USAGE, run_cli
 
 PHASES = ["data", "sft", "eval_sft", "grpo", "eval_grpo", "report"]
 
@@ -45,9 +45,9 @@ def tiny_pipeline_config(root: Path, tiny: Path) -> Path:
 
 
 def build_tiny(root: Path) -> Path:
-    from lib.answer import build_prompt
-    from lib.models import build_tiny_model
-    from lib.systems import get_system
+    from lib.control.answer import build_prompt
+    from lib.control.systems import get_system
+    from lib.llm.models import build_tiny_model
 
     system = get_system("double_integrator_short")
     corpus = [m["content"] for m in build_prompt(system, [0.1, 0.2])] + [

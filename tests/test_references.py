@@ -1,4 +1,4 @@
-"""Exact references (lib/references.py): certified optima, labels on the printed grid, the old baseline."""
+"""Exact references (lib/control/references.py): certified optima, labels on the printed grid, the old baseline."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lib.dataset import sample_initial_states
-from lib.references import (
+from lib.control.dataset import sample_initial_states
+from lib.control.references import (
     KKT_TOL_LINEAR,
     START_NAMES,
     _derivatives,
@@ -19,7 +19,7 @@ from lib.references import (
     solve_reference,
     start_controls,
 )
-from lib.systems import SYSTEMS, get_system, simulate, trajectory_cost
+from lib.control.systems import SYSTEMS, get_system, simulate, trajectory_cost
 
 LINEAR = [name for name, s in SYSTEMS.items() if s.is_linear]
 NONLINEAR = [name for name, s in SYSTEMS.items() if not s.is_linear]

@@ -31,7 +31,7 @@ def test_second_install_reinstalls_nothing():
 def test_install_stamp_changes_when_requirements_change(monkeypatch, tmp_path):
     setup_env = load_script("setup_env")
     before = setup_env.install_stamp(setup_env.BASE_FILES)
-    for name in setup_env.BASE_FILES:
+    for name in (*setup_env.BASE_FILES, "pyproject.toml"):
         (tmp_path / name).write_bytes((ROOT / name).read_bytes())
     monkeypatch.setattr(setup_env, "ROOT", tmp_path)
     assert setup_env.install_stamp(setup_env.BASE_FILES) == before

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.answer import format_answer, format_controls
-from lib.config import resolve_config
-from lib.references import solve_reference
-from lib.rewards import REWARDS, reward_functions
-from lib.systems import get_system
+from lib.common.config import resolve_config
+from lib.control.answer import format_answer, format_controls
+from lib.control.references import solve_reference
+from lib.control.systems import get_system
+from lib.llm.rewards import REWARDS, reward_functions
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_config_weights_and_scales_reach_the_functions(instances):
     u = optimal.u[0].copy()
     u[20:] *= 0.5
     u = np.round(u, 6)  # what the text below prints
-    from lib.metrics import evaluate_controls
+    from lib.control.metrics import evaluate_controls
 
     gap = evaluate_controls(system, np.array([di["x0"]]), u[None], np.array([di["J_opt"]]), 0.01).gap[0]
     text = f"<REASONING>r</REASONING><CONTROLS>{format_controls(u, 6)}</CONTROLS>"

@@ -1,4 +1,4 @@
-"""The systems, the one simulator and the one cost (lib/systems.py)."""
+"""The systems, the one simulator and the one cost (lib/control/systems.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import casadi as ca
 import numpy as np
 import pytest
 
-from lib.errors import UsageError
-from lib.systems import SYSTEMS, get_system, rk4_step, simulate, trajectory_cost
+from lib.common.errors import UsageError
+from lib.control.systems import SYSTEMS, get_system, rk4_step, simulate, trajectory_cost
 
 NONLINEAR = [name for name, s in SYSTEMS.items() if not s.is_linear]
 LINEAR = [name for name, s in SYSTEMS.items() if s.is_linear]

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, load_script
 
-from lib.errors import EXIT_INTERRUPTED, EXIT_USAGE, run_cli
+from lib.common.errors import EXIT_INTERRUPTED, EXIT_USAGE, run_cli
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A two-system dataset and a tiny model trained on its text, shared by the tests of this module."""
-    from lib.models import build_tiny_model
+    from lib.llm.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("training")
     code = load_script("generate_data").main(
@@ -193,7 +193,7 @@ def test_train_single_system_maps_the_original_flags(workspace):
 
 
 def test_every_flag_maps_onto_a_schema_key():
-    from lib.config import load_schema, schema_node
+    from lib.common.config import load_schema, schema_node
 
     for flag, key in load_script("train_single_system").FLAG_KEYS.items():
         assert schema_node(load_schema("control"), key) is not None, f"--{flag} -> {key}"
@@ -254,10 +254,10 @@ def test_a_record_missing_a_field_exits_2(workspace, capsys):
 
 
 def test_unsloth_requested_without_it_installed_is_a_usage_error(workspace):
-    from lib.config import resolve_config
-    from lib.device import DeviceSetup
-    from lib.errors import describe_failure
-    from lib.training import run_training
+    from lib.common.config import resolve_config
+    from lib.common.device import DeviceSetup
+    from lib.common.errors import describe_failure
+    from lib.llm.training import run_training
 
     cfg = resolve_config("configs/profiles/cpu.yaml", overrides(workspace))
     setup = DeviceSetup(device="cuda", precision="bf16", unsloth=True, vllm=False)  # stands in for a GPU node

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import load_script
 
-from lib.answer import FORMAT_CHECKS, format_checks, format_controls
-from lib.errors import run_cli
-from lib.systems import get_system
+from lib.common.errors import run_cli
+from lib.control.answer import FORMAT_CHECKS, format_checks, format_controls
+from lib.control.systems import get_system
 
 DI = get_system("double_integrator")  # 50 controls, |u| <= 3
 
@@ -44,8 +44,8 @@ def test_each_check_fails_for_its_own_reason(text, failed):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from lib.answer import build_prompt
-    from lib.models import build_tiny_model
+    from lib.control.answer import build_prompt
+    from lib.llm.models import build_tiny_model
 
     corpus = [m["content"] for m in build_prompt(DI, np.array([0.1, -0.2]))] + [answer(np.zeros(50))] * 5
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus)

@@ -32,22 +32,14 @@ matplotlib.use("Agg")  # no screen on clusters and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib.atomic import write_text_atomic  # noqa: E402
-from lib.blt import (  # noqa: E402
-    LN2,
-    VOCAB_SIZE,
-    checkpoint_steps,
-    ensure_default_corpus,
-    load_byte_data,
-    load_model,
-    quiet_transformers,
-    score_tokens,
-)
-from lib.config import repo_path  # noqa: E402
-from lib.device import settings_from_config, setup_device  # noqa: E402
-from lib.errors import UsageError  # noqa: E402
-from lib.plots import save_figure  # noqa: E402
-from lib.training import latest_run  # noqa: E402
+from lib.blt.data import VOCAB_SIZE, ensure_default_corpus, load_byte_data  # noqa: E402
+from lib.blt.model import load_model, quiet_transformers  # noqa: E402
+from lib.blt.training import LN2, checkpoint_steps, score_tokens  # noqa: E402
+from lib.common.atomic import save_figure, write_text_atomic  # noqa: E402
+from lib.common.config import repo_path  # noqa: E402
+from lib.common.device import settings_from_config, setup_device  # noqa: E402
+from lib.common.errors import UsageError  # noqa: E402
+from lib.common.runs import latest_run  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +160,7 @@ def config_of_run(model_path: str, cfg: dict, overrides: Sequence[str] = ()) -> 
     """The resolved config the run behind `model_path` was trained with (its config.json, with `overrides`
     on top), or None for a bare model folder: analyse on the run's own eval_data_dir when the user gave no
     config."""
-    from lib.config import resolve_config
+    from lib.common.config import resolve_config
 
     _, run_dir = resolve_blt_model(model_path, cfg)
     if run_dir is None or not (run_dir / "config.json").is_file():

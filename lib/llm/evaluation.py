@@ -4,7 +4,7 @@ An *answerer* is any function `prompts -> completions` (a model's batched genera
 that returns the labels). `answer_records` asks it for `k` samples per eval record, either once per record
 (control mode: the open-loop plan is simulated) or in a closed loop (MPC mode: the plan is re-made from the
 simulated state every `replan_every` steps and only its first steps are applied). `score_samples` scores
-every sample with lib.metrics (no clipping, no padding: an answer that does not parse is a failure with its
+every sample with lib.control.metrics (no clipping, no padding: an answer that does not parse is a failure with its
 parser's reason), and `summarize` turns the rows into the numbers a paper reports:
 
     rates over ALL samples       parsed, feasible, success@1/5/10% (and pass@k over prompts when k > 1)
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lib.answer import build_prompt, format_checks, parse_controls
-from lib.dataset import read_info, read_split
-from lib.errors import UsageError
-from lib.metrics import SUCCESS_EPS, evaluate_controls
-from lib.systems import get_system, simulate
+from lib.common.errors import UsageError
+from lib.control.answer import build_prompt, format_checks, parse_controls
+from lib.control.dataset import read_info, read_split
+from lib.control.metrics import SUCCESS_EPS, evaluate_controls
+from lib.control.systems import get_system, simulate
 
 Answerer = Callable[[list[list[dict]]], list[str]]
 BOOTSTRAP_RESAMPLES = 2000
@@ -64,7 +64,7 @@ class SampleRows:
 def load_eval_records(
     dataset_dir, num_samples: int | None = None, system: str | None = None
 ) -> tuple[list[dict], dict]:
-    """The eval split (checksummed by lib.dataset) with each record's J_floor from info.json.
+    """The eval split (checksummed by lib.control.dataset) with each record's J_floor from info.json.
 
     With num_samples, the records are taken round-robin over the systems in the file (the first of each
     system, then the second, ...), so a cap keeps every system represented and is the same on every run.
@@ -193,7 +193,7 @@ def closed_loop(
 
 
 def score_samples(records: list[dict], rows: SampleRows) -> SampleRows:
-    """Fill rows.metrics: every number of lib.metrics per sample (NaN / False where unparsed)."""
+    """Fill rows.metrics: every number of lib.control.metrics per sample (NaN / False where unparsed)."""
     k = rows.k
     n = len(rows)
     out = {

@@ -4,7 +4,7 @@ TRL's GRPOTrainer calls each function with the batch's completions and every oth
 keyword argument, one entry per completion (a prompt's columns repeat for each of its generations), so
 each completion is scored against its own instance: `system`, `x0`, `J_opt`, `J_floor`.
 Every reward is bounded in [0, 1] and finite for any text (tests fuzz them); the score itself comes from
-lib/metrics.py, i.e. the same simulator, parser and gap as evaluation.
+lib/control/metrics.py, i.e. the same simulator, parser and gap as evaluation.
 
 A config lists rewards by name with weights (`grpo.rewards`); REWARDS maps those names to functions, and
 `reward_functions` binds the shaping scales from the config (grpo.optimality_sigma, grpo.terminal_scale).
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lib.answer import TAGS, parse_controls
-from lib.metrics import ControlMetrics, evaluate_completions
-from lib.systems import get_system
+from lib.control.answer import TAGS, parse_controls
+from lib.control.metrics import ControlMetrics, evaluate_completions
+from lib.control.systems import get_system
 
 VIOLATION_SCALE = 0.1  # a control 0.1 beyond its bound earns 1/e of the feasibility reward
 

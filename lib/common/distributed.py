@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from lib.errors import UsageError
+from lib.common.errors import UsageError
 
 T = TypeVar("T")
 

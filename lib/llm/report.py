@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.atomic import write_json_atomic, write_text_atomic
-from lib.metrics import SUCCESS_EPS
-from lib.systems import get_system
+from lib.common.atomic import write_json_atomic, write_text_atomic
+from lib.control.metrics import SUCCESS_EPS
+from lib.control.systems import get_system
 
 SUCCESS_KEYS = [f"success@{round(eps * 100)}%" for eps in SUCCESS_EPS]
 REFERENCE_NAMES = {"optimal": "optimal (exact)", "label": "label (printed)", "zero": "u = 0"}
@@ -196,7 +196,7 @@ def render_figures(
     args,
 ) -> list[tuple[str, str]]:
     """Draw every figure into folder; returns (file name, title) pairs in report order."""
-    from lib import plots
+    from lib.llm import plots
 
     figures: list[tuple[str, str]] = []
     labels = [r["label"] for r in results]
@@ -271,7 +271,7 @@ def context_title(args) -> str:
 def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
     the evaluation phases' metrics.json), the reference rows, and how long each phase took."""
-    from lib import plots
+    from lib.llm import plots
 
     models: dict[str, Mapping] = {}
     references: Mapping = {}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lib.systems import System, simulate, trajectory_cost
+from lib.control.systems import FEASIBILITY_TOL, System, simulate, trajectory_cost
 
 SYSTEM_PROMPT = (
     "You are an expert in optimal control. You solve finite-horizon, discrete-time optimal control problems: "
@@ -231,9 +231,8 @@ def format_checks(text: str, system: System) -> dict[str, bool]:
     reasoning_tags / control_tags: each pair present once, opening before closing; proper_order: the
     reasoning block before the controls block; parses_as_numbers: every comma-separated entry in <CONTROLS>
     is a finite number; exact_control_count: exactly N of them; controls_within_bounds: all within the
-    system's bounds (to 1e-6, as lib.metrics). A check that cannot be judged (no controls block) is False.
+    system's bounds (to 1e-6, as lib.control.metrics). A check that cannot be judged (no controls block) is False.
     """
-    from lib.metrics import FEASIBILITY_TOL
 
     result = dict.fromkeys(FORMAT_CHECKS, False)
     if not isinstance(text, str):

@@ -2,10 +2,10 @@
 
 Per instance, with the system's own simulator and NO clipping (a control outside the bounds is simulated as
 written and the answer is marked infeasible; nothing hides it):
-    parsed          exactly N finite numbers inside the tags (lib/answer.py)
+    parsed          exactly N finite numbers inside the tags (lib/control/answer.py)
     violation       max over steps of the control-bound violation, max(u - u_max, u_min - u, 0)
     feasible        parsed and violation <= FEASIBILITY_TOL (1e-6)
-    J               the cost of lib/systems.py
+    J               the cost of lib/control/systems.py
     gap g           (J - J*) / max(J*, J_floor)
     terminal_error  ||x_N - x_target|| (Euclidean)
     score S         1 - (J - J*) / max(J0 - J*, J_floor), J0 = cost of u = 0. Where J0 - J* >= J_floor this
@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lib.answer import parse_controls
-from lib.systems import System, simulate, trajectory_cost
+from lib.control.answer import parse_controls
+from lib.control.systems import FEASIBILITY_TOL, System, simulate, trajectory_cost
 
-FEASIBILITY_TOL = 1e-6
 J_FLOOR_FRACTION = 0.01
 SUCCESS_EPS = (0.01, 0.05, 0.10)
 

@@ -5,7 +5,7 @@ A record is TRL's conversational prompt-completion format plus the ground truth:
     J_zero, x_final_opt, horizon {steps, dt}, bounds {u_min, u_max}, decimals, kkt_residual,
     starts_agreed, starts_total
 u_opt / J_opt are the exact optimum for the rounded x0 the prompt shows; the completion prints u_label (the
-optimum rounded to `decimals` decimals, lib/references.py) whose cost is J_label. Every record has the same
+optimum rounded to `decimals` decimals, lib/control/references.py) whose cost is J_label. Every record has the same
 keys with the same JSON types (floats always written as floats), so `datasets.load_dataset("json", ...)`
 reads the files as they are, whatever systems they mix.
 
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.answer import build_prompt, format_answers, parse_controls
-from lib.errors import UsageError
-from lib.metrics import j_floor, zero_control_cost
-from lib.references import KKT_TOL_LINEAR, ReferenceSolution, solve_reference
-from lib.systems import SYSTEMS, System, get_system, simulate, trajectory_cost
+from lib.common.errors import UsageError
+from lib.control.answer import build_prompt, format_answers, parse_controls
+from lib.control.metrics import j_floor, zero_control_cost
+from lib.control.references import KKT_TOL_LINEAR, ReferenceSolution, solve_reference
+from lib.control.systems import SYSTEMS, System, get_system, simulate, trajectory_cost
 
 GENERATOR_VERSION = "1.0"
 SPLITS = ("train", "eval")

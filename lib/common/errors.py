@@ -8,6 +8,7 @@ exits with its code and a one-line fix; an unknown exception is a bug and keeps 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -85,7 +86,7 @@ def describe_failure(exc: BaseException) -> Failure | None:
             "0 <= PYTORCH_MPS_LOW_WATERMARK_RATIO <= PYTORCH_MPS_HIGH_WATERMARK_RATIO <= 2; setting only the "
             "high one below the default low one (1.4) causes 'invalid low watermark ratio'.",
             "unset both variables in your shell and set device.mps_high_watermark_ratio / "
-            "device.mps_low_watermark_ratio in the config (defaults 0.8 / 0.0); lib.device sets both.",
+            "device.mps_low_watermark_ratio in the config (defaults 0.8 / 0.0); lib.common.device sets both.",
         )
     if _is_out_of_memory(exc):
         return Failure(
@@ -110,7 +111,7 @@ def describe_failure(exc: BaseException) -> Failure | None:
             "cuda-unavailable",
             EXIT_USAGE,
             f"CUDA is not available here: {exc}",
-            "run on a GPU node, or set device.type=auto (or cpu) so lib.device picks what this machine has.",
+            "run on a GPU node, or set device.type=auto (or cpu) so lib.common.device picks what this machine has.",
         )
     if isinstance(exc, FileNotFoundError):
         missing = exc.filename or str(exc)
@@ -130,8 +131,19 @@ def report_failure(failure: Failure) -> None:
         print(f"fix: {failure.fix}", file=sys.stderr)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The one logging set-up of every entry point: INFO and above to stderr, with time and module.
+    A no-op when logging is already configured (by pytest, or a caller's own set-up)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run a script's main(argv) and turn what it raises into an exit code (DESIGN.md 10)."""
+    """Run a script's main(argv) with logging configured, and turn what it raises into an exit code
+    (docs/ARCHITECTURE.md, "Errors and exit codes")."""
+    configure_logging()
     try:
         return main(argv)
     except KeyboardInterrupt:

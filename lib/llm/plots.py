@@ -1,6 +1,6 @@
 """Figures of an evaluation (matplotlib, Agg): trajectories, phase portraits, summaries, training curves.
 
-Every figure is drawn from computed numbers (lib.evaluation, a run's log_history.json), never typed in. The
+Every figure is drawn from computed numbers (lib.llm.evaluation, a run's log_history.json), never typed in. The
 simulated trajectories come from lib.systems.simulate, the same simulator that scored them. Each figure has a
 title, axis labels with units, and the control bounds drawn where controls are shown. Files are written to
 a temporary name and renamed, so a figure on disk is always complete.
@@ -8,7 +8,6 @@ a temporary name and renamed, so a figure on disk is always complete.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,22 +17,12 @@ matplotlib.use("Agg")  # no screen on clusters and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib.systems import System, simulate  # noqa: E402
+from lib.common.atomic import save_figure  # noqa: E402
+from lib.control.systems import System, simulate  # noqa: E402
 
 OPTIMAL_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.5, "label": "optimal"}
 BOUND_STYLE = {"color": "tab:red", "linestyle": ":", "linewidth": 1.2}
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write fig to path atomically (a temporary name in the same folder, then renamed) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def _rollouts(

@@ -22,7 +22,7 @@ import platform
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
-from lib.errors import UsageError
+from lib.common.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ Override values are typed by the schema: `seed=3` is an integer because the sche
 
 Usage (for shell scripts, so nothing parses YAML in bash):
     make validate                                       # every config under configs/
-    python -m lib.config show FILE [key=value ...]      # the resolved config as JSON
-    python -m lib.config get FILE KEY [key=value ...]   # one value (strings raw, the rest as JSON)
-    python -m lib.config validate [PATH ...]            # files or folders (recursive), default configs/
+    python -m lib.common.config show FILE [key=value ...]      # the resolved config as JSON
+    python -m lib.common.config get FILE KEY [key=value ...]   # one value (strings raw, the rest as JSON)
+    python -m lib.common.config validate [PATH ...]            # files or folders (recursive), default configs/
                                                         # (configs/accelerate/ is skipped: OTHER_TOOL_DIRS)
 """
 
@@ -33,11 +33,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from lib.errors import ConfigError, run_cli
+from lib.common.errors import ConfigError, run_cli
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # lib/common/config.py -> the repository root
 SCHEMA_DIR = ROOT / "schemas"
 DEFAULT_SCHEMA = "control"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -57,7 +57,7 @@ LEGACY_KEYS: dict[str, str | None] = {
     "byte_lm_num_layers": "num_layers",
     "byte_lm_num_heads": "num_heads",
     "byte_lm_dropout": "dropout",
-    "memory_reserve_pct": None,  # MPS memory is set by watermarks now (lib.device), never a percentage
+    "memory_reserve_pct": None,  # MPS memory is set by watermarks now (lib.common.device), never a percentage
 }
 
 JSON_TYPE_NAMES = {
@@ -498,8 +498,9 @@ def _display(path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    parser = argparse.ArgumentParser(prog="python -m lib.config", description="Resolve and validate configs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.common.config", description="Resolve and validate configs."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print the resolved config as JSON")
     show.add_argument("file")

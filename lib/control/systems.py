@@ -26,7 +26,9 @@ from types import ModuleType
 import numpy as np
 import scipy.linalg
 
-from lib.errors import UsageError
+from lib.common.errors import UsageError
+
+FEASIBILITY_TOL = 1e-6  # a control (or state) counts as within its bound up to this much beyond it
 
 # f(x_components, u, ops) -> dx/dt components; ops is numpy or casadi (both have sin, cos)
 Rhs = Callable[[Sequence, object, ModuleType], Sequence]

@@ -1,7 +1,7 @@
 """Exact optimal references for the discrete problems the grader simulates (DESIGN.md 3).
 
 Linear systems: the states are linear in the controls, x_k = A^k x_0 + sum_{j<k} A^{k-1-j} B u_j, so stacking
-X = (x_1, ..., x_N) = Phi x_0 + Gamma u turns the cost (lib/systems.py) into a box-constrained QP over u:
+X = (x_1, ..., x_N) = Phi x_0 + Gamma u turns the cost (lib/control/systems.py) into a box-constrained QP over u:
     J(u) = 1/2 u'H u + f(x_0)'u + const,   H = 2 (Gamma' Qbar Gamma + R I),
     f(x_0) = 2 Gamma' Qbar (Phi x_0 - X_target),   Qbar = blockdiag(Q, ..., Q, Qf)
 (the stage term of x_0 is a constant). H depends only on the system, so it is built and factorised once
@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from lib.systems import SYSTEMS, System, rk4_step, simulate, trajectory_cost
+from lib.control.systems import SYSTEMS, System, rk4_step, simulate, trajectory_cost
 
 KKT_TOL_LINEAR = 1e-8  # every linear label must certify at least this well
 AGREE_RTOL = 1e-6  # starts agree when their costs are within AGREE_RTOL * max(1, J*)
@@ -290,7 +290,7 @@ def _nlp(system: System) -> _Nlp:
     )
     Q, Qf, xt = ca.DM(system.Q), ca.DM(system.Qf), ca.DM(system.x_target)
 
-    def cost(states, controls):  # the cost of lib/systems.py, term by term
+    def cost(states, controls):  # the cost of lib/control/systems.py, term by term
         J = 0
         for k in range(N):
             e = states[k] - xt

@@ -1,0 +1,250 @@
+"""What SFT and GRPO share: a stage's run folder, its records, the length check, TrainingArguments, the
+signal callback and the end of a run. The stages themselves: lib/llm/sft.py and lib/llm/grpo.py; the order
+they run in: lib/llm/training.py.
+
+    models/<system or universal>/<sft|grpo>/<run_id>/
+        config.json       the resolved config          command.txt   the command line
+        run_info.json     status, git commit, package versions, device line, dataset, base model, init run
+        model/            the LoRA adapter (or the full model) and the tokenizer, written at the end
+        checkpoints/      checkpoint-N every save_steps (resumable)
+        log_history.json  trainer_state.json  metrics.json
+    models/<scope>/<stage>/latest   the run_id of the last COMPLETED run (written only after it completes)
+
+Run folders follow lib/common/runs.py (docs/ARCHITECTURE.md, "Run folders").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from lib.common.atomic import write_json_atomic
+from lib.common.config import repo_path
+from lib.common.device import DeviceSetup
+from lib.common.distributed import Processes
+from lib.common.errors import UsageError
+from lib.common.runs import StopOnSignal, mark_completed, mark_interrupted, newest_run, start_run_folder
+from lib.control.dataset import read_info, read_split
+from lib.control.systems import get_system
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sft", "grpo")
+SFT_FIELDS = ("prompt", "completion")
+GRPO_FIELDS = ("prompt", "system", "x0", "J_opt")
+
+
+def scope_of(cfg: dict) -> str:
+    return cfg["data"]["system"] or "universal"
+
+
+def stage_dir(cfg: dict, stage: str) -> Path:
+    return repo_path(cfg["run"]["models_dir"]) / scope_of(cfg) / stage
+
+
+def resumable_run_id(cfg: dict) -> str:
+    """With --resume and no run_id: the newest run of the first stage this job runs."""
+    return newest_run(stage_dir(cfg, "grpo" if cfg["training_type"] == "grpo" else "sft"))
+
+
+def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], dict]:
+    """(train records, eval records, info) for a stage, filtered to data.system and capped."""
+    data = cfg["data"]
+    if not data["dataset_name"]:
+        raise UsageError(
+            "no dataset given (data.dataset_name is empty).",
+            fix="pass --dataset-name NAME (or data.dataset_name=NAME); `python scripts/generate_data.py --list` "
+            "shows the datasets.",
+        )
+    path = repo_path(data["datasets_dir"]) / data["dataset_name"]
+    if not path.is_dir():
+        raise UsageError(
+            f"dataset '{data['dataset_name']}' not found in {path.parent}.",
+            fix="make it with `python scripts/generate_data.py --dataset-name NAME ...` (or `make data`); "
+            "`python scripts/generate_data.py --list` shows what exists.",
+        )
+    info = read_info(path)
+    train, evaluation = read_split(path, "train"), read_split(path, "eval")
+    if data["system"]:
+        get_system(data["system"])  # an unknown name fails with the valid ones
+        if data["system"] not in info.get("systems", {}):
+            raise UsageError(
+                f"dataset '{data['dataset_name']}' has no '{data['system']}' records "
+                f"(it has: {', '.join(info.get('systems', {}))}).",
+                fix="pick a system the dataset has, or generate one with --systems " + data["system"],
+            )
+        train = [r for r in train if r["system"] == data["system"]]
+        evaluation = [r for r in evaluation if r["system"] == data["system"]]
+    cap = data["sft_max_samples"] if stage == "sft" else data["grpo_max_samples"]
+    train = train[:cap] if cap else train
+    evaluation = evaluation[: data["eval_max_samples"]]
+    needed = SFT_FIELDS if stage == "sft" else GRPO_FIELDS
+    for record in train[:1] + evaluation[:1]:
+        missing = [f for f in needed if f not in record]
+        if missing:
+            raise UsageError(
+                f"dataset '{data['dataset_name']}' records lack {', '.join(missing)}, which {stage} needs.",
+                fix="regenerate the dataset with scripts/generate_data.py.",
+            )
+    if not train:
+        raise UsageError(f"dataset '{data['dataset_name']}' has no train records to use for {stage}.")
+    for record in train:  # rewards need each system's J_floor, which info.json keeps per system
+        record["J_floor"] = info["systems"][record["system"]]["J_floor"]
+    return train, evaluation, info
+
+
+def check_lengths(tokenizer, records: list[dict], cfg: dict, stage: str) -> list[dict]:
+    """Stop (or, with data.allow_truncation, truncate / drop) when records exceed model.max_seq_length."""
+    limit = cfg["model"]["max_seq_length"]
+
+    def tokens(messages: list[dict], add_generation_prompt: bool = False) -> int:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if stage == "sft":
+        lengths = [tokens(r["prompt"] + r["completion"]) for r in records]
+        room = limit
+        what = "prompt + completion"
+    else:
+        lengths = [tokens(r["prompt"], add_generation_prompt=True) for r in records]
+        room = limit - cfg["grpo"]["max_completion_length"]
+        what = f"prompt + grpo.max_completion_length ({cfg['grpo']['max_completion_length']})"
+    too_long = [i for i, n in enumerate(lengths) if n > room]
+    log.info(
+        "%s: %d records, longest %s = %d tokens (limit %d)", stage, len(records), what, max(lengths), limit
+    )
+    if not too_long:
+        return records
+    if not cfg["data"]["allow_truncation"]:
+        raise UsageError(
+            f"{len(too_long)} of {len(records)} {stage} records are longer than model.max_seq_length = {limit} "
+            f"tokens ({what}; the longest needs {max(lengths) + (limit - room)}).",
+            fix="raise model.max_seq_length (or --max-seq-length), lower grpo.max_completion_length, or set "
+            "data.allow_truncation=true to truncate (SFT) / drop (GRPO) them.",
+        )
+    if stage == "sft":
+        log.warning(
+            "%d SFT records will be truncated to %d tokens (data.allow_truncation)", len(too_long), limit
+        )
+        return records
+    log.warning(
+        "dropping %d GRPO prompts that leave no room for the completion (data.allow_truncation)",
+        len(too_long),
+    )
+    keep = set(range(len(records))) - set(too_long)
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def stop_callback(stop: StopOnSignal):
+    """A TrainerCallback that, once `stop` caught a signal, saves a checkpoint at the end of the step and
+    stops the trainer."""
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.signal_name:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return Callback()
+
+
+def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -> dict:
+    """TrainingArguments shared by SFT and GRPO, from the stage's config section."""
+    return {
+        "output_dir": str(run_dir / "checkpoints"),
+        "learning_rate": stage_cfg["learning_rate"],
+        "max_steps": stage_cfg["max_steps"],
+        "num_train_epochs": stage_cfg["num_train_epochs"],
+        "per_device_train_batch_size": stage_cfg["per_device_train_batch_size"],
+        "gradient_accumulation_steps": stage_cfg["gradient_accumulation_steps"],
+        "warmup_steps": stage_cfg["warmup_ratio"],  # transformers reads a value below 1 as a ratio
+        "lr_scheduler_type": stage_cfg["lr_scheduler_type"],
+        "weight_decay": stage_cfg["weight_decay"],
+        "logging_steps": stage_cfg["logging_steps"],
+        "save_strategy": "steps",
+        "save_steps": stage_cfg["save_steps"],
+        "save_total_limit": stage_cfg["save_total_limit"],
+        "seed": cfg["seed"],
+        "bf16": setup.precision == "bf16",
+        "fp16": setup.precision == "fp16",
+        "use_cpu": setup.device == "cpu",
+        "report_to": [] if cfg["run"]["report_to"] == "none" else [cfg["run"]["report_to"]],
+        "dataloader_num_workers": 0,
+    }
+
+
+def start_run(
+    cfg: dict,
+    stage: str,
+    run_id: str,
+    argv: Sequence[str],
+    setup: DeviceSetup,
+    extra: dict,
+    processes: Processes | None = None,
+) -> Path:
+    """The stage's run folder, started (or reopened) by the main process only (one writer per folder)."""
+    processes = processes or Processes()
+    run_dir = stage_dir(cfg, stage) / run_id
+    if processes.is_main:  # the trainer makes checkpoints/ on any rank
+        fields = {
+            "stage": stage,
+            "scope": scope_of(cfg),
+            "device": setup.summary(),
+            "world_size": processes.world_size,
+            "base_model": cfg["model"]["name"],
+            "adapter": cfg["model"]["lora"]["enabled"],
+            "dataset": cfg["data"]["dataset_name"],
+            **extra,
+        }
+        start_run_folder(run_dir, cfg, argv, fields)
+    return run_dir
+
+
+def finish_run(
+    run_dir: Path,
+    trainer,
+    tokenizer,
+    metrics: dict,
+    stopped_by: str | None,
+    processes: Processes | None = None,
+) -> bool:
+    """Write the model, history and metrics; mark the run completed and move `latest` (unless stopped).
+
+    Every process calls it (saving a sharded FSDP / DeepSpeed model needs all of them), the main one
+    writes, and all wait for it, so a later stage on any rank reads a complete run folder.
+    """
+    processes = processes or Processes()
+    step = trainer.state.global_step
+    if processes.distributed:  # each rank says it trained, so a multi-process log shows all of them
+        log.info("%s: %s finished at step %d", processes.describe(), run_dir.parent.name, step)
+    if not stopped_by:
+        trainer.save_model(str(run_dir / "model"))  # a collective under FSDP / DeepSpeed; rank 0 writes
+    if processes.is_main:
+        _write_run_end(run_dir, trainer, tokenizer, metrics, stopped_by)
+    processes.barrier()
+    return not stopped_by
+
+
+def _write_run_end(run_dir: Path, trainer, tokenizer, metrics: dict, stopped_by: str | None) -> None:
+    step = trainer.state.global_step
+    write_json_atomic(run_dir / "log_history.json", trainer.state.log_history)
+    trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+    if stopped_by:
+        mark_interrupted(run_dir, stopped_by, step)
+        return
+    tokenizer.save_pretrained(run_dir / "model")
+    mark_completed(
+        run_dir, step, {"global_step": step, **{k: v for k, v in metrics.items() if v is not None}}
+    )
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = run_dir / "checkpoints"
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None

@@ -1,0 +1,93 @@
+"""Training runs (the order of the stages; each stage is lib/llm/sft.py or lib/llm/grpo.py): SFT then GRPO with TRL, on CUDA (Unsloth / vLLM when installed), Apple MPS or CPU.
+
+    models/<system or universal>/<sft|grpo>/<run_id>/
+        config.json       the resolved config          command.txt   the command line
+        run_info.json     status, git commit, package versions, device line, dataset, base model, init run
+        model/            the LoRA adapter (or the full model) and the tokenizer, written at the end
+        checkpoints/      checkpoint-N every save_steps (resumable)
+        log_history.json  trainer_state.json  metrics.json
+    models/<scope>/<stage>/latest   the run_id of the last COMPLETED run (written only after it completes)
+
+`training_type: both` runs SFT then GRPO from that SFT run, both under the same run_id, so `--resume`
+after a preemption finds both: a completed stage is kept, an unfinished one resumes from its last
+checkpoint. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits 130, resumable.
+
+Under `accelerate launch` (several processes, lib/common/distributed.py) every process trains, all agree on rank
+0's run_id, and only the main process writes the run folder and `latest`; run_info.json records
+`world_size`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from lib.common.device import DeviceSetup, settings_from_config, setup_device
+from lib.common.distributed import Processes
+from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
+from lib.common.runs import check_existing_run, new_run_id, read_run_info
+from lib.llm.grpo import grpo_init_run, train_grpo
+from lib.llm.models import EMBEDDED, resolve_model_name
+from lib.llm.sft import train_sft
+from lib.llm.stages import STAGES, last_checkpoint, resumable_run_id, stage_dir
+
+log = logging.getLogger(__name__)
+
+
+def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: bool = False) -> int:
+    """Run the stages `training_type` asks for; 0 when all completed, 130 when stopped by a signal."""
+    if setup.unsloth:
+        import unsloth  # noqa: F401  (Unsloth patches transformers and TRL: it must be imported first)
+    processes = Processes.start(setup.device)
+    if cfg["model"]["name"] == EMBEDDED:
+        with processes.main_first():  # one process converts the GGUF, the others then find it converted
+            resolve_model_name(EMBEDDED)  # convert once, before any trainer starts
+    # rank 0 decides: a time-stamp run_id taken by each process could differ by a second between ranks
+    run_id = processes.agree(cfg["run"]["run_id"] or (resumable_run_id(cfg) if resume else new_run_id()))
+    stages = STAGES if cfg["training_type"] == "both" else (cfg["training_type"],)
+    sft_run = None
+    for stage in stages:
+        run_dir = stage_dir(cfg, stage) / run_id
+        status = check_existing_run(run_dir, resume)
+        previous = read_run_info(run_dir) if status is not None else None
+        # every rank looks before rank 0 starts the folder (which would make it "exist" to a late rank)
+        processes.barrier()
+        if status == "completed":
+            log.info("%s run %s already completed: kept", stage, run_dir)
+            sft_run = run_dir if stage == "sft" else sft_run
+            continue
+        if status is not None:
+            log.info("resuming %s run %s from %s", stage, run_dir, last_checkpoint(run_dir) or "the start")
+        if stage == "sft":
+            run_dir, done = train_sft(cfg, setup, run_id, argv, processes)
+            sft_run = run_dir
+        else:
+            if previous is not None:  # a resumed run keeps the start it had, whatever `latest` says now
+                recorded = previous["init_run"]
+                init = Path(recorded) if recorded else None
+            else:
+                init = grpo_init_run(cfg, sft_run)
+            run_dir, done = train_grpo(cfg, setup, run_id, argv, init, processes)
+        if not done:
+            if processes.is_main:
+                print(
+                    f"stopped: {stage} run {run_dir} saved a checkpoint; continue with --resume --run-id {run_id}"
+                )
+            return EXIT_INTERRUPTED
+        if processes.is_main:
+            print(f"{stage} run completed: {run_dir}")
+    return EXIT_OK
+
+
+def train_from_config(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
+    """Set the device up and train a control config (the byte-level model trains in lib/blt/training.py;
+    scripts/main_trainer.py picks by model_type)."""
+    if cfg["model_type"] != "control":
+        raise UsageError(
+            f"model_type '{cfg['model_type']}' cannot be trained by main_trainer.py.",
+            fix="use a control config (configs/control/) or a blt config (configs/blt/).",
+        )
+    setup = setup_device(settings_from_config(cfg))
+    print(setup.summary())
+    return run_training(cfg, setup, argv, resume=resume)
