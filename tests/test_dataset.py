@@ -117,14 +117,14 @@ def test_a_failed_write_leaves_the_old_dataset_and_no_partial_folder(tmp_path, m
     lines, info = build_dataset(["double_integrator"], 5, 2, seed=0)
     path = write_dataset(tmp_path, "d", lines, info)
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    real = dataset._write_bytes
+    real = dataset.write_bytes_atomic
 
-    def fail_on_info(target, data):
+    def fail_on_info(target, data, **kwargs):
         if target.name == "info.json":
             raise OSError("disk full")
-        real(target, data)
+        real(target, data, **kwargs)
 
-    monkeypatch.setattr(dataset, "_write_bytes", fail_on_info)
+    monkeypatch.setattr(dataset, "write_bytes_atomic", fail_on_info)
     other, other_info = build_dataset(["double_integrator"], 5, 2, seed=1)
     with pytest.raises(OSError, match="disk full"):
         write_dataset(tmp_path, "d", other, other_info, overwrite=True)
@@ -153,7 +153,7 @@ def test_validation_re_simulates_labels(tmp_path):
     lines["train"][2] = json.dumps(record, separators=(",", ":"))
     path = write_dataset(tmp_path, "d", lines, info)
     read_split(path, "train")  # shape and checksum are fine ...
-    with pytest.raises(UsageError, match="J_opt != cost of u_opt"):
+    with pytest.raises(UsageError, match="'J_opt' is not the simulated cost of u_opt"):
         validate_dataset(path)  # ... the simulator is not fooled
 
 

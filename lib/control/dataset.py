@@ -1,4 +1,4 @@
-"""Datasets on disk (DESIGN.md 4): datasets/<name>/{train,eval}.jsonl + info.json.
+"""Datasets on disk (docs/ARCHITECTURE.md, "Datasets"): datasets/<name>/{train,eval}.jsonl + info.json.
 
 A record is TRL's conversational prompt-completion format plus the ground truth:
     id, system, x0, prompt [system msg, user msg], completion [assistant msg], u_opt, J_opt, J_label,
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import math
+import re
 import sys
 import zlib
 from collections.abc import Callable, Sequence
@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.common.atomic import atomic_dir, write_bytes_atomic
 from lib.common.errors import UsageError
 from lib.control.answer import build_prompt, format_answers, parse_controls
 from lib.control.metrics import j_floor, zero_control_cost
-from lib.control.references import KKT_TOL_LINEAR, ReferenceSolution, solve_reference
+from lib.control.references import KKT_TOL_LINEAR, ReferenceSolution, linear_optima, solve_reference
 from lib.control.systems import SYSTEMS, System, get_system, simulate, trajectory_cost
 
 GENERATOR_VERSION = "1.0"
@@ -157,6 +158,11 @@ def build_dataset(
 ) -> tuple[dict[str, list[str]], dict]:
     """({split: json lines}, info without files/created_at): samples split evenly over the systems."""
     systems = [get_system(name) for name in system_names]
+    if not systems:
+        raise UsageError(
+            "no systems given: a dataset needs at least one.",
+            fix=f"name one or more with --systems (valid: {', '.join(SYSTEMS)}).",
+        )
     if min(n_train, n_eval) < len(systems):
         raise UsageError(
             f"{n_train} train and {n_eval} eval samples cannot give each of the {len(systems)} systems at least "
@@ -223,13 +229,6 @@ def system_parameters(system: System, wide: bool = False) -> dict:
 # Writing and reading
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_dataset(
     output_dir: Path, name: str, lines: dict[str, list[str]], info: dict, overwrite: bool = False
 ) -> Path:
@@ -241,32 +240,20 @@ def write_dataset(
             f"dataset '{name}' already exists in {output_dir}.",
             fix="pick another --dataset-name or add --overwrite.",
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    partial = output_dir / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    with atomic_dir(final) as partial:  # the old dataset is replaced only once the new one is complete
         files = {}
         for split in SPLITS:
             data = "".join(line + "\n" for line in lines[split]).encode("utf-8")
-            _write_bytes(partial / f"{split}.jsonl", data)
+            write_bytes_atomic(partial / f"{split}.jsonl", data, fsync=True)
             files[f"{split}.jsonl"] = {
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "records": len(lines[split]),
                 "bytes": len(data),
             }
         info = {"name": name, **info, "files": files, "created_at": datetime.now(timezone.utc).isoformat()}
-        _write_bytes(partial / "info.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
-        if final.exists():
-            old = output_dir / f".{name}.old-{os.getpid()}"
-            final.rename(old)
-            partial.rename(final)
-            shutil.rmtree(old)
-        else:
-            partial.rename(final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        write_bytes_atomic(
+            partial / "info.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"), fsync=True
+        )
     return final
 
 
@@ -279,8 +266,71 @@ def _corrupt(path: Path, what: str) -> UsageError:
     )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _kind(value: object) -> str:
+    return f"{type(value).__name__} {json.dumps(value)[:60]}"
+
+
+def check_info(path: Path, info: object) -> None:
+    """Raise UsageError unless info.json has what loading, training and evaluation read from it: files
+    {split.jsonl: {sha256, records, bytes}}, counts {train, eval}, decimals, and systems {name: {train,
+    eval, J_floor, ...}} naming at least one known system."""
+
+    def bad(what: str) -> UsageError:
+        return _corrupt(path, f"info.json {what}")
+
+    if not isinstance(info, dict):
+        raise bad(f"should be a JSON object, got {type(info).__name__}.")
+    files = info.get("files")
+    if not isinstance(files, dict):
+        raise bad(
+            f"'files' should be a table {{split.jsonl: {{sha256, records, bytes}}}}, got {_kind(files)}."
+        )
+    for split in SPLITS:
+        entry = files.get(f"{split}.jsonl")
+        if not isinstance(entry, dict):
+            raise bad(f"'files' has no table for {split}.jsonl (got {_kind(entry)}).")
+        if not isinstance(entry.get("sha256"), str):
+            raise bad(
+                f"'files.{split}.jsonl.sha256' should be a hex string, got {_kind(entry.get('sha256'))}."
+            )
+        for key in ("records", "bytes"):
+            if not _is_int(entry.get(key)) or entry[key] < 0:
+                raise bad(f"'files.{split}.jsonl.{key}' should be a count, got {_kind(entry.get(key))}.")
+    counts = info.get("counts")
+    if not isinstance(counts, dict) or not all(_is_int(counts.get(s)) for s in SPLITS):
+        raise bad(f"'counts' should be {{train: count, eval: count}}, got {_kind(counts)}.")
+    decimals = info.get("decimals")
+    if not _is_int(decimals) or not 0 <= decimals <= 8:
+        raise bad(f"'decimals' should be a whole number from 0 to 8, got {_kind(decimals)}.")
+    systems = info.get("systems")
+    if not isinstance(systems, dict) or not systems:
+        raise bad(
+            f"'systems' should name at least one system (a table system -> its counts), got {_kind(systems)}: "
+            "a dataset generated without systems holds no records."
+        )
+    for name, entry in systems.items():
+        if name not in SYSTEMS:
+            raise bad(f"'systems' names an unknown system '{name}' (known: {', '.join(SYSTEMS)}).")
+        if not isinstance(entry, dict):
+            raise bad(f"'systems.{name}' should be a table, got {_kind(entry)}.")
+        if not all(_is_int(entry.get(s)) for s in SPLITS):
+            raise bad(f"'systems.{name}' should count its train and eval records.")
+        if not _is_finite(entry.get("J_floor")) or entry["J_floor"] <= 0:
+            raise bad(
+                f"'systems.{name}.J_floor' should be a positive number, got {_kind(entry.get('J_floor'))}."
+            )
+
+
 def read_info(path: Path) -> dict:
-    """info.json of a dataset folder, with a clear error when missing or unreadable."""
+    """info.json of a dataset folder, with a clear error when missing, unreadable or malformed."""
     path = Path(path)
     info_path = path / "info.json"
     if not path.is_dir():
@@ -294,13 +344,29 @@ def read_info(path: Path) -> dict:
         raise _corrupt(path, "info.json is missing (an interrupted or foreign folder).") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _corrupt(path, f"info.json is not valid JSON ({exc}).") from None
-    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
-        raise _corrupt(path, "info.json has no 'files' table.")
+    check_info(path, info)
     return info
 
 
+def _non_finite(record: dict) -> tuple[str, object] | None:
+    """(field, value) of the first number in the record that is NaN or infinite, or None."""
+    for key in ("x0", "u_opt", "x_final_opt"):
+        for i, value in enumerate(record[key]):
+            if not math.isfinite(value):
+                return f"{key}[{i}]", value
+    for key in ("J_opt", "J_label", "J_zero", "kkt_residual"):
+        if not math.isfinite(record[key]):
+            return key, record[key]
+    for key in ("horizon", "bounds"):
+        for sub, value in record[key].items():
+            if not _is_finite(value):
+                return f"{key}.{sub}", value
+    return None
+
+
 def check_record(record: object, where: str) -> None:
-    """Raise UsageError unless `record` has every key with its JSON type and consistent lengths."""
+    """Raise UsageError unless `record` has every key with its JSON type, finite numbers and consistent
+    lengths; the message names `where` (file and line), the record's id and the field."""
     if not isinstance(record, dict):
         raise UsageError(f"{where}: a record must be a JSON object, got {type(record).__name__}.")
     missing = [key for key in RECORD_TYPES if key not in record]
@@ -313,38 +379,51 @@ def check_record(record: object, where: str) -> None:
         value = record[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UsageError(f"{where}: '{key}' should be a {kind.__name__}, got {type(value).__name__}.")
+    where = f"{where} (id {record['id']})"
     system = SYSTEMS.get(record["system"])
     if system is None:
-        raise UsageError(f"{where}: unknown system '{record['system']}'.")
+        raise UsageError(f"{where}: 'system' is unknown: '{record['system']}'.")
     lengths = {"x0": system.n, "x_final_opt": system.n, "u_opt": system.steps}
     for key, length in lengths.items():
         values = record[key]
         if len(values) != length or not all(isinstance(v, float) for v in values):
             raise UsageError(f"{where}: '{key}' should be {length} floats.")
+    bad = _non_finite(record)
+    if bad is not None:
+        raise UsageError(f"{where}: '{bad[0]}' is {bad[1]}, not a finite number.")
     prompt, completion = record["prompt"], record["completion"]
     roles = [m.get("role") if isinstance(m, dict) else None for m in prompt + completion]
     if roles != ["system", "user", "assistant"] or not all(
         isinstance(m.get("content"), str) for m in prompt + completion
     ):
         raise UsageError(
-            f"{where}: prompt must be [system, user] and completion [assistant] messages with text."
+            f"{where}: 'prompt' must be [system, user] and 'completion' [assistant] messages with text."
         )
     if record["horizon"] != {"steps": system.steps, "dt": system.dt}:
-        raise UsageError(f"{where}: horizon {record['horizon']} is not {system.name}'s.")
+        raise UsageError(f"{where}: 'horizon' {record['horizon']} is not {system.name}'s.")
+    if record["bounds"] != {"u_min": system.u_min, "u_max": system.u_max}:
+        raise UsageError(f"{where}: 'bounds' {record['bounds']} are not {system.name}'s.")
+    if record["kkt_residual"] < 0:
+        raise UsageError(f"{where}: 'kkt_residual' {record['kkt_residual']} is negative.")
+    if not 1 <= record["starts_agreed"] <= record["starts_total"]:
+        raise UsageError(
+            f"{where}: 'starts_agreed' {record['starts_agreed']} should be from 1 to 'starts_total' "
+            f"{record['starts_total']}."
+        )
 
 
 def _read_lines(path: Path, split: str, info: dict) -> list[str]:
     file = path / f"{split}.jsonl"
-    expected = info["files"].get(f"{split}.jsonl", {})
+    expected = info["files"][f"{split}.jsonl"]  # check_info made sure it is a table with a sha256
     try:
         data = file.read_bytes()
     except FileNotFoundError:
         raise _corrupt(path, f"{file.name} is missing.") from None
     digest = hashlib.sha256(data).hexdigest()
-    if digest != expected.get("sha256"):
+    if digest != expected["sha256"]:
         raise _corrupt(
             path,
-            f"{file} has sha256 {digest[:16]}... but info.json records {str(expected.get('sha256'))[:16]}...: "
+            f"{file} has sha256 {digest[:16]}... but info.json records {expected['sha256'][:16]}...: "
             "the file changed after it was written, or the copy is incomplete.",
         )
     try:
@@ -353,107 +432,189 @@ def _read_lines(path: Path, split: str, info: dict) -> list[str]:
         raise _corrupt(path, f"{file} is not UTF-8 text ({exc}).") from None
 
 
-def _parse_line(path: Path, split: str, number: int, line: str) -> dict:
+def _parse_line(path: Path, split: str, number: int, line: str, check: bool = True) -> dict:
     where = f"{path / f'{split}.jsonl'} line {number}"
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise _corrupt(path, f"{where} is not valid JSON ({exc}).") from None
-    try:
-        check_record(record, where)
-    except UsageError as exc:
-        raise _corrupt(path, str(exc)) from None
+    if check:
+        try:
+            check_record(record, where)
+        except UsageError as exc:
+            raise _corrupt(path, str(exc)) from None
+    elif not isinstance(record, dict) or not isinstance(record.get("system"), str):
+        raise _corrupt(path, f"{where}: a record must be a JSON object with a 'system'.")
     return record
 
 
 def read_split(path: Path, split: str) -> list[dict]:
-    """The records of one split, after checking the file's sha256 and the shape of its first records."""
+    """The records of one split, after checking info.json, the file's sha256, the shape of its first records
+    and that every record's system is one info.json describes."""
     if split not in SPLITS:
         raise UsageError(f"unknown split '{split}'.", fix=f"use one of: {', '.join(SPLITS)}")
     path = Path(path)
     info = read_info(path)
     lines = _read_lines(path, split, info)
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if number <= RECORDS_CHECKED_ON_LOAD:
-            records.append(_parse_line(path, split, number, line))
-        else:
-            records.append(json.loads(line))
+    records = [
+        _parse_line(path, split, number, line, check=number <= RECORDS_CHECKED_ON_LOAD)
+        for number, line in enumerate(lines, start=1)
+    ]
+    for number, record in enumerate(records, start=1):
+        if record["system"] not in info["systems"]:
+            raise _corrupt(
+                path,
+                f"{path / f'{split}.jsonl'} line {number}: 'system' {record['system']!r} is not in info.json's "
+                f"systems ({', '.join(info['systems'])}).",
+            )
     return records
 
 
-def validate_dataset(path: Path) -> dict:
-    """Check everything: checksums, every record's shape, and every label against the simulator.
+LABEL_ABS_TOL = 1e-9  # stored numbers must re-simulate to within this (relative to max(1, |value|))
+OPTIMUM_RTOL = 1e-9  # linear: J_opt within this (relative, plus 1e-15 absolute) of the re-solved J*
+OPTIMUM_UTOL = 1e-6  # linear: u_opt within this fraction of (u_max - u_min) of the re-solved u*
+_INITIAL_STATE = re.compile(r"Initial state: x_0 = \(([^()]*)\)")
 
-    Returns a summary {split: records, ...}; raises UsageError naming the first problem found.
+
+def validate_dataset(path: Path) -> dict:
+    """Check everything: info.json, checksums, every record's shape and finite numbers, the x_0 its prompt
+    shows, unique ids, counts against info.json, every label against the simulator, and for linear systems
+    every optimum against a fresh exact solve.
+
+    Returns a summary {split: records, ...}; raises UsageError naming the file, line, id and field of the
+    first problem found.
     """
     path = Path(path)
     info = read_info(path)
-    decimals = info.get("decimals")
-    seen: dict[str, set] = {}
+    decimals = info["decimals"]
+    seen_states: dict[str, set] = {}
+    seen_ids: dict[str, str] = {}  # id -> "split.jsonl line N"
     summary = {}
     for split in SPLITS:
+        file = path / f"{split}.jsonl"
         records = [
             _parse_line(path, split, n, line) for n, line in enumerate(_read_lines(path, split, info), 1)
         ]
-        expected = info["files"][f"{split}.jsonl"].get("records")
+        expected = info["files"][f"{split}.jsonl"]["records"]
         if len(records) != expected:
-            raise _corrupt(path, f"{split}.jsonl holds {len(records)} records, info.json says {expected}.")
+            raise _corrupt(path, f"{file} holds {len(records)} records, info.json's 'files' says {expected}.")
+        if info["counts"][split] != len(records):
+            raise _corrupt(
+                path,
+                f"{file} holds {len(records)} records, info.json's 'counts' says {info['counts'][split]}.",
+            )
+        if not records:
+            raise _corrupt(path, f"{file} holds no records: a dataset needs train and eval records.")
         summary[split] = len(records)
-        by_system: dict[str, list[dict]] = {}
-        for record in records:
-            by_system.setdefault(record["system"], []).append(record)
+        by_system: dict[str, list[tuple[int, dict]]] = {}
+        for number, record in enumerate(records, start=1):
+            where = f"{file} line {number} (id {record['id']})"
+            if record["id"] in seen_ids:
+                raise _corrupt(path, f"{where}: 'id' repeats the record at {seen_ids[record['id']]}.")
+            seen_ids[record["id"]] = f"{file.name} line {number}"
+            _check_prompt(path, where, record, decimals)
+            by_system.setdefault(record["system"], []).append((number, record))
+        for name in sorted(set(by_system) | set(info["systems"])):
+            claimed = info["systems"].get(name, {}).get(split, 0)
+            found = len(by_system.get(name, []))
+            if claimed != found:
+                raise _corrupt(
+                    path, f"{file} holds {found} {name} records, info.json's 'systems' says {claimed}."
+                )
         for name, group in by_system.items():
-            _check_labels(path, split, get_system(name), group, decimals)
-            states = {tuple(r["x0"]) for r in group}
+            _check_labels(path, file, get_system(name), group, decimals)
+            states = {tuple(r["x0"]) for _, r in group}
             if len(states) != len(group):
-                raise _corrupt(path, f"{split}.jsonl repeats an initial state of {name}.")
-            shared = seen.setdefault(name, set()) & states
+                raise _corrupt(path, f"{file} repeats an initial state of {name}.")
+            shared = seen_states.setdefault(name, set()) & states
             if shared:
                 raise _corrupt(path, f"train and eval share {len(shared)} initial states of {name}.")
-            seen[name] |= states
+            seen_states[name] |= states
     return summary
 
 
-def _check_labels(path: Path, split: str, system: System, group: list[dict], decimals: int) -> None:
-    """Re-simulate a system's records of one split: bounds, J_opt, J_label, J_zero, x_final_opt, grid, KKT."""
-    x0 = np.array([r["x0"] for r in group])
-    u = np.array([r["u_opt"] for r in group])
-    ids = [r["id"] for r in group]
+def _check_prompt(path: Path, where: str, record: dict, decimals: int) -> None:
+    """The x_0 the user message shows (the model sees only the prompt) must be the record's x0."""
+    found = _INITIAL_STATE.findall(record["prompt"][1]["content"])
+    try:
+        shown = [float(v) for v in found[0].split(",")] if len(found) == 1 else None
+    except ValueError:
+        shown = None
+    if shown is None:
+        raise _corrupt(path, f"{where}: 'prompt' does not show one 'Initial state: x_0 = (...)'.")
+    x0 = record["x0"]
+    if len(shown) != len(x0) or any(abs(s - x) > 1e-9 for s, x in zip(shown, x0, strict=True)):
+        raise _corrupt(path, f"{where}: 'prompt' shows x_0 = ({found[0]}), but 'x0' is {x0}.")
 
-    def fail(mask: np.ndarray, what: str) -> None:
+
+def _check_labels(
+    path: Path, file: Path, system: System, group: list[tuple[int, dict]], decimals: int
+) -> None:
+    """Re-simulate a system's records of one split: bounds, J_opt, J_label, J_zero, x_final_opt, grid, KKT;
+    for a linear system also solve each problem again and compare the optimum."""
+    lines = [n for n, _ in group]
+    records = [r for _, r in group]
+    x0 = np.array([r["x0"] for r in records])
+    u = np.array([r["u_opt"] for r in records])
+
+    def fail(mask: np.ndarray, field: str, what: str) -> None:
         if np.any(mask):
-            raise _corrupt(path, f"{split}.jsonl record {ids[int(np.argmax(mask))]}: {what}.")
+            i = int(np.argmax(mask))
+            raise _corrupt(path, f"{file} line {lines[i]} (id {records[i]['id']}): '{field}' {what}.")
+
+    def column(key: str) -> np.ndarray:
+        return np.array([r[key] for r in records])
 
     def differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.abs(a - b) > 1e-9 * np.maximum(1.0, np.abs(b))
+        return np.abs(a - b) > LABEL_ABS_TOL * np.maximum(1.0, np.abs(b))
 
-    fail(np.array([r["decimals"] != decimals for r in group]), "decimals differ from info.json")
+    fail(column("decimals") != decimals, "decimals", f"differs from info.json's {decimals}")
     fail(
         np.abs(x0 * 10**decimals - np.round(x0 * 10**decimals)).max(axis=1) > 1e-6,
-        "x0 is not on the printed grid",
+        "x0",
+        f"is not on the printed grid ({decimals} decimals)",
     )
-    fail(((u > system.u_max) | (u < system.u_min)).any(axis=1), "u_opt violates the control bounds")
+    fail(((u > system.u_max) | (u < system.u_min)).any(axis=1), "u_opt", "violates the control bounds")
     states = simulate(system, x0, u)
+    J_opt = column("J_opt")
+    fail(differs(trajectory_cost(system, states, u), J_opt), "J_opt", "is not the simulated cost of u_opt")
     fail(
-        differs(trajectory_cost(system, states, u), np.array([r["J_opt"] for r in group])),
-        "J_opt != cost of u_opt",
+        differs(states[:, -1], column("x_final_opt")).any(axis=1),
+        "x_final_opt",
+        "is not the simulated final state of u_opt",
     )
     fail(
-        differs(states[:, -1], np.array([r["x_final_opt"] for r in group])).any(axis=1),
-        "x_final_opt is wrong",
+        differs(zero_control_cost(system, x0), column("J_zero")),
+        "J_zero",
+        "is not the simulated cost of u = 0",
     )
-    fail(differs(zero_control_cost(system, x0), np.array([r["J_zero"] for r in group])), "J_zero is wrong")
-    parsed = [parse_controls(r["completion"][0]["content"], system.steps) for r in group]
-    fail(np.array([not p.ok for p in parsed]), "the completion does not parse")
+    parsed = [parse_controls(r["completion"][0]["content"], system.steps) for r in records]
+    fail(np.array([not p.ok for p in parsed]), "completion", "does not parse")
     label = np.array([p.values for p in parsed])
     fail(
-        ((label > system.u_max) | (label < system.u_min)).any(axis=1), "the label violates the control bounds"
+        ((label > system.u_max) | (label < system.u_min)).any(axis=1),
+        "completion",
+        "prints controls outside the control bounds",
     )
     J_label = trajectory_cost(system, simulate(system, x0, label), label)
-    fail(differs(J_label, np.array([r["J_label"] for r in group])), "J_label != cost of the printed controls")
-    if system.is_linear:
-        fail(np.array([r["kkt_residual"] > KKT_TOL_LINEAR for r in group]), "KKT residual above 1e-8")
+    fail(differs(J_label, column("J_label")), "J_label", "is not the simulated cost of the printed controls")
+    if not system.is_linear:
+        return
+    fail(column("kkt_residual") > KKT_TOL_LINEAR, "kkt_residual", f"is above {KKT_TOL_LINEAR:g}")
+    # the optimum itself, independently of what the record claims: a fresh exact solve of the same problems
+    u_star, J_star, residual = linear_optima(system, x0)
+    tol = OPTIMUM_UTOL * (system.u_max - system.u_min)
+    fail(
+        np.abs(u - u_star).max(axis=1) > tol,
+        "u_opt",
+        f"is not the optimum: solving the problem again gives controls more than {tol:g} away",
+    )
+    fail(
+        np.abs(J_opt - J_star) > OPTIMUM_RTOL * np.abs(J_star) + 1e-15,
+        "J_opt",
+        "is not the optimal cost: solving the problem again gives another J*",
+    )
+    fail(J_label < J_star * (1 - OPTIMUM_RTOL), "J_label", "is below the optimal cost J*")
 
 
 def list_datasets(output_dir: Path) -> list[dict]:
