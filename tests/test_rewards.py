@@ -1,19 +1,25 @@
 """GRPO rewards: bounded and finite for any text, 1 for the exact label, each completion scored against
-its own instance (never the first prompt's), and the config's weights and scales reach them."""
+its own instance (never the first prompt's), and the config's weights and scales reach them. The shared
+path (each batch parsed and simulated once, for all four functions) gives exactly the direct per-function
+rewards, never another batch's, and J_zero from the dataset column is the simulated one."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+from helpers import load_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.common.config import resolve_config
-from lib.control.answer import format_answer, format_controls
+from lib.control.answer import format_answer, format_controls, parse_controls
+from lib.control.metrics import zero_control_cost
 from lib.control.references import solve_reference
 from lib.control.systems import get_system
+from lib.llm import rewards
 from lib.llm.rewards import REWARDS, reward_functions
 
 
@@ -31,7 +37,8 @@ def instances():
 
 
 def columns(batch):
-    return {k: [r[k] for r in batch] for k in ("system", "x0", "J_opt", "J_floor")}
+    keys = ("system", "x0", "J_opt", "J_floor") + (("J_zero",) if all("J_zero" in r for r in batch) else ())
+    return {k: [r[k] for r in batch] for k in keys}
 
 
 def call(name, completions, batch):
@@ -108,3 +115,144 @@ def test_config_weights_and_scales_reach_the_functions(instances):
     text = f"<REASONING>r</REASONING><CONTROLS>{format_controls(u, 6)}</CONTROLS>"
     value = functions[2]([[]], [text], **columns([di]))[0]
     assert value == pytest.approx(math.exp(-gap / 0.01), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared path: one parse and one simulation per batch, reused by every reward function of the step
+
+
+def direct_rewards(name, completions, batch, sigma=0.1, scale=0.1):
+    """The rewards computed directly, nothing cached: the per-function path as it was before the shared one,
+    which scripts/bench_rewards.py keeps as its baseline."""
+    baseline = {f.__name__.removeprefix("baseline_"): f for f in load_script("bench_rewards").BASELINE}
+    cols = columns(batch)
+    scales = {"optimality_sigma": sigma, "terminal_scale": scale}
+    return baseline[f"{name}_reward"](None, completions, **cols, **scales)
+
+
+@pytest.fixture(scope="module")
+def pool(instances):
+    """Instances of three systems (with J_zero, as TRL passes it) and, per instance, a variety of texts."""
+    system = get_system("double_integrator_short")
+    x0 = np.array([[0.6, -0.4], [-0.3, 0.5]])
+    ref = solve_reference(system, x0)
+    short = [
+        {
+            "system": system.name,
+            "x0": x.tolist(),
+            "J_opt": float(ref.J[i]),
+            "J_floor": 0.02,
+            "answer": format_answer(system, x, ref.u_label[i], ref.J[i]),
+        }
+        for i, x in enumerate(x0)
+    ]
+    out = []
+    for r in instances + short:
+        s = get_system(r["system"])
+        out.append(r | {"J_zero": float(zero_control_cost(s, np.array([r["x0"]]))[0])})
+    return out
+
+
+def _texts(record, rng):
+    """Exact, perturbed, out-of-bounds, truncated, wrong-count and tag-less answers for one instance."""
+    s = get_system(record["system"])
+    u = parse_controls(record["answer"], s.steps).values
+    wrap = "<REASONING>r</REASONING><CONTROLS>{}</CONTROLS>".format
+    return [
+        record["answer"],
+        wrap(format_controls(np.clip(u + rng.normal(0, 0.2, u.shape), s.u_min, s.u_max))),
+        wrap(format_controls(u * 2 + np.sign(u) * s.u_max)),
+        record["answer"][: int(rng.integers(1, len(record["answer"])))],
+        wrap(format_controls(u[:-1])),
+        "u = " + format_controls(u),
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_shared_path_gives_exactly_the_direct_rewards(pool, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    size = data.draw(st.integers(1, 12))
+    batch = [
+        pool[i] for i in data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=size, max_size=size))
+    ]
+    texts = [_texts(r, rng)[int(rng.integers(6))] for r in batch]
+    completions = [[{"role": "assistant", "content": t}] if rng.random() < 0.5 else t for t in texts]
+    with_zero = data.draw(st.booleans())
+    cols = columns(batch) if with_zero else {k: v for k, v in columns(batch).items() if k != "J_zero"}
+    functions, _ = reward_functions(resolve_config(None, ["grpo.optimality_sigma=0.05"])["grpo"])
+    for function in functions:  # as TRL: one after the other, same batch
+        got = function([[]] * len(completions), completions, **cols)
+        name = function.__name__.removesuffix("_reward")
+        assert got == direct_rewards(name, completions, batch, sigma=0.05), name
+        assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in got)
+
+
+def test_same_texts_in_another_batch_are_scored_against_their_own_instances(pool):
+    a, b = pool[0], pool[1]  # two double-integrator instances
+    texts = [a["answer"], b["answer"], a["answer"][:200]]
+    first, second = [a, a, b], [b, b, a]  # the same texts, other x0 / J_opt / J_zero
+    for batch in (first, second, first, second):
+        for name in REWARDS:
+            assert call(name, texts, batch) == direct_rewards(name, texts, batch), name
+    assert call("optimality", texts[:1], first[:1]) != call("optimality", texts[:1], second[:1])
+
+
+def test_a_batch_is_scored_once_and_the_cache_stays_small(pool, monkeypatch):
+    computed = []
+    original = rewards._compute_batch
+    monkeypatch.setattr(rewards, "_compute_batch", lambda *a: computed.append(1) or original(*a))
+    rewards.clear_batch_cache()
+    batch = pool[:3]
+    completions = [[{"role": "assistant", "content": r["answer"]}] for r in batch]
+    for name in REWARDS:
+        call(name, completions, batch)
+    assert len(computed) == 1  # four functions, one parse and simulation
+    cols = {k: v for k, v in columns(batch).items() if k != "system"}
+    shared = rewards.score_batch(completions, columns(batch)["system"], **cols)
+    with pytest.raises(ValueError):  # what later calls reuse cannot be changed by a caller
+        shared.metrics.gap[0] = 0.0
+    completions[0][0]["content"] = batch[1]["answer"]  # the same list, changed in place: scored afresh
+    assert call("optimality", completions, batch) == direct_rewards("optimality", completions, batch)
+    assert len(computed) == 2
+    for r in pool:
+        call("terminal", [r["answer"]], [r])
+    assert len(rewards._batch_cache) <= rewards.BATCH_CACHE_SIZE == 2
+
+
+def test_j_zero_column_is_the_simulated_cost_of_doing_nothing(instances):
+    from lib.control.dataset import record_lines
+
+    for name in ("double_integrator", "double_integrator_short"):
+        system = get_system(name)
+        x0 = np.array([[0.5, -0.3], [-0.7, 0.2], [0.1, 0.8]])
+        records = [json.loads(line) for line in record_lines(system, x0, solve_reference(system, x0), 2)]
+        simulated = zero_control_cost(system, np.array([r["x0"] for r in records]))
+        np.testing.assert_array_equal([r["J_zero"] for r in records], simulated)
+        one_at_a_time = [zero_control_cost(system, np.array([r["x0"]]))[0] for r in records]
+        np.testing.assert_allclose([r["J_zero"] for r in records], one_at_a_time, rtol=1e-12, atol=0)
+        cols = {k: [r[k] for r in records] for k in ("system", "x0", "J_opt", "J_zero")}
+        cols["J_floor"] = [0.01] * len(records)
+        rewards.clear_batch_cache()
+        given = rewards.score_batch([r["completion"] for r in records], **cols).metrics
+        assert given.J_zero.tolist() == cols["J_zero"]
+        fallback = rewards.score_batch(
+            [r["completion"] for r in records], **(cols | {"J_zero": None})
+        ).metrics
+        np.testing.assert_allclose(fallback.J_zero, given.J_zero, rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(fallback.score, given.score)
+
+
+def test_an_empty_batch_gets_no_rewards():
+    empty = {k: [] for k in ("system", "x0", "J_opt", "J_floor", "J_zero")}
+    for name, function in REWARDS.items():
+        assert function([], [], **empty) == [], name
+
+
+def test_every_function_keeps_its_name():
+    """TRL logs rewards/<__name__>/mean: the shared path must not rename or wrap them anonymously."""
+    for name, function in REWARDS.items():
+        assert function.__name__ == f"{name}_reward"
+    every = [f"grpo.rewards.{name}=1" for name in REWARDS]
+    functions, _ = reward_functions(resolve_config(None, every)["grpo"])
+    assert [f.__name__ for f in functions] == [f"{name}_reward" for name in REWARDS]

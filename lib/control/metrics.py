@@ -1,4 +1,4 @@
-"""Scoring controls by simulating them (DESIGN.md 6); shared by GRPO rewards and evaluation, vectorised.
+"""Scoring controls by simulating them (docs/ARCHITECTURE.md, "Metrics"); shared by GRPO rewards and evaluation, vectorised.
 
 Per instance, with the system's own simulator and NO clipping (a control outside the bounds is simulated as
 written and the answer is marked infeasible; nothing hides it):
@@ -86,9 +86,11 @@ def evaluate_controls(
     J_opt: np.ndarray,
     J_floor: float,
     parsed: np.ndarray | None = None,
+    J_zero: np.ndarray | None = None,
 ) -> ControlMetrics:
     """Score controls u [B, N] from x0 [B, n] against the optima J_opt [B]; parsed [B] marks usable rows
-    (default: rows whose N values are all finite)."""
+    (default: rows whose N values are all finite). J_zero [B], the cost of u = 0 (a dataset record's
+    `J_zero`), is simulated when not given."""
     x0 = np.asarray(x0, dtype=float).reshape(-1, system.n)
     u = np.asarray(u, dtype=float).reshape(len(x0), system.steps)
     J_opt = np.asarray(J_opt, dtype=float)
@@ -101,7 +103,7 @@ def evaluate_controls(
     violation = np.where(parsed, control_violation(system, usable), np.nan)
     with np.errstate(invalid="ignore", over="ignore"):  # diverging answers give inf/nan, which is their score
         feasible = parsed & (violation <= FEASIBILITY_TOL)
-        J_zero = zero_control_cost(system, x0)
+        J_zero = zero_control_cost(system, x0) if J_zero is None else np.asarray(J_zero, dtype=float)
         gap = optimality_gap(J, J_opt, J_floor)
         terminal = np.where(parsed, np.linalg.norm(states[:, -1] - system.x_target, axis=1), np.nan)
         score = normalised_score(J, J_opt, J_zero, J_floor)
@@ -119,13 +121,18 @@ def evaluate_controls(
 
 
 def evaluate_completions(
-    system: System, x0: np.ndarray, completions: Sequence[str], J_opt: np.ndarray, J_floor: float
+    system: System,
+    x0: np.ndarray,
+    completions: Sequence[str],
+    J_opt: np.ndarray,
+    J_floor: float,
+    J_zero: np.ndarray | None = None,
 ) -> ControlMetrics:
-    """Parse each completion's <CONTROLS> (strictly) and score it with evaluate_controls."""
+    """Parse each completion's <CONTROLS> (strictly) and score it with evaluate_controls (J_zero as there)."""
     u = np.full((len(completions), system.steps), np.nan)
     parsed = np.zeros(len(completions), dtype=bool)
     for i, text in enumerate(completions):
         result = parse_controls(text, system.steps)
         if result.ok:
             u[i], parsed[i] = result.values, True
-    return evaluate_controls(system, x0, u, J_opt, J_floor, parsed=parsed)
+    return evaluate_controls(system, x0, u, J_opt, J_floor, parsed=parsed, J_zero=J_zero)

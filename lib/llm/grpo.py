@@ -45,7 +45,7 @@ def train_grpo(
     train, _, _ = load_stage_records(cfg, "grpo")
     model, tokenizer, peft_config = load_start_model(cfg, setup, init_run)
     train = check_lengths(tokenizer, train, cfg, "grpo")
-    columns = ("prompt", "system", "x0", "J_opt", "J_floor")
+    columns = ("prompt", "system", "x0", "J_opt", "J_floor", "J_zero")  # J_zero: no u = 0 simulation
     run_dir = start_run(
         cfg,
         "grpo",

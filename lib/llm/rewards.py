@@ -2,9 +2,17 @@
 
 TRL's GRPOTrainer calls each function with the batch's completions and every other dataset column as a
 keyword argument, one entry per completion (a prompt's columns repeat for each of its generations), so
-each completion is scored against its own instance: `system`, `x0`, `J_opt`, `J_floor`.
+each completion is scored against its own instance: `system`, `x0`, `J_opt`, `J_floor` (and `J_zero`).
 Every reward is bounded in [0, 1] and finite for any text (tests fuzz them); the score itself comes from
 lib/control/metrics.py, i.e. the same simulator, parser and gap as evaluation.
+
+Each answer is parsed and simulated once per batch, not once per reward: TRL calls the functions one after
+the other with the same batch, so `score_batch` keeps the last BATCH_CACHE_SIZE batches' results (the
+parse flags and a row-aligned ControlMetrics) under a key made of the batch's whole content (completion
+texts, system, x0, J_opt, J_floor, J_zero), and the second, third and fourth function of a step reuse the
+first one's work. Keys are compared by value, never by id, so a cached result is returned only for equal
+inputs, where it is what a fresh computation gives. J_zero comes from the dataset column when TRL passes it
+(lib/llm/grpo.py does) and is simulated otherwise. Each function keeps its own name (TRL's logs).
 
 A config lists rewards by name with weights (`grpo.rewards`); REWARDS maps those names to functions, and
 `reward_functions` binds the shaping scales from the config (grpo.optimality_sigma, grpo.terminal_scale).
@@ -15,15 +23,19 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from lib.control.answer import TAGS, parse_controls
-from lib.control.metrics import ControlMetrics, evaluate_completions
+from lib.control.metrics import SUCCESS_EPS, ControlMetrics, evaluate_controls
 from lib.control.systems import get_system
 
 VIOLATION_SCALE = 0.1  # a control 0.1 beyond its bound earns 1/e of the feasibility reward
+BATCH_CACHE_SIZE = 2  # batches kept by score_batch: the current step's and the one before
 
 
 def completion_text(completion: object) -> str:
@@ -36,28 +48,126 @@ def completion_text(completion: object) -> str:
     return ""
 
 
-def score_completions(
+def tags_in_order(text: str) -> bool:
+    """The four tags are each there, in order (what earns the format reward's 0.25)."""
+    positions = [text.find(tag) for tag in TAGS]
+    return all(p >= 0 for p in positions) and positions == sorted(positions)
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """What the rewards read about one batch, row-aligned with its completions (all systems together)."""
+
+    tags_in_order: np.ndarray  # [B] bool
+    metrics: ControlMetrics  # [B] rows; metrics.parsed[i] is parse_controls(text_i, N).ok
+
+
+_batch_cache: deque[tuple[tuple, BatchScores]] = deque(maxlen=BATCH_CACHE_SIZE)
+_batch_lock = threading.Lock()
+
+
+def clear_batch_cache() -> None:
+    """Forget every cached batch (benchmarks and tests)."""
+    with _batch_lock:
+        _batch_cache.clear()
+
+
+def _batch_key(texts, system, x0, J_opt, J_floor, J_zero) -> tuple:
+    """Everything a batch's scores depend on, as a value: tuples of strings and numbers, compared with ==
+    (a NaN never equals a fresh NaN, which only costs a recomputation)."""
+    return (
+        tuple(texts),
+        tuple(system),
+        tuple(tuple(row) for row in x0),
+        tuple(J_opt),
+        tuple(J_floor),
+        None if J_zero is None else tuple(J_zero),
+    )
+
+
+def _merge(count: int, parts: list[tuple[list[int], ControlMetrics]]) -> ControlMetrics:
+    """One row-aligned ControlMetrics from the per-system groups (rows: each group's batch indices)."""
+    if len(parts) == 1:  # one system: its rows are the whole batch, in order
+        return parts[0][1]
+    if not parts:  # an empty batch
+        empty, no = np.empty(0), np.zeros(0, dtype=bool)
+        floats = dict.fromkeys(("violation", "J", "J_zero", "gap", "terminal_error", "score"), empty)
+        return ControlMetrics(parsed=no, feasible=no, **floats, success=dict.fromkeys(SUCCESS_EPS, no))
+    merged = {}
+    for field in ("parsed", "feasible", "violation", "J", "J_zero", "gap", "terminal_error", "score"):
+        out = np.empty(count, dtype=getattr(parts[0][1], field).dtype)
+        for rows, metrics in parts:
+            out[rows] = getattr(metrics, field)
+        merged[field] = out
+    success = {}
+    for eps in parts[0][1].success:
+        out = np.zeros(count, dtype=bool)
+        for rows, metrics in parts:
+            out[rows] = metrics.success[eps]
+        success[eps] = out
+    return ControlMetrics(**merged, success=success)
+
+
+def _compute_batch(texts, system, x0, J_opt, J_floor, J_zero) -> BatchScores:
+    """Parse every completion once; simulate each system's rows in one vectorised call, grouped exactly as
+    the per-reward path grouped them (systems in first-seen order, J_floor of the group's first row)."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(system):
+        groups.setdefault(name, []).append(i)
+    parts = []
+    for name, rows in groups.items():
+        model = get_system(name)
+        u = np.full((len(rows), model.steps), np.nan)
+        parsed = np.zeros(len(rows), dtype=bool)
+        for j, i in enumerate(rows):
+            result = parse_controls(texts[i], model.steps)
+            if result.ok:
+                u[j], parsed[j] = result.values, True
+        zero = None  # simulated by evaluate_controls unless every row of the group has it
+        if J_zero is not None:
+            given = [J_zero[i] for i in rows]
+            if all(v is not None for v in given):
+                zero = np.array(given, dtype=float)
+        metrics = evaluate_controls(
+            model,
+            np.array([x0[i] for i in rows], dtype=float),
+            u,
+            np.array([J_opt[i] for i in rows], dtype=float),
+            float(J_floor[rows[0]]),
+            parsed=parsed,
+            J_zero=zero,
+        )
+        parts.append((rows, metrics))
+    metrics = _merge(len(texts), parts)
+    # a parsed answer has each tag once, in order (parse_controls checks it): search only the others
+    tags = np.array([ok or tags_in_order(t) for ok, t in zip(metrics.parsed.tolist(), texts, strict=True)])
+    scores = BatchScores(tags.astype(bool), metrics)
+    for array in (scores.tags_in_order, *vars(scores.metrics).values(), *scores.metrics.success.values()):
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False  # shared with later calls: nobody may change it
+    return scores
+
+
+def score_batch(
     completions: Sequence[object],
     system: Sequence[str],
     x0: Sequence[Sequence[float]],
     J_opt: Sequence[float],
     J_floor: Sequence[float],
-) -> list[tuple[ControlMetrics, int]]:
-    """(metrics of the completion's system group, index in that group) for each completion."""
+    J_zero: Sequence[float] | None = None,
+) -> BatchScores:
+    """The batch's scores, computed once and shared by the reward functions of a step (module docstring):
+    the cached result when every input equals a cached batch's, a fresh computation otherwise."""
     texts = [completion_text(c) for c in completions]
-    out: list[tuple[ControlMetrics, int] | None] = [None] * len(texts)
-    for name in dict.fromkeys(system):  # each system in first-seen order, vectorised inside
-        rows = [i for i, s in enumerate(system) if s == name]
-        metrics = evaluate_completions(
-            get_system(name),
-            np.array([x0[i] for i in rows], dtype=float),
-            [texts[i] for i in rows],
-            np.array([J_opt[i] for i in rows], dtype=float),
-            float(J_floor[rows[0]]),
-        )
-        for j, i in enumerate(rows):
-            out[i] = (metrics, j)
-    return out  # type: ignore[return-value]
+    key = _batch_key(texts, system, x0, J_opt, J_floor, J_zero)
+    with _batch_lock:
+        for cached_key, scores in _batch_cache:
+            if cached_key == key:
+                return scores
+    scores = _compute_batch(texts, system, x0, J_opt, J_floor, J_zero)
+    with _batch_lock:
+        _batch_cache.append((key, scores))
+    return scores
 
 
 def _decay(value: float, scale: float) -> float:
@@ -69,39 +179,53 @@ def _decay(value: float, scale: float) -> float:
 def format_reward(prompts, completions, system, **columns) -> list[float]:
     """1.0 for exactly N finite numbers inside <CONTROLS> after a <REASONING> block; 0.25 when the four
     tags are there in order but the controls do not parse; 0 otherwise."""
+    scoring = [columns.get(k) for k in ("x0", "J_opt", "J_floor")]
+    if all(c is not None for c in scoring):  # TRL passes them: share the batch with the other rewards
+        scores = score_batch(completions, system, *scoring, columns.get("J_zero"))
+        return [
+            1.0 if ok else (0.25 if tags else 0.0)
+            for ok, tags in zip(scores.metrics.parsed.tolist(), scores.tags_in_order.tolist(), strict=True)
+        ]
     rewards = []
     for completion, name in zip(completions, system, strict=True):
         text = completion_text(completion)
-        if parse_controls(text, get_system(name).steps).ok:
-            rewards.append(1.0)
-            continue
-        positions = [text.find(tag) for tag in TAGS]
-        in_order = all(p >= 0 for p in positions) and positions == sorted(positions)
-        rewards.append(0.25 if in_order else 0.0)
+        ok = parse_controls(text, get_system(name).steps).ok
+        rewards.append(1.0 if ok else (0.25 if tags_in_order(text) else 0.0))
     return rewards
 
 
-def feasibility_reward(prompts, completions, system, x0, J_opt, J_floor, **columns) -> list[float]:
+def feasibility_reward(
+    prompts, completions, system, x0, J_opt, J_floor, J_zero=None, **columns
+) -> list[float]:
     """exp(-max bound violation / 0.1) for parsed answers (1.0 when within bounds), 0 when unparsed."""
-    scores = score_completions(completions, system, x0, J_opt, J_floor)
-    return [_decay(m.violation[j], VIOLATION_SCALE) if m.parsed[j] else 0.0 for m, j in scores]
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero).metrics
+    return [
+        _decay(v, VIOLATION_SCALE) if ok else 0.0
+        for v, ok in zip(m.violation.tolist(), m.parsed.tolist(), strict=True)
+    ]
 
 
 def optimality_reward(
-    prompts, completions, system, x0, J_opt, J_floor, optimality_sigma: float = 0.1, **columns
+    prompts, completions, system, x0, J_opt, J_floor, J_zero=None, optimality_sigma: float = 0.1, **columns
 ) -> list[float]:
     """exp(-max(gap, 0) / optimality_sigma) for feasible answers, 0 otherwise (an answer that leaves the
     bounds could beat J*, so it earns nothing here)."""
-    scores = score_completions(completions, system, x0, J_opt, J_floor)
-    return [_decay(max(m.gap[j], 0.0), optimality_sigma) if m.feasible[j] else 0.0 for m, j in scores]
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero).metrics
+    return [
+        _decay(max(g, 0.0), optimality_sigma) if ok else 0.0
+        for g, ok in zip(m.gap.tolist(), m.feasible.tolist(), strict=True)
+    ]
 
 
 def terminal_reward(
-    prompts, completions, system, x0, J_opt, J_floor, terminal_scale: float = 0.1, **columns
+    prompts, completions, system, x0, J_opt, J_floor, J_zero=None, terminal_scale: float = 0.1, **columns
 ) -> list[float]:
     """exp(-||x_N - x_target|| / terminal_scale) for parsed answers, 0 when unparsed."""
-    scores = score_completions(completions, system, x0, J_opt, J_floor)
-    return [_decay(m.terminal_error[j], terminal_scale) if m.parsed[j] else 0.0 for m, j in scores]
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero).metrics
+    return [
+        _decay(e, terminal_scale) if ok else 0.0
+        for e, ok in zip(m.terminal_error.tolist(), m.parsed.tolist(), strict=True)
+    ]
 
 
 REWARDS = {
