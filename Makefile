@@ -34,10 +34,11 @@ validate: install ## validate every config under configs/ against its schema
 	$(PY) -m lib.common.config validate configs
 
 data: install ## datasets/di_vdp: 2,000 double-integrator + Van der Pol problems (~25 s; ARGS=--overwrite to redo)
-	$(PY) scripts/generate_data.py --systems double_integrator van_der_pol --total-samples 2000 --dataset-name di_vdp --workers 2 $(ARGS)
+	$(PY) scripts/generate_data.py --systems double_integrator van_der_pol --total-samples 2000 --dataset-name di_vdp --seed 0 $(ARGS)
 
-bench: install ## benchmark data generation vs the old clipped-LQR labels -> results/bench/ (ARGS for counts)
+bench: install ## benchmark data generation vs the old clipped-LQR labels, and the GRPO rewards -> results/bench/ (ARGS: bench.py counts)
 	$(PY) scripts/bench.py $(ARGS)
+	$(PY) scripts/bench_rewards.py
 
 bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tokens/s, GRPO s/step, memory, loss curve)
 	$(PY) scripts/bench_training.py $(ARGS)
@@ -58,7 +59,7 @@ bench-blt: install ## byte-level model training bytes/s: CPU, and CUDA fp32 + mi
 verify-grpo: install ## check the answer format of the newest GRPO run with real generation (ARGS for flags)
 	$(PY) scripts/verify_grpo_format.py $(ARGS)
 
-eval: install ## evaluate models by simulating their answers (ARGS="--model-path ... --dataset ..."; see README)
+eval: install ## evaluate models by simulating their answers (ARGS="--model-path ... --dataset ..."; see docs/evaluation.md)
 	$(PY) scripts/main_eval.py $(ARGS)
 
 bench-eval: install ## evaluation throughput, batched vs one at a time, SmolLM2-135M -> results/bench/eval.{json,md}

@@ -11,7 +11,7 @@ Usage:
 The original config is the blt schema's defaults: hidden 128, 2 layers, 4 heads, dropout 0.1, block 128,
 batch 16, gradient accumulation 2, so one optimiser step trains on 16 x 2 x 128 = 4,096 target bytes. Each
 case builds the model, runs --warmup untimed steps (allocator, kernel selection), then --steps timed steps of
-lib.blt.train_step, the trainer's own step, with the trainer's batches (lib.blt.StepBatches) from the
+lib.blt.training.train_step, the trainer's own step, with the trainer's batches (lib.blt.training.StepBatches) from the
 config's train_data_dir (the default corpus unless overridden). bytes/s = steps x 4,096 / seconds, batch
 cutting included. CPU runs in fp32 (mixed precision is used on CUDA only); on CUDA, "mixed" is bf16 where
 the GPU supports it, else fp16 with loss scaling. Writes results/bench/blt.json and blt.md; the machine's
@@ -179,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if threads:
                 torch.set_num_threads(threads)
             setup = choose_device(
-                settings_from_config({**cfg, "device": device, "mixed_precision": mixed}), facts
+                settings_from_config(
+                    {**cfg, "device": {**cfg["device"], "type": device}, "mixed_precision": mixed}
+                ),
+                facts,
             )
             setup = replace(setup, fallbacks=())  # the device is chosen here, never a fallback
             case = run_case(cfg, setup, data, args.steps, args.warmup)

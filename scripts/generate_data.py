@@ -9,22 +9,47 @@ Usage:
     python scripts/generate_data.py --validate test_di   # checksums, every record, every label re-simulated
     python scripts/generate_data.py --preview test_di    # a few records, readable
 
+Every setting is a config key (schemas/control.schema.json): each flag is a shorthand for one (`--systems` is
+generate.systems, `--dataset-name` data.dataset_name, `--output-dir` data.datasets_dir, `--seed` seed), and
+the defaults are the schema's. `--config FILE` and `key=value` overrides work as for main_trainer.py (the
+pipeline's data phase runs `generate_data.py --config <its config.json>`); precedence: schema defaults <
+`extends:` parents < the config file < flags < key=value. info.json records the resolved config.
+
 Samples are split evenly over the systems (the first systems get the remainder). Labels are exact optima
 for the rounded initial state the prompt shows (lib/control/references.py); the same seed gives byte-identical
-jsonl files whatever --workers is. Existing datasets are kept unless --overwrite, and an overwritten one
+jsonl files whatever --workers is (generate.train_samples and generate.eval_samples, when set, replace
+generate.total_samples x generate.split_ratio). Existing datasets are kept unless --overwrite, and an overwritten one
 is replaced only once the new one is completely written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib.common.config import ROOT
+from lib.common.atomic import check_writable_folder
+from lib.common.config import repo_path, resolve_cli, split_overrides
 from lib.common.errors import UsageError, run_cli
+
+# Each flag's config key; the defaults are the schema's.
+FLAG_KEYS = {
+    "systems": "generate.systems",
+    "total_samples": "generate.total_samples",
+    "split_ratio": "generate.split_ratio",
+    "train_samples": "generate.train_samples",
+    "eval_samples": "generate.eval_samples",
+    "dataset_name": "data.dataset_name",
+    "seed": "seed",
+    "output_dir": "data.datasets_dir",
+    "decimals": "generate.decimals",
+    "workers": "generate.workers",
+    "wide": "generate.wide",
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,70 +60,145 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"systems: {', '.join(SYSTEMS)}",
     )
-    parser.add_argument("--systems", nargs="+", metavar="NAME", help="one or more systems (or a,b,c)")
-    parser.add_argument("--total-samples", type=int, help="train + eval records (default 1000)")
-    parser.add_argument("--split-ratio", type=float, default=0.9, help="train fraction of --total-samples")
-    parser.add_argument("--train-samples", type=int, help="train records (with --eval-samples)")
-    parser.add_argument("--eval-samples", type=int, help="eval records (with --train-samples)")
-    parser.add_argument("--dataset-name", help="folder name under --output-dir (default: the systems joined)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "datasets")
-    parser.add_argument(
-        "--decimals", type=int, default=2, help="decimals of the controls and of x0 (default 2)"
+    add = parser.add_argument  # no defaults (None = not given): they are the schema's (FLAG_KEYS)
+    add("--systems", nargs="+", metavar="NAME", help="one or more systems (or a,b,c); generate.systems")
+    add("--total-samples", type=int, help="train + eval records (default 1000); generate.total_samples")
+    add("--split-ratio", type=float, help="train fraction of --total-samples (0.9); generate.split_ratio")
+    add("--train-samples", type=int, help="train records (with --eval-samples); generate.train_samples")
+    add("--eval-samples", type=int, help="eval records (with --train-samples); generate.eval_samples")
+    add(
+        "--dataset-name",
+        help="folder name under --output-dir (default: the systems joined); data.dataset_name",
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes for the nonlinear solves")
-    parser.add_argument("--wide", action="store_true", help="draw x0 from each system's wider box")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
-    parser.add_argument("--list", action="store_true", help="list the datasets in --output-dir")
-    parser.add_argument("--validate", metavar="NAME", help="check a dataset: checksums, records, labels")
-    parser.add_argument("--preview", metavar="NAME", help="print a few records of a dataset")
-    return parser.parse_args(argv)
-
-
-def resolve_counts(args: argparse.Namespace) -> tuple[int, int]:
-    """(train, eval) from --total-samples/--split-ratio or --train-samples/--eval-samples."""
-    split_given = args.train_samples is not None or args.eval_samples is not None
-    if split_given and args.total_samples is not None:
+    add("--seed", type=int, help="seed of the initial states and solver starts (default 42); seed")
+    add("--output-dir", type=Path, help="where datasets live (default datasets/); data.datasets_dir")
+    add("--decimals", type=int, help="decimals of the controls and of x0 (default 2); generate.decimals")
+    add("--workers", type=int, help="processes for the nonlinear solves (default 2); generate.workers")
+    add(
+        "--wide", action="store_const", const=True, help="draw x0 from each system's wider box; generate.wide"
+    )
+    add("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    add("--list", action="store_true", help="list the datasets in --output-dir")
+    add("--validate", metavar="NAME", help="check a dataset: checksums, records, labels")
+    add("--preview", metavar="NAME", help="print a few records of a dataset")
+    add("--config", help="a config file (default: the schema defaults)")
+    add("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. generate.workers=4")
+    args = parser.parse_intermixed_args(argv)
+    args.systems, swallowed = split_overrides(args.systems)  # `--systems a b seed=3`
+    args.overrides = [*swallowed, *args.overrides]
+    if args.output_dir is not None:  # a path on the command line is from the current folder
+        args.output_dir = args.output_dir.expanduser().absolute()
+    if args.total_samples is not None and (args.train_samples is not None or args.eval_samples is not None):
         raise UsageError(
             "--total-samples cannot be combined with --train-samples/--eval-samples.",
             fix="give either --total-samples (with --split-ratio) or both --train-samples and --eval-samples.",
         )
-    if split_given:
-        if args.train_samples is None or args.eval_samples is None:
-            raise UsageError("--train-samples and --eval-samples go together.", fix="give both.")
-        n_train, n_eval = args.train_samples, args.eval_samples
-    else:
-        if not 0.0 < args.split_ratio < 1.0:
-            raise UsageError(
-                f"--split-ratio {args.split_ratio} is not between 0 and 1.", fix="e.g. --split-ratio 0.9"
-            )
-        total = 1000 if args.total_samples is None else args.total_samples
-        if total < 2:
-            raise UsageError(
-                f"--total-samples {total} is too small.", fix="ask for at least 2 (train and eval)."
-            )
-        n_train = min(max(round(total * args.split_ratio), 1), total - 1)
-        n_eval = total - n_train
-    if n_train < 1 or n_eval < 1:
+    return args
+
+
+def resolve_generate_config(args: argparse.Namespace) -> dict:
+    """schema defaults < extends < --config < flags < key=value."""
+    flags = {}
+    for name, key in FLAG_KEYS.items():
+        value = getattr(args, name)
+        flags[key] = ("--" + name.replace("_", "-"), str(value) if isinstance(value, Path) else value)
+    return resolve_cli(args.config, flags, args.overrides)
+
+
+def resolve_counts(settings: dict) -> tuple[int, int]:
+    """(train, eval) from generate.train_samples + eval_samples when set, else total_samples x split_ratio."""
+    n_train, n_eval = settings["train_samples"], settings["eval_samples"]
+    if (n_train is None) != (n_eval is None):
         raise UsageError(
-            f"train ({n_train}) and eval ({n_eval}) must both hold at least one record.",
-            fix="raise the sample counts.",
+            "--train-samples and --eval-samples go together (generate.train_samples, generate.eval_samples).",
+            fix="give both, or neither (then generate.total_samples x generate.split_ratio).",
         )
+    if n_train is None:
+        total = settings["total_samples"]
+        n_train = min(max(round(total * settings["split_ratio"]), 1), total - 1)
+        n_eval = total - n_train
     return n_train, n_eval
 
 
-def system_names(args: argparse.Namespace) -> list[str]:
+def system_names(systems: list[str] | None) -> list[str]:
     from lib.control.systems import SYSTEMS, get_system
 
-    if not args.systems:
-        raise UsageError("no systems given.", fix=f"add --systems with one or more of: {', '.join(SYSTEMS)}")
+    if not systems:
+        raise UsageError(
+            "no systems given.",
+            fix=f"add --systems (generate.systems) with one or more of: {', '.join(SYSTEMS)}",
+        )
     names: list[str] = []
-    for item in args.systems:
+    for item in systems:
         for name in item.split(","):
             name = name.strip()
             if name and name not in names:
                 names.append(get_system(name).name)  # UsageError listing the valid names
     return names
+
+
+def check_dataset_name(name: str) -> None:
+    """A dataset name is one plain folder name: not empty, not '.' or '..', no path separator, not hidden."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        raise UsageError(
+            f"--dataset-name {name!r} (data.dataset_name) is not a plain folder name: it must be non-empty, contain "
+            "no '/' or '\\', and not start with '.' (so not '.' or '..').",
+            fix="pick a name such as di_vdp or test_di; --output-dir (data.datasets_dir) says where it goes.",
+        )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse, before any work, an --output-dir that is a file, lies below a file, or cannot take new files."""
+    fix = "pass a folder you can write to as --output-dir (data.datasets_dir); it is created if missing."
+    check_writable_folder(output_dir, "--output-dir", fix)
+
+
+def estimated_bytes(names: list[str], n_train: int, n_eval: int, decimals: int) -> int:
+    """About how many bytes of JSON lines the dataset takes (a slight overestimate): per record a prompt and
+    fixed fields (~2.1 kB), and per control step the full-precision optimum (~23 characters) and the printed
+    label (decimals + ~8)."""
+    from lib.control.dataset import split_evenly
+    from lib.control.systems import get_system
+
+    total = 0
+    for name, count in zip(names, split_evenly(n_train + n_eval, len(names)), strict=True):
+        total += count * (2100 + get_system(name).steps * (31 + decimals))
+    return total
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_size(names: list[str], n_train: int, n_eval: int, settings: dict, output_dir: Path) -> None:
+    """Refuse a dataset too large for this machine's memory (its lines are held, and joined once more while
+    written) or for the free disk space, naming the sample count, before any work."""
+    need = estimated_bytes(names, n_train, n_eval, settings["decimals"])
+    flag = "--train-samples/--eval-samples" if settings["train_samples"] is not None else "--total-samples"
+    asked = f"{n_train + n_eval} samples ({flag}: {n_train} train + {n_eval} eval, {settings['decimals']} decimals)"
+    per_record = need / (n_train + n_eval)
+    memory = physical_memory()
+    if memory and 2.5 * need > memory:
+        raise UsageError(
+            f"{asked} make about {need / 1e9:.3g} GB of JSON lines, held in memory (about {2.5 * need / 1e9:.3g} "
+            f"GB at the peak) while built and written: more than this machine's {memory / 1e9:.3g} GB.",
+            fix=f"ask for fewer samples: at most about {int(memory / 2.5 / per_record)} fit here (e.g. "
+            "--total-samples 100000); or generate on a machine with more memory.",
+        )
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise UsageError(
+            f"{asked} make about {need / 1e9:.3g} GB of files, more than the {free / 1e9:.3g} GB free under "
+            f"{existing}.",
+            fix=f"ask for fewer samples (at most about {int(free / per_record)} fit), or free some disk space "
+            "or pick another --output-dir.",
+        )
 
 
 def show_list(output_dir: Path) -> int:
@@ -154,39 +254,49 @@ def show_preview(output_dir: Path, name: str, count: int = 3) -> int:
     return 0
 
 
-def generate(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+def generate(args: argparse.Namespace, cfg: dict, argv: Sequence[str] | None) -> int:
     from tqdm import tqdm
 
     from lib.control.dataset import build_dataset, write_dataset
 
-    names = system_names(args)
-    n_train, n_eval = resolve_counts(args)
-    if not 0 <= args.decimals <= 6:
-        raise UsageError(f"--decimals {args.decimals} is out of range.", fix="use 0 to 6 (default 2).")
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers} must be at least 1.", fix="e.g. --workers 2")
-    name = args.dataset_name or "_".join(names)
-    if (args.output_dir / name).exists() and not args.overwrite:  # refuse before the work, not after
+    settings = cfg["generate"]
+    names = system_names(settings["systems"])
+    n_train, n_eval = resolve_counts(settings)
+    output_dir = repo_path(cfg["data"]["datasets_dir"])
+    name = cfg["data"]["dataset_name"] or "_".join(names)
+    check_dataset_name(name)  # before the work, not after: the name, the folder, the size
+    check_output_dir(output_dir)
+    check_size(names, n_train, n_eval, settings, output_dir)
+    if (output_dir / name).exists() and not args.overwrite:
         raise UsageError(
-            f"dataset '{name}' already exists in {args.output_dir}.",
+            f"dataset '{name}' already exists in {output_dir}.",
             fix="pick another --dataset-name or add --overwrite (the old one is replaced only once the new one "
             "is complete).",
         )
     started = time.perf_counter()
-    with tqdm(total=n_train + n_eval, unit="sample", file=sys.stderr, disable=None) as bar:
-        lines, info = build_dataset(
-            names,
-            n_train,
-            n_eval,
-            seed=args.seed,
-            decimals=args.decimals,
-            wide=args.wide,
-            workers=args.workers,
-            progress=bar.update,
-            on_system=bar.set_description,
-        )
-    info["command"] = ["python", "scripts/generate_data.py", *(sys.argv[1:] if argv is None else argv)]
-    path = write_dataset(args.output_dir, name, lines, info, overwrite=args.overwrite)
+    try:
+        with tqdm(total=n_train + n_eval, unit="sample", file=sys.stderr, disable=None) as bar:
+            lines, info = build_dataset(
+                names,
+                n_train,
+                n_eval,
+                seed=cfg["seed"],
+                decimals=settings["decimals"],
+                wide=settings["wide"],
+                workers=settings["workers"],
+                progress=bar.update,
+                on_system=bar.set_description,
+            )
+        info["command"] = ["python", "scripts/generate_data.py", *(sys.argv[1:] if argv is None else argv)]
+        info["config"] = cfg
+        path = write_dataset(output_dir, name, lines, info, overwrite=args.overwrite)
+    except MemoryError as exc:  # the training advice of describe_failure does not apply to data generation
+        raise UsageError(
+            f"ran out of memory generating {n_train + n_eval} samples ({n_train} train + {n_eval} eval) for "
+            f"'{name}': {str(exc).splitlines()[0] if str(exc) else 'MemoryError'}. Nothing was written.",
+            fix="ask for fewer samples (a smaller --total-samples, or --train-samples/--eval-samples), or "
+            "generate on a machine with more memory.",
+        ) from None
     elapsed = time.perf_counter() - started
     print(f"wrote {path}: train {n_train}, eval {n_eval} records ({elapsed:.1f} s)")
     for system, details in info["systems"].items():
@@ -198,7 +308,7 @@ def generate(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         )
         if details["worst_label_gap"] > 0.01:
             print(
-                f"warning: some {system} labels printed with {args.decimals} decimals cost more than 1% above "
+                f"warning: some {system} labels printed with {settings['decimals']} decimals cost more than 1% above "
                 "J* (they fail success@1%); more --decimals makes them exact enough.",
                 file=sys.stderr,
             )
@@ -212,13 +322,15 @@ def generate(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    cfg = resolve_generate_config(args)
+    datasets_dir = repo_path(cfg["data"]["datasets_dir"])
     if args.list:
-        return show_list(args.output_dir)
+        return show_list(datasets_dir)
     if args.validate:
-        return show_validation(args.output_dir, args.validate)
+        return show_validation(datasets_dir, args.validate)
     if args.preview:
-        return show_preview(args.output_dir, args.preview)
-    return generate(args, argv)
+        return show_preview(datasets_dir, args.preview)
+    return generate(args, cfg, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ state.json (each phase's status, exit code, start and elapsed time), sft_evaluat
 to models/<scope>/<sft|grpo>/<pipeline name>/ like any training run.
 
 Each phase runs in its own process (`--phase NAME`, what slurm/pipeline.sh calls as a SLURM step), so memory
-is returned between phases. A phase that completed is skipped when the pipeline runs again, so a re-run after
+is returned between phases. A phase is a script run with the folder's config.json (`--config`), plus the few
+`key=value` overrides that are the phase's own (the run id, the models to evaluate, the output folder):
+generate_data.py reads the generate section, main_trainer.py the training ones, main_eval.py the eval section.
+The folder's format (config.json, state.json) is defined in lib/llm/pipeline.py. A phase that completed is skipped when the pipeline runs again, so a re-run after
 a failure (or a SLURM requeue, `--job-id`) resumes at the phase that failed; training phases resume from
 their last checkpoint. `--rerun` runs the named phases again. Training phases are started through
 $TRAIN_LAUNCHER when it is set (e.g. `accelerate launch --config_file configs/accelerate/ddp.yaml`).
@@ -26,84 +29,25 @@ time, 2 bad config or input, 130 interrupted); 2 for bad usage of this script.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib.common.atomic import write_json_atomic
-from lib.common.config import ROOT
+from lib.common.config import ROOT, override_text
 from lib.common.errors import EXIT_OK, UsageError, run_cli
-
-PHASES = ("data", "sft", "eval_sft", "grpo", "eval_grpo", "report")
-
-
-# ---------------------------------------------------------------- the pipeline folder
-
-
-def read_state(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "state.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UsageError(
-            f"{run_dir} is not a pipeline folder (state.json missing or unreadable).",
-            fix="pass a folder made by run_pipeline.py (results/pipeline_<timestamp>), or --config to start one.",
-        ) from None
-
-
-def create_run_dir(cfg: dict, command: str, job_id: str | None) -> Path:
-    """A new results/pipeline_<timestamp>/ with the resolved config and an empty state."""
-    from lib.common.config import repo_path
-
-    parent = repo_path(cfg["pipeline"]["results_dir"])
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    state = {"command": command, "slurm_job_id": job_id, "created_at": stamp,
-             "phases": {p: {"status": "pending"} for p in PHASES}}  # fmt: skip
-    # Several pipelines may start in the same second (a sweep's array tasks): the folder is built under a
-    # hidden name that only one process can create, then renamed; a taken name moves on to the next suffix.
-    for suffix in range(1, 1000):
-        run_dir = parent / (f"pipeline_{stamp}" if suffix == 1 else f"pipeline_{stamp}-{suffix}")
-        partial = parent / f".{run_dir.name}.partial"
-        if run_dir.exists():
-            continue
-        try:
-            partial.mkdir()
-        except FileExistsError:
-            continue
-        write_json_atomic(partial / "config.json", cfg)
-        write_json_atomic(partial / "state.json", {"name": run_dir.name, **state})
-        try:
-            partial.rename(run_dir)
-        except OSError:  # another process took the name between the check and the rename
-            shutil.rmtree(partial, ignore_errors=True)
-            continue
-        return run_dir
-    raise RuntimeError(f"could not create a pipeline folder in {parent}")
-
-
-def find_job_run_dir(results_dir: Path, job_id: str) -> Path | None:
-    """The pipeline folder a SLURM job made before it was requeued (its state names the job id)."""
-    for state_file in sorted(results_dir.glob("pipeline_*/state.json")):
-        try:
-            if json.loads(state_file.read_text()).get("slurm_job_id") == job_id:
-                return state_file.parent
-        except (OSError, json.JSONDecodeError):
-            continue
-    return None
-
-
-def set_phase(run_dir: Path, phase: str, **fields) -> dict:
-    state = read_state(run_dir)
-    state["phases"][phase] = {**state["phases"].get(phase, {}), **fields}
-    write_json_atomic(run_dir / "state.json", state)
-    return state
-
+from lib.llm.pipeline import (
+    CONFIG_FILE,
+    PHASES,
+    create_run_dir,
+    find_job_run_dir,
+    read_config,
+    read_state,
+    set_phase,
+)
 
 # ---------------------------------------------------------------- phases (each in its own process)
 
@@ -132,50 +76,44 @@ def training_run(cfg: dict, stage: str, name: str) -> Path:
 
 
 def phase_data(cfg: dict, run_dir: Path) -> int:
+    """generate_data.py with the pipeline's config (data.dataset_name, data.datasets_dir, seed, generate.*)."""
     from lib.common.config import repo_path
 
-    data, settings = cfg["data"], cfg["pipeline"]["data"]
-    path = repo_path(data["datasets_dir"]) / data["dataset_name"]
+    path = repo_path(cfg["data"]["datasets_dir"]) / cfg["data"]["dataset_name"]
     if path.exists():
-        check_existing_dataset(path, settings)
+        check_existing_dataset(path, cfg["generate"])
         print(f"dataset {path} exists with the requested settings: kept")
         return EXIT_OK
-    code = _run(
-        _python(
-            "generate_data.py",
-            "--systems",
-            *settings["systems"],
-            "--train-samples",
-            str(settings["train_samples"]),
-            "--eval-samples",
-            str(settings["eval_samples"]),
-            "--decimals",
-            str(settings["decimals"]),
-            "--seed",
-            str(cfg["seed"]),
-            "--workers",
-            str(settings["workers"]),
-            "--dataset-name",
-            data["dataset_name"],
-            "--output-dir",
-            str(repo_path(data["datasets_dir"])),
-        )  # fmt: skip
-    )
+    code = _run(_python("generate_data.py", "--config", str(run_dir / CONFIG_FILE)))
     if code != EXIT_OK and path.exists():  # a sweep's other task wrote the same dataset meanwhile
-        check_existing_dataset(path, settings)
+        check_existing_dataset(path, cfg["generate"])
         print(f"dataset {path} was made by another pipeline meanwhile, with the requested settings: kept")
         return EXIT_OK
     return code
 
 
 def check_existing_dataset(path: Path, settings: dict) -> None:
-    """An existing dataset is used only if it was made with the pipeline's data settings."""
+    """An existing dataset is used only if it was made with the pipeline's generate settings: the same
+    systems (when generate.systems is set), decimals, box and counts (train and eval when set, else the
+    total)."""
     from lib.control.dataset import read_info
 
     info = read_info(path)
-    found = {"systems": list(info["systems"]), "train_samples": info["counts"]["train"],
-             "eval_samples": info["counts"]["eval"], "decimals": info["decimals"]}  # fmt: skip
-    wanted = {key: settings[key] for key in found}
+    counts = info["counts"]
+    found = {
+        "systems": list(info["systems"]),
+        "decimals": info["decimals"],
+        "wide": info.get("box") == "wide",
+    }
+    wanted = {"systems": settings["systems"], "decimals": settings["decimals"], "wide": settings["wide"]}
+    if settings["train_samples"] is not None and settings["eval_samples"] is not None:
+        found |= {"train_samples": counts["train"], "eval_samples": counts["eval"]}
+        wanted |= {"train_samples": settings["train_samples"], "eval_samples": settings["eval_samples"]}
+    else:
+        found["total_samples"] = counts["train"] + counts["eval"]
+        wanted["total_samples"] = settings["total_samples"]
+    if wanted["systems"] is None:  # no systems asked for: whatever the dataset has
+        del found["systems"], wanted["systems"]
     if found != wanted:
         raise UsageError(
             f"dataset {path} exists but was made with {found}, and this pipeline asks for {wanted}.",
@@ -193,7 +131,7 @@ def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:
         return EXIT_OK
     args = [
         "--config",
-        str(run_dir / "config.json"),
+        str(run_dir / CONFIG_FILE),
         f"training_type={stage}",
         f"run.run_id={run_dir.name}",
         *extra,
@@ -213,7 +151,8 @@ def phase_grpo(cfg: dict, run_dir: Path) -> int:
 
 
 def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
-    settings = cfg["pipeline"]["eval"]
+    """main_eval.py with the pipeline's config (eval.*, data.dataset_name, seed); only the models, their labels,
+    the output folder and whether to draw figures are the phase's own."""
     run = training_run(cfg, stage, run_dir.name)
     if not (run / "run_info.json").is_file():
         raise UsageError(
@@ -221,15 +160,16 @@ def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
             fix=f"run the {stage} phase first (add it to pipeline.phases), or drop eval_{stage}.",
         )
     models, labels = [str(run)], [stage]
-    if stage == "sft" and settings["include_base"]:
+    if stage == "sft" and cfg["pipeline"]["include_base"]:
         models, labels = [cfg["model"]["name"], str(run)], ["base", "sft"]
-    args = ["--model-path", *models, "--labels", *labels, "--dataset", cfg["data"]["dataset_name"],
-            "--num-samples", str(settings["num_samples"]), "--max-new-tokens", str(settings["max_new_tokens"]),
-            "--batch-size", str(settings["batch_size"]), "--eval-mode", settings["eval_mode"],
-            "--replan-every", str(settings["replan_every"]), "--plot-instances", str(settings["plot_instances"]),
-            "--seed", str(cfg["seed"]), "--output-dir", str(run_dir / f"{stage}_evaluation"),
-            "--config", str(run_dir / "config.json")]  # fmt: skip
-    return _run(_python("main_eval.py", *args, *(["--save-plots"] if settings["save_plots"] else [])))
+    overrides = {
+        "eval.model_path": models,
+        "eval.labels": labels,
+        "eval.output_dir": str(run_dir / f"{stage}_evaluation"),
+        "eval.save_plots": cfg["pipeline"]["save_plots"],
+    }
+    settings = [f"{key}={override_text(value)}" for key, value in overrides.items()]
+    return _run(_python("main_eval.py", "--config", str(run_dir / CONFIG_FILE), *settings))
 
 
 def phase_eval_sft(cfg: dict, run_dir: Path) -> int:
@@ -243,7 +183,7 @@ def phase_eval_grpo(cfg: dict, run_dir: Path) -> int:
 def phase_report(cfg: dict, run_dir: Path) -> int:
     from lib.llm.report import write_pipeline_report
 
-    path = write_pipeline_report(run_dir, read_state(run_dir))
+    path = write_pipeline_report(run_dir)
     print(f"report: {path}")
     return EXIT_OK
 
@@ -269,7 +209,7 @@ def run_phase_here(run_dir: Path, phase: str, rerun: bool) -> int:
             f"phase {phase}: already completed ({state['phases'][phase].get('elapsed_s', 0):.0f} s): skipped"
         )
         return EXIT_OK
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = read_config(run_dir)
     start = time.time()
     set_phase(run_dir, phase, status="running", started_at=time.strftime("%Y-%m-%d %H:%M:%S"), exit_code=None)
     code = 1
@@ -323,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "nothing to run.", fix="pass --config FILE (a new pipeline) or --run-dir FOLDER (resume)."
         )
 
-    phases = args.phase or json.loads((run_dir / "config.json").read_text())["pipeline"]["phases"]
+    phases = args.phase or read_config(run_dir)["pipeline"]["phases"]
     if args.init:
         print(run_dir)
         return EXIT_OK

@@ -192,3 +192,18 @@ def test_probe_of_this_machine_agrees_with_torch():
     assert facts.torch_version == torch.__version__
     if not facts.cuda_available:
         assert not facts.unsloth_installed and not facts.vllm_installed
+
+
+def test_blt_configs_use_the_shared_device_section_without_unsloth_or_vllm():
+    from lib.common.config import ROOT as REPO
+
+    cuda = resolve_config(REPO / "configs" / "blt" / "entropy_cuda.json")
+    setup = choose_device(settings_from_config(cuda), H100)
+    assert (setup.device, setup.precision, setup.unsloth, setup.vllm) == ("cuda", "bf16", False, False)
+    fp32 = resolve_config(REPO / "configs" / "blt" / "entropy_cuda.json", ["mixed_precision=false"])
+    assert choose_device(settings_from_config(fp32), H100).precision == "fp32"  # mixed precision off: fp32
+    mps = resolve_config(
+        REPO / "configs" / "blt" / "entropy_mps.json", ["device.mps_high_watermark_ratio=1.2"]
+    )
+    setup = choose_device(settings_from_config(mps), MAC)
+    assert setup.device == "mps" and setup.env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "1.2"

@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import load_script, run_python
+from helpers import call_script, load_script, make_dataset, run_python, tiny_model_on
 
-from lib.common.errors import EXIT_USAGE, run_cli
+from lib.common.errors import EXIT_USAGE
 from lib.control.references import solve_reference
 from lib.control.systems import get_system
 from lib.llm.evaluation import (
@@ -33,15 +33,9 @@ X0_PATTERN = re.compile(r"Initial state: x_0 = \(([^)]*)\)")
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Eval records of two systems (6 each) and a tiny model trained on nothing in particular."""
-    from lib.llm.models import build_tiny_model
-
     root = tmp_path_factory.mktemp("eval")
-    argv = ["--systems", "double_integrator", "van_der_pol", "--train-samples", "4", "--eval-samples", "12",
-            "--dataset-name", "mix", "--output-dir", str(root / "datasets")]  # fmt: skip
-    assert load_script("generate_data").main(argv) == 0
-    records, _ = load_eval_records(root / "datasets" / "mix")
-    corpus = [m["content"] for r in records[:4] for m in r["prompt"] + r["completion"]]
-    build_tiny_model(root / "tiny", corpus)
+    mix = make_dataset(root, "mix", ["double_integrator", "van_der_pol"], 4, 12)
+    tiny_model_on(root / "tiny", load_eval_records(mix)[0][:4])
     return root
 
 
@@ -200,7 +194,7 @@ def test_mpc_reports_which_replan_broke(records):
 
 
 def eval_main(argv):
-    return run_cli(load_script("main_eval").main, argv)
+    return call_script("main_eval", argv)
 
 
 def cli_args(workspace, out, *extra):
@@ -213,6 +207,12 @@ def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp
     assert eval_main(cli_args(workspace, out, "--save-plots", "--plot-instances", "1")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["context"]["records"] == 4
+    config = metrics["context"]["config"]  # the resolved config, recorded
+    assert (
+        config["eval"]["plot_instances"],
+        config["eval"]["save_plots"],
+        config["data"]["dataset_name"],
+    ) == (1, True, "mix")
     model = metrics["models"]["tiny"]
     assert model["summary"]["all"]["samples"] == 4
     # 8 tokens of a random model cannot hold 50 controls: every answer is a counted parse failure
@@ -296,7 +296,7 @@ def test_cli_on_a_run_folder_draws_its_training_curves(workspace, tmp_path):
              "data.dataset_name=mix", f"data.datasets_dir={workspace / 'datasets'}", f"run.models_dir={models}",
              "data.eval_max_samples=0", "sft.per_device_train_batch_size=2", "sft.max_steps=2", "sft.logging_steps=1",
              "run.run_id=r1"]  # fmt: skip
-    assert run_cli(load_script("main_trainer").main, train) == 0
+    assert call_script("main_trainer", train) == 0
     out = tmp_path / "eval"
     argv = cli_args(workspace, out, "--save-plots", "--plot-instances", "1", f"run.models_dir={models}")
     argv[1] = str(models / "universal" / "sft")  # a stage folder: its `latest` run
@@ -307,3 +307,79 @@ def test_cli_on_a_run_folder_draws_its_training_curves(workspace, tmp_path):
     argv[1] = str(models / "universal" / "sft" / "latest")  # the pointer file names the same run
     assert eval_main(argv) == 0
     assert list(json.loads((out / "metrics.json").read_text())["models"]) == ["sft/r1"]
+
+
+# ---------------------------------------------------------------- flags are shorthands for config keys
+
+
+def resolved(*argv):
+    script = load_script("main_eval")
+    return script.resolve_eval_config(script.parse_args(list(argv)))
+
+
+def test_without_flags_the_settings_are_the_schema_defaults():
+    from lib.common.config import load_schema, schema_defaults
+
+    defaults = schema_defaults(load_schema("control"))
+    cfg = resolved("--dataset", "mix")
+    assert cfg["eval"] == defaults["eval"]
+    assert (cfg["eval"]["batch_size"], cfg["eval"]["plot_instances"], cfg["seed"]) == (
+        16,
+        2,
+        defaults["seed"],
+    )
+
+
+def test_each_flag_equals_its_key_value_override(tmp_path):
+    flags = ["--model-path", "a", "b", "--labels", "x", "y", "--dataset", "mix", "--system", "van_der_pol",
+             "--num-samples", "5", "--samples-per-prompt", "2", "--temperature", "0.5", "--batch-size", "3",
+             "--max-new-tokens", "9", "--eval-mode", "mpc", "--replan-every", "5", "--save-plots",
+             "--plot-instances", "1", "--output-dir", str(tmp_path), "--seed", "7"]  # fmt: skip
+    keys = ["eval.model_path=a,b", "eval.labels=x,y", "data.dataset_name=mix", "data.system=van_der_pol",
+            "eval.num_samples=5", "eval.samples_per_prompt=2", "eval.temperature=0.5", "eval.batch_size=3",
+            "eval.max_new_tokens=9", "eval.mode=mpc", "eval.replan_every=5", "eval.save_plots=true",
+            "eval.plot_instances=1", f"eval.output_dir={tmp_path}", "seed=7"]  # fmt: skip
+    assert resolved(*flags) == resolved(*keys)
+    # the original project's spellings: --eval_mode, --model_path, ...
+    underscores = ["--" + f[2:].replace("-", "_") if f.startswith("--") else f for f in flags]
+    assert resolved(*underscores) == resolved(*keys)
+    assert resolved("--dataset", "mix", "--temperature", "0.5", "--greedy")["eval"]["temperature"] == 0.0
+
+
+def test_precedence_defaults_file_flags_key_value(tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text("data:\n  dataset_name: mix\neval:\n  batch_size: 4\n  plot_instances: 5\n")
+    cfg = resolved("--config", str(config))
+    assert (cfg["eval"]["batch_size"], cfg["eval"]["plot_instances"], cfg["eval"]["num_samples"]) == (
+        4,
+        5,
+        100,
+    )
+    cfg = resolved("--config", str(config), "--batch-size", "6")
+    assert (cfg["eval"]["batch_size"], cfg["eval"]["plot_instances"]) == (6, 5)  # flag > file
+    cfg = resolved("--config", str(config), "--batch-size", "6", "eval.batch_size=8")
+    assert cfg["eval"]["batch_size"] == 8  # key=value > flag
+    cfg = resolved(
+        "--model-path", "m", "eval.batch_size=2", "--dataset", "mix"
+    )  # an override after --model-path
+    assert (cfg["eval"]["model_path"], cfg["eval"]["batch_size"]) == (["m"], 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "mix", "--batch-size", "0"], r"--batch-size 0: .*eval.batch_size"),
+        (["--dataset", "mix", "--max-bytes", "100"], "--max-bytes applies to --eval-mode analyze only"),
+        (["--dataset", "mix", "eval.batch_sise=2"], "did you mean 'eval.batch_size'"),
+        (
+            ["--eval-mode", "analyze", "--model-type", "blt", "--batch-size", "4"],
+            "--batch-size applies to control",
+        ),
+        (["--model-type", "blt", "--max-bytes", "100"], "evaluated with --eval-mode analyze"),
+    ],
+)
+def test_bad_settings_are_usage_errors_naming_flag_or_key(argv, message):
+    from lib.common.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        resolved(*argv)

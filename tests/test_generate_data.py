@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_script, run_python
+from helpers import ROOT, load_script, run_python
 
 from lib.common.errors import UsageError
 from lib.control.systems import SYSTEMS
@@ -96,8 +96,8 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path):
     [
         (["--systems", "pendulum", "--total-samples", "10", "--train-samples", "5"], "cannot be combined"),
         (["--systems", "pendulum", "--train-samples", "5"], "go together"),
-        (["--systems", "pendulum", "--split-ratio", "1.5"], "not between 0 and 1"),
-        (["--systems", "pendulum", "--total-samples", "1"], "too small"),
+        (["--systems", "pendulum", "--split-ratio", "1.5"], r"--split-ratio 1.5: .*generate.split_ratio"),
+        (["--systems", "pendulum", "--total-samples", "1"], r"--total-samples 1: .*minimum of 2"),
         (["--total-samples", "10"], "no systems given"),
         (
             ["--systems", "pendulum", "van_der_pol", "double_integrator", "--total-samples", "20"],
@@ -112,6 +112,73 @@ def test_bad_usage_is_refused_before_any_work(tmp_path, args, message):
     main = load_script("generate_data").main
     with pytest.raises(UsageError, match=message):
         main(["--output-dir", str(tmp_path), *args])
+
+
+# ---------------------------------------------------------------- flags are shorthands for config keys
+
+
+def resolved(*argv):
+    script = load_script("generate_data")
+    return script.resolve_generate_config(script.parse_args(list(argv)))
+
+
+def test_without_flags_the_settings_are_the_schema_defaults():
+    from lib.common.config import load_schema, repo_path, schema_defaults
+
+    cfg = resolved()
+    defaults = schema_defaults(load_schema("control"))
+    assert cfg["generate"] == defaults["generate"]
+    assert cfg["generate"]["workers"] == 2 and cfg["seed"] == defaults["seed"]
+    assert repo_path(cfg["data"]["datasets_dir"]) == ROOT / "datasets"
+
+
+def test_each_flag_equals_its_key_value_override(tmp_path):
+    flags = ["--systems", "double_integrator", "van_der_pol", "--train-samples", "6", "--eval-samples", "4",
+             "--dataset-name", "x", "--seed", "5", "--output-dir", str(tmp_path), "--decimals", "3",
+             "--workers", "1", "--wide"]  # fmt: skip
+    keys = ["generate.systems=double_integrator,van_der_pol", "generate.train_samples=6", "generate.eval_samples=4",
+            "data.dataset_name=x", "seed=5", f"data.datasets_dir={tmp_path}", "generate.decimals=3",
+            "generate.workers=1", "generate.wide=true"]  # fmt: skip
+    assert resolved(*flags) == resolved(*keys)
+    assert resolved("--total-samples", "30", "--split-ratio", "0.8") == resolved(
+        "generate.total_samples=30", "generate.split_ratio=0.8"
+    )
+
+
+def test_precedence_defaults_file_flags_key_value(tmp_path):
+    config = tmp_path / "gen.yaml"
+    config.write_text("generate:\n  decimals: 3\n  workers: 1\nseed: 7\n")
+    cfg = resolved("--config", str(config))
+    assert (cfg["generate"]["decimals"], cfg["generate"]["workers"], cfg["seed"]) == (
+        3,
+        1,
+        7,
+    )  # file > schema
+    cfg = resolved("--config", str(config), "--decimals", "4")
+    assert (cfg["generate"]["decimals"], cfg["generate"]["workers"]) == (4, 1)  # flag > file
+    cfg = resolved("--config", str(config), "--decimals", "4", "generate.decimals=5")
+    assert cfg["generate"]["decimals"] == 5  # key=value > flag
+
+
+def test_a_config_file_makes_the_dataset_and_info_records_the_resolved_config(tmp_path):
+    config = tmp_path / "gen.yaml"
+    config.write_text(
+        f"data:\n  dataset_name: cfg_di\n  datasets_dir: {tmp_path / 'ds'}\n"
+        "generate:\n  systems: [double_integrator]\n  train_samples: 3\n  eval_samples: 2\n  workers: 1\n"
+    )
+    result = run_python([SCRIPT, "--config", str(config), "seed=4"])
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "ds" / "cfg_di" / "info.json").read_text())
+    assert info["counts"] == {"train": 3, "eval": 2} and info["seed"] == 4
+    assert info["config"]["generate"]["systems"] == ["double_integrator"] and info["config"]["seed"] == 4
+
+
+def test_bad_flag_and_override_values_exit_2_naming_the_flag_or_key(tmp_path):
+    result = generate(tmp_path, "--systems", "double_integrator", "--workers", "0")
+    assert result.returncode == 2 and "--workers 0" in result.stderr and "generate.workers" in result.stderr
+    result = generate(tmp_path, "--systems", "double_integrator", "generate.workrs=2")
+    assert result.returncode == 2 and "did you mean 'generate.workers'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bench_quick_run_writes_json_and_table(tmp_path):

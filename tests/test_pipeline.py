@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, load_script, run
+from helpers import ROOT, call_script, load_script, run
 
-from lib.common.errors import EXIT_USAGE, run_cli
+from lib.common.errors import EXIT_USAGE
 
 PHASES = ["data", "sft", "eval_sft", "grpo", "eval_grpo", "report"]
 
@@ -33,11 +33,9 @@ def tiny_pipeline_config(root: Path, tiny: Path) -> Path:
             "num_generations": 2,
             "max_completion_length": 8,
         },
-        "pipeline": {
-            "results_dir": str(root / "results"),
-            "data": {"systems": ["double_integrator_short"], "train_samples": 6, "eval_samples": 3},
-            "eval": {"num_samples": 3, "max_new_tokens": 8, "batch_size": 4, "plot_instances": 1},
-        },
+        "generate": {"systems": ["double_integrator_short"], "train_samples": 6, "eval_samples": 3},
+        "eval": {"num_samples": 3, "max_new_tokens": 8, "batch_size": 4, "plot_instances": 1},
+        "pipeline": {"results_dir": str(root / "results")},
     }
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -63,7 +61,7 @@ def workspace(tmp_path_factory):
 
 
 def pipeline_main(argv):
-    return run_cli(load_script("run_pipeline").main, argv)
+    return call_script("run_pipeline", argv)
 
 
 def failing_launcher(root: Path, code: int, stage: str = "grpo") -> Path:
@@ -137,3 +135,62 @@ def test_pipeline_sh_without_slurm_prints_banners_and_exits_with_the_failed_phas
     resumed = run(["bash", "slurm/pipeline.sh"], timeout=300, env=env)
     assert resumed.returncode == 1  # `false` as the launcher: the sft phase fails with status 1
     assert "phase data: already completed" in resumed.stdout
+
+
+def test_phases_run_the_scripts_with_the_pipeline_config_and_key_value_overrides(
+    workspace, tmp_path, monkeypatch
+):
+    """No setting is turned into a flag by hand: each phase gets config.json plus its own few overrides."""
+    from lib.llm.pipeline import read_config, read_state
+
+    script = load_script("run_pipeline")
+    root, config = workspace
+    fresh = [
+        f"pipeline.results_dir={tmp_path}",
+        f"data.datasets_dir={tmp_path / 'ds'}",
+        f"run.models_dir={tmp_path}",
+    ]
+    assert pipeline_main(["--config", str(config), *fresh, "--init"]) == 0
+    (run_dir,) = tmp_path.glob("pipeline_*")
+    assert list(read_state(run_dir)["phases"]) == PHASES
+    cfg = read_config(run_dir)
+    sft = script.training_run(cfg, "sft", run_dir.name)
+    sft.mkdir(parents=True)
+    (sft / "run_info.json").write_text("{}")
+    commands = []
+    monkeypatch.setattr(script, "_run", lambda command: commands.append(command) or 0)
+    assert script.phase_data(cfg, run_dir) == 0 and script.phase_eval_sft(cfg, run_dir) == 0
+    data, evaluate = commands
+    assert data[1:] == [str(ROOT / "scripts/generate_data.py"), "--config", str(run_dir / "config.json")]
+    assert evaluate[1:4] == [str(ROOT / "scripts/main_eval.py"), "--config", str(run_dir / "config.json")]
+    models = json.dumps([cfg["model"]["name"], str(sft)])
+    own = [
+        f"eval.model_path={models}",
+        'eval.labels=["base", "sft"]',
+        f"eval.output_dir={run_dir / 'sft_evaluation'}",
+    ]
+    assert evaluate[4:] == [*own, "eval.save_plots=true"]
+    evaluated = load_script("main_eval")
+    resolved = evaluated.resolve_eval_config(evaluated.parse_args(evaluate[2:]))
+    assert (
+        resolved["eval"]["batch_size"] == 4 and resolved["data"]["dataset_name"] == "pipe"
+    )  # from the config
+
+
+def test_an_old_pipeline_folder_still_resolves(workspace, tmp_path):
+    """config.json of a folder made before the generate/eval sections: read through LEGACY_KEYS."""
+    from lib.llm.pipeline import read_config
+
+    root, config = workspace
+    assert pipeline_main(["--config", str(config), f"pipeline.results_dir={tmp_path}", "--init"]) == 0
+    (run_dir,) = tmp_path.glob("pipeline_*")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    generate, evaluate = cfg.pop("generate"), cfg.pop("eval")
+    evaluate["eval_mode"] = evaluate.pop("mode")
+    cfg["pipeline"] |= {"data": generate, "eval": {**evaluate, "include_base": False, "save_plots": True}}
+    del cfg["pipeline"]["include_base"], cfg["pipeline"]["save_plots"]
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    new = read_config(run_dir)
+    assert (
+        new["generate"] == generate and new["eval"]["batch_size"] == 4 and not new["pipeline"]["include_base"]
+    )

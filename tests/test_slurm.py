@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run
+from helpers import ROOT, run
 from test_pipeline import PHASES, build_tiny, failing_launcher, tiny_pipeline_config
 
 pytestmark = [

@@ -8,8 +8,11 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from lib.common.errors import UsageError
 
 
 def write_bytes_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
@@ -80,3 +83,24 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable_folder(folder: Path, flag: str, fix: str) -> None:
+    """Refuse, before any work, a folder (named `flag` in the message) that is a file, lies below a file, or
+    cannot take new files (tried for real: a probe file is created and removed). Creates nothing else."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder.", fix=fix)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {folder} cannot be created: {existing} is a file.", fix=fix)
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write_probe.", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {folder} is not writable: {existing} refuses new files ({exc.strerror or exc}).", fix=fix
+        ) from None

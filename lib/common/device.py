@@ -1,4 +1,4 @@
-"""Device and back-end setup for CUDA, Apple MPS and CPU (DESIGN.md section 8).
+"""Device and back-end setup for CUDA, Apple MPS and CPU (docs/ARCHITECTURE.md, "Device and backends").
 
     setup = setup_device(settings_from_config(cfg))   # before any tensor is created
     setup.device, setup.precision, setup.unsloth, setup.vllm, setup.fallbacks
@@ -97,19 +97,14 @@ class DeviceSetup:
 
 
 def settings_from_config(cfg: Mapping) -> DeviceSettings:
-    """DeviceSettings from a resolved config: a control config's `device` section or a blt config, whose
-    flat keys are `device` (auto | cuda | mps | cpu), `force_cpu`, `mixed_precision` and the two watermarks."""
-    if isinstance(cfg.get("device"), Mapping):
-        return DeviceSettings(**cfg["device"])
-    return DeviceSettings(
-        type=cfg["device"],
-        force_cpu=cfg["force_cpu"],
-        precision="auto" if cfg["mixed_precision"] else "fp32",
-        mps_high_watermark_ratio=cfg["mps_high_watermark_ratio"],
-        mps_low_watermark_ratio=cfg["mps_low_watermark_ratio"],
-        unsloth="off",  # the byte-level model is a plain transformers model, trained without Unsloth
-        vllm="off",
-    )
+    """DeviceSettings from a resolved config's `device` section (schemas/shared/device.json, the same in control
+    and blt configs). The byte-level model (model_type blt) is plain PyTorch: never Unsloth or vLLM, and fp32
+    unless its `mixed_precision` is true (then device.precision, on CUDA)."""
+    device = cfg["device"]
+    if cfg.get("model_type") != "blt":
+        return DeviceSettings(**device)
+    fixed = {"unsloth": "off", "vllm": "off", **({} if cfg["mixed_precision"] else {"precision": "fp32"})}
+    return DeviceSettings(**{**device, **fixed})
 
 
 def check_mps_watermarks(high: float, low: float) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation by simulation (DESIGN.md 6): score what a model writes against the certified optimum.
+"""Evaluation by simulation (docs/ARCHITECTURE.md, "Metrics"): score what a model writes against the certified optimum.
 
 An *answerer* is any function `prompts -> completions` (a model's batched generation, or in tests a double
 that returns the labels). `answer_records` asks it for `k` samples per eval record, either once per record

@@ -14,13 +14,14 @@ model is described as "run <path>" or "model <name>"; `run_of_description` reads
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from lib.common.atomic import atomic_dir
 from lib.common.config import repo_path
 from lib.common.device import DeviceSetup
 from lib.common.errors import UsageError
@@ -82,16 +83,9 @@ def embedded_model_dir() -> Path:
     tokenizer.pad_token = "<|endoftext|>"
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:  # replaces a folder an older version left half-way
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)  # a folder left half-way by an older version
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -169,6 +163,74 @@ def resolve_model_name(name: str) -> str:
 # ---------------------------------------------------------------- loading
 
 
+def _is_unloadable(exc: BaseException) -> bool:
+    """What transformers / safetensors raise for a model folder that is incomplete or damaged: a config.json
+    without model_type or not JSON (ValueError), a missing or unreadable file (OSError), a cut-short or
+    corrupt .safetensors (SafetensorError), weights of the wrong shape. Out of memory is never one of them."""
+    text = str(exc).lower()
+    if "out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
+        return False
+    if isinstance(exc, (OSError, ValueError)) or type(exc).__name__ == "SafetensorError":
+        return True
+    return isinstance(exc, RuntimeError) and ("loading state_dict" in text or "size mismatch" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@contextlib.contextmanager
+def unloadable_as_usage_error(source: str | Path, what: str = "model") -> Iterator[None]:
+    """Turn a failure to load a local model folder (see _is_unloadable) into a UsageError naming the folder
+    and the fix; hub names keep their own message (load_model_reference)."""
+    try:
+        yield
+    except Exception as exc:
+        if not (_is_unloadable(exc) and Path(source).expanduser().is_dir()):
+            raise
+        raise UsageError(
+            f"the {what} in {source} cannot be loaded: {_first_line(exc)} ({type(exc).__name__}).",
+            fix="its config.json or weight files are damaged or incomplete (a copy cut short? config.json needs "
+            "at least model_type): copy or save the model again with save_pretrained, or pass another "
+            "--model-path / model.name.",
+        ) from None
+
+
+def check_model_folder(path: Path, trust_remote_code: bool = False) -> None:
+    """Cheap checks of a local model folder before any weights are loaded (seconds, not minutes): config.json
+    parses and names a known model_type, and every .safetensors file has a whole header and covers its data.
+    Raises UsageError naming the folder and the fix."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    with unloadable_as_usage_error(path):
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        for weights in sorted(path.glob("*.safetensors")):
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt"):  # reads the header; a truncated file fails here
+                pass
+
+
+def check_model_reference(reference: str, cfg: dict) -> None:
+    """Everything about a --model-path value that can be checked without loading weights: the run or folder
+    exists, a run is completed, a model folder's config.json and safetensors headers are whole."""
+    path = reference_path(reference, cfg)
+    if (path / "run_info.json").is_file():
+        info = read_run_info(path)
+        if info.get("status") != "completed":
+            raise UsageError(
+                f"run {path} is not completed (status: {info.get('status')}).",
+                fix=f"resume it with --resume --run-id {path.name}, or evaluate another run.",
+            )
+        if not info.get("adapter") and (path / "model").is_dir():
+            check_model_folder(path / "model", cfg["model"]["trust_remote_code"])
+        return
+    name = resolve_model_name(reference)  # UsageError for a folder without config.json or a missing path
+    if Path(name).is_dir():
+        check_model_folder(Path(name), cfg["model"]["trust_remote_code"])
+
+
 def model_dtype(setup: DeviceSetup):
     import torch
 
@@ -179,7 +241,8 @@ def model_dtype(setup: DeviceSetup):
 def load_tokenizer(path: str, cfg: dict):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg["model"]["trust_remote_code"])
+    with unloadable_as_usage_error(path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg["model"]["trust_remote_code"])
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UsageError(
@@ -298,6 +361,30 @@ def load_model_reference(reference: str, cfg: dict, setup: DeviceSetup):
     completed GRPO run under run.models_dir), or a base model name or path."""
     from transformers import AutoModelForCausalLM
 
+    path = reference_path(reference, cfg)
+    if (path / "run_info.json").is_file():
+        with unloadable_as_usage_error(path, "run"):
+            model = load_run_model(path, cfg, setup)
+        return model, load_tokenizer(str(path / "model"), cfg), describe_run(path)
+    name = resolve_model_name(reference)
+    try:
+        with unloadable_as_usage_error(name):
+            model = AutoModelForCausalLM.from_pretrained(
+                name, dtype=model_dtype(setup), trust_remote_code=cfg["model"]["trust_remote_code"]
+            )
+    except OSError as exc:  # transformers' "not a local folder and not a valid model identifier" & co.
+        raise UsageError(
+            f"no model '{reference}': not a run folder, not a model folder, and not loadable from the hub "
+            f"cache ({str(exc).splitlines()[0]}).",
+            fix="pass a run folder (models/<scope>/<stage>/<run_id>), a stage folder with a `latest` file, "
+            "'latest', 'embedded', or a hub model already in the cache.",
+        ) from None
+    return model, load_tokenizer(name, cfg), f"model {reference}"
+
+
+def reference_path(reference: str, cfg: dict) -> Path:
+    """The folder a --model-path value names: 'latest' -> the newest completed GRPO run, a stage folder or its
+    `latest` file -> that run; anything else as given (a run, a model folder or a hub name)."""
     path = Path(reference).expanduser()
     if reference == "latest":
         candidates = [latest_run(p) for p in repo_path(cfg["run"]["models_dir"]).glob("*/grpo")]
@@ -312,19 +399,4 @@ def load_model_reference(reference: str, cfg: dict, setup: DeviceSetup):
         path = latest_run(path) or path
     elif path.name == "latest" and path.is_file():  # the pointer file itself: <stage dir>/latest
         path = latest_run(path.parent) or path
-    if (path / "run_info.json").is_file():
-        model = load_run_model(path, cfg, setup)
-        return model, load_tokenizer(str(path / "model"), cfg), describe_run(path)
-    name = resolve_model_name(reference)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=model_dtype(setup), trust_remote_code=cfg["model"]["trust_remote_code"]
-        )
-    except OSError as exc:  # transformers' "not a local folder and not a valid model identifier" & co.
-        raise UsageError(
-            f"no model '{reference}': not a run folder, not a model folder, and not loadable from the hub "
-            f"cache ({str(exc).splitlines()[0]}).",
-            fix="pass a run folder (models/<scope>/<stage>/<run_id>), a stage folder with a `latest` file, "
-            "'latest', 'embedded', or a hub model already in the cache.",
-        ) from None
-    return model, load_tokenizer(name, cfg), f"model {reference}"
+    return path

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from lib.common.atomic import write_json_atomic, write_text_atomic
+from lib.common.atomic import check_writable_folder, write_json_atomic, write_text_atomic
+from lib.common.errors import UsageError
 from lib.control.metrics import SUCCESS_EPS
 from lib.control.systems import get_system
+from lib.llm.models import run_of_description
+from lib.llm.pipeline import read_state
 
 SUCCESS_KEYS = [f"success@{round(eps * 100)}%" for eps in SUCCESS_EPS]
+log = logging.getLogger(__name__)
 REFERENCE_NAMES = {"optimal": "optimal (exact)", "label": "label (printed)", "zero": "u = 0"}
 
 
@@ -182,10 +189,6 @@ def figure_files(figures: Sequence[tuple[str, str]]) -> list[str]:
     return [name for name, _ in figures]
 
 
-def _run_folder(described: str) -> Path | None:
-    return Path(described[4:]) if described.startswith("run ") else None
-
-
 def render_figures(
     folder: Path,
     records: Sequence[Mapping],
@@ -193,9 +196,11 @@ def render_figures(
     references: Mapping,
     summaries: Mapping,
     ref_summaries: Mapping,
-    args,
+    context: Mapping,
+    plot_instances: int,
 ) -> list[tuple[str, str]]:
-    """Draw every figure into folder; returns (file name, title) pairs in report order."""
+    """Draw every figure into folder; returns (file name, title) pairs in report order. context: main_eval's
+    (dataset, eval_mode, samples_per_prompt); plot_instances: instances per system with trajectory figures."""
     from lib.llm import plots
 
     figures: list[tuple[str, str]] = []
@@ -206,23 +211,26 @@ def render_figures(
     gaps[REFERENCE_NAMES["label"]] = references["label"].metrics["gap"][
         references["label"].metrics["feasible"]
     ]
-    title = f"{context_title(args)}: {', '.join(labels)}"
+    title = f"{context_title(context)}: {', '.join(labels)}"
     plots.plot_performance_summary(
         {**model_rows, **all_rows}, gaps, SUCCESS_KEYS, title, folder / "performance_summary.png"
     )
     figures.append(("performance_summary.png", "performance summary"))
     if len(results) > 1:
         plots.plot_comparison(
-            model_rows, SUCCESS_KEYS, f"model comparison - {context_title(args)}", folder / "comparison.png"
+            model_rows,
+            SUCCESS_KEYS,
+            f"model comparison - {context_title(context)}",
+            folder / "comparison.png",
         )
         figures.append(("comparison.png", "model comparison"))
-    k = args.samples_per_prompt
+    k = context["samples_per_prompt"]
     by_system: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         by_system.setdefault(record["system"], []).append(i)
     for name, indices in by_system.items():
         system = get_system(name)
-        for n, i in enumerate(indices[: args.plot_instances]):
+        for n, i in enumerate(indices[:plot_instances]):
             record = records[i]
             answers = {r["label"]: r["rows"].u[i * k] for r in results}
             x0, u_opt = np.asarray(record["x0"]), np.asarray(record["u_opt"])
@@ -237,7 +245,7 @@ def render_figures(
                 (phase, f"{name} instance {record['id']}: phase portrait"),
             ]
     for r in results:
-        run = _run_folder(r["model"])
+        run = run_of_description(r["model"])
         if run is None or not (run / "log_history.json").is_file():
             continue
         history = json.loads((run / "log_history.json").read_text())
@@ -264,15 +272,18 @@ def _run_beta(run: Path) -> float:
         return 0.0
 
 
-def context_title(args) -> str:
-    return f"{args.dataset}, {args.eval_mode}"
+def context_title(context: Mapping) -> str:
+    """'<dataset>, <mode>' for figure titles, from main_eval's context."""
+    return f"{context['dataset']}, {context['eval_mode']}"
 
 
-def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
+def write_pipeline_report(run_dir: Path) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
-    the evaluation phases' metrics.json), the reference rows, and how long each phase took."""
+    the evaluation phases' metrics.json), the reference rows, and how long each phase took (its state.json,
+    lib.llm.pipeline)."""
     from lib.llm import plots
 
+    state = read_state(run_dir)
     models: dict[str, Mapping] = {}
     references: Mapping = {}
     context: Mapping = {}
@@ -327,3 +338,163 @@ def write_pipeline_report(run_dir: Path, state: Mapping) -> Path:
     report = run_dir / "report.md"
     write_text_atomic(report, "\n".join(out) + "\n")
     return report
+
+
+# ---------------------------------------------------------------- the output folder: what main_eval owns there
+
+MANIFEST = ".main_eval_manifest.json"
+MANIFEST_TOOL = "scripts/main_eval.py"
+FIXED_FILES = ("metrics.json", "report.md", "samples.jsonl")
+TRAINING_CURVES = re.compile(r"training_curves_.+\.png")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain_name(name: object) -> bool:
+    return (
+        isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+    )
+
+
+def owned_files(folder: Path) -> dict[str, set[str]]:
+    """{file name: sha256 values} of the files main_eval wrote into folder, from its manifest (MANIFEST, with
+    tool = MANIFEST_TOOL); {} when there is none or it is not ours. Only these files are ever removed or
+    replaced, and only while their content is still what main_eval wrote (docs/evaluation.md, "Outputs")."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(manifest, dict) or manifest.get("tool") != MANIFEST_TOOL:
+        return {}
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return {}
+    owned = {}
+    for name, hashes in files.items():
+        hashes = [hashes] if isinstance(hashes, str) else hashes
+        if _plain_name(name) and isinstance(hashes, list):
+            owned[name] = {h for h in hashes if isinstance(h, str)}
+    return owned
+
+
+def _legacy_names(folder: Path) -> set[str]:
+    """The files a metrics.json written by main_eval before the manifest existed lists (its context.command
+    says so): these may be replaced by files of the same name, never removed (nothing proves their content)."""
+    try:
+        document = json.loads((Path(folder) / "metrics.json").read_text())
+        command = document["context"]["command"]
+        files = document["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if not (isinstance(command, str) and command.startswith("python scripts/main_eval.py")):
+        return set()
+    return {name for name in files if _plain_name(name)} if isinstance(files, list) else set()
+
+
+def _is_ours(folder: Path, name: str, owned: Mapping[str, set[str]]) -> bool:
+    path = Path(folder) / name
+    return name in owned and path.is_file() and _sha256(path) in owned[name]
+
+
+def _not_ours(folder: Path, names, owned: Mapping[str, set[str]]) -> list[str]:
+    no_manifest = not owned and not (Path(folder) / MANIFEST).exists()
+    legacy = (
+        _legacy_names(folder) if no_manifest else set()
+    )  # main_eval's metrics.json of before the manifest
+    return [
+        name
+        for name in names
+        if (Path(folder) / name).exists() and not _is_ours(folder, name, owned) and name not in legacy
+    ]
+
+
+def planned_files(
+    records: Sequence[Mapping], models: int, save_plots: bool, plot_instances: int
+) -> list[str]:
+    """The files an evaluation will write, known before any model runs (training curves aside: their names
+    come from the labels, checked by pattern in check_output_folder)."""
+    names = list(FIXED_FILES)
+    if not save_plots:
+        return names
+    names.append("performance_summary.png")
+    if models > 1:
+        names.append("comparison.png")
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["system"]] = counts.get(record["system"], 0) + 1
+    for system, count in counts.items():
+        for n in range(min(count, plot_instances)):
+            names += [f"{system}_trajectory_{n}.png", f"phase_portrait_{system}_{n}.png"]
+    return names
+
+
+def _refuse_foreign(folder: Path, foreign: Sequence[str], when: str) -> UsageError:
+    listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return UsageError(
+        f"--output-dir {folder} already holds {listed}, not written by main_eval.py (no {MANIFEST} entry "
+        f"with this content){when}; main_eval replaces only files it wrote itself.",
+        fix="pass another --output-dir (eval.output_dir), e.g. results/eval, or move those files away.",
+    )
+
+
+def check_output_folder(folder: Path, planned: Sequence[str], save_plots: bool) -> None:
+    """Refuse, before any model is loaded, an --output-dir that cannot take the evaluation: a file, a path
+    below a file, a folder this process cannot write, or one holding files of the names it writes that
+    another tool (or a person) wrote. Creates nothing."""
+    folder = Path(folder)
+    fix = "pass a folder you can write to as --output-dir (eval.output_dir), e.g. results/eval; it is created if missing."
+    check_writable_folder(folder, "--output-dir", fix)
+    if not folder.is_dir():
+        return
+    owned = owned_files(folder)
+    curves = [p.name for p in folder.glob("training_curves_*.png")] if save_plots else []
+    foreign = _not_ours(folder, [*planned, *sorted(curves)], owned)
+    if foreign:
+        raise _refuse_foreign(folder, foreign, "")
+
+
+def _write_manifest(folder: Path, files: Mapping[str, set[str] | list[str]]) -> None:
+    write_json_atomic(
+        Path(folder) / MANIFEST,
+        {
+            "tool": MANIFEST_TOOL,
+            "about": "files main_eval.py wrote here and their sha256; it replaces or removes only these, and only "
+            "while their content is unchanged",
+            "files": {name: sorted(hashes) for name, hashes in sorted(files.items())},
+        },
+    )
+
+
+def replace_outputs(folder: Path, staged: Path, files: Sequence[str]) -> list[str]:
+    """Move the staged files into folder and remove the files of main_eval's previous evaluation there that
+    this one does not write again; returns the names removed. Only files of main_eval's manifest whose content
+    is still what it wrote are replaced or removed: a file of the same name from anyone else stops the move
+    before anything is touched. The manifest lists old and new hashes while files move, so an interruption
+    leaves every file either recognised or untouched."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    owned = owned_files(folder)
+    foreign = _not_ours(folder, files, owned)
+    if foreign:
+        raise _refuse_foreign(folder, foreign, " (they appeared while the evaluation ran)")
+    new = {name: _sha256(Path(staged) / name) for name in files}
+    _write_manifest(
+        folder, {n: owned.get(n, set()) | ({new[n]} if n in new else set()) for n in {*owned, *new}}
+    )
+    for name in files:
+        os.replace(Path(staged) / name, folder / name)
+    removed = []
+    for name in sorted(set(owned) - set(new)):
+        if _is_ours(folder, name, owned):
+            (folder / name).unlink()
+            removed.append(name)
+        elif (folder / name).exists():
+            log.warning("kept %s: changed since main_eval.py wrote it", folder / name)
+    _write_manifest(folder, {name: {digest} for name, digest in new.items()})
+    return removed
