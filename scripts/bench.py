@@ -20,7 +20,6 @@ Writes results/bench/bench.json and results/bench/bench.md and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.common.atomic import write_json_atomic, write_text_atomic
 from lib.common.config import ROOT
 from lib.common.errors import UsageError, run_cli
 
@@ -231,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             box: baseline_quality(name, count, wide=box == "wide") for box in ("default", "wide")
         }
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.output_dir / "bench.json", result)
     table = markdown(result)
-    (args.output_dir / "bench.md").write_text(table)
+    write_text_atomic(args.output_dir / "bench.md", table)
     print(table)
     print(f"wrote {args.output_dir / 'bench.json'} and {args.output_dir / 'bench.md'}")
     return 0

@@ -4,7 +4,7 @@ Usage:
     make bench-eval                                  # SmolLM2-135M on this machine's device (CPU here)
     python scripts/bench_eval.py --instances 16 --batch-size 16 --max-new-tokens 128
 
-Both arms run the same code main_eval.py runs (lib.generation.generate_completions, greedy, stopping at the
+Both arms run the same code main_eval.py runs (lib.llm.generation.generate_completions, greedy, stopping at the
 end-of-turn token) on the same double-integrator prompts; only batch_size differs (1 vs --batch-size). The
 order of the arms alternates over --repeats so that a slow spell of this shared machine hits both. Prints and
 writes results/bench/eval.{json,md}: instances/s and generated tokens/s of each arm and their ratio.
@@ -13,12 +13,12 @@ writes results/bench/eval.{json,md}: instances/s and generated tokens/s of each 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lib.common.atomic import write_json_atomic, write_text_atomic
 from lib.common.config import ROOT
 from lib.common.errors import EXIT_OK, UsageError, run_cli
 
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["speedup"] = result["batched"]["instances_per_s"] / result["one_at_a_time"]["instances_per_s"]
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.output_dir / "eval.json", result)
     table = [
         f"# Evaluation throughput ({described}, {args.instances} double-integrator prompts, greedy, "
         f"at most {args.max_new_tokens} new tokens)",
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Batched / one at a time: **{result['speedup']:.2f}x** (median of {args.repeats} run(s) each, same process).",
     ]
-    (args.output_dir / "eval.md").write_text("\n".join(table) + "\n")
+    write_text_atomic(args.output_dir / "eval.md", "\n".join(table) + "\n")
     print("\n".join(table))
     return EXIT_OK
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lib.common.atomic import write_json_atomic, write_text_atomic
 from lib.common.config import ROOT
 from lib.common.errors import UsageError, run_cli
 
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.output_dir / "training.json", result)
     loss_curve(
         [h for h in sft_history if "loss" in h],
         args.output_dir / "sft_loss_curve.png",
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(curve: {args.output_dir / 'sft_loss_curve.png'})",
         ]
     )
-    (args.output_dir / "training.md").write_text(table + "\n")
+    write_text_atomic(args.output_dir / "training.md", table + "\n")
     print(table)
     return 0
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import shutil
 import stat
@@ -126,9 +127,20 @@ class Item:
     problem: str = ""  # why it must not be removed (found while measuring it)
 
     def line(self, verb: str) -> str:
-        shown = self.rel + ("/" if self.kind == "dir" else "")
+        shown = shown_name(self.rel + ("/" if self.kind == "dir" else ""))
         count = f" ({self.files} files)" if self.kind == "dir" else ""
         return f"{verb:<12}  {self.kind:<4}  {self.bytes:>14,} bytes  {shown}{count}"
+
+
+def shown_name(rel: str) -> str:
+    """A path as printed: as it is, or JSON-quoted ("a\\nb") when it holds a control character, so that
+    every listed item is exactly one line and a name cannot pose as two."""
+    return json.dumps(rel) if any(ord(c) < 32 or ord(c) == 127 for c in rel) else rel
+
+
+def removable(path: Path) -> bool:
+    """Whether this user may remove entries of the folder `path` (write and search permission on it)."""
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 @dataclass
@@ -160,7 +172,11 @@ def _measure(item: Item, seen: set[tuple[int, int]]) -> None:
     stack = [item.path]
     while stack:
         directory = stack.pop()
-        for entry in _entries(directory):
+        entries = list(_entries(directory))
+        if entries and not removable(directory):
+            item.problem = f"{shown_name(_rel(directory, item.path.parent))}/ is not writable by this user"
+            return
+        for entry in entries:
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
                 if info.st_dev != top.st_dev:
@@ -190,6 +206,7 @@ def plan_cleanup(root: Path) -> Plan:
         except OSError as exc:
             plan.errors.append((_rel(directory, root) or ".", f"cannot read the folder: {exc.strerror}"))
             continue
+        found: list[Item] = []  # this folder's targets
         for entry in entries:
             path = Path(entry.path)
             rel = _rel(path, root)
@@ -197,7 +214,7 @@ def plan_cleanup(root: Path) -> Plan:
                 if is_target_dir_name(entry.name) or is_target_file_name(entry.name):
                     info = entry.stat(follow_symlinks=False)
                     seen.add((info.st_dev, info.st_ino))
-                    plan.items.append(Item(path, rel, "link", info.st_size))
+                    found.append(Item(path, rel, "link", info.st_size))
                 continue
             if entry.is_dir(follow_symlinks=False):
                 if is_preserved_dir(path):
@@ -211,14 +228,19 @@ def plan_cleanup(root: Path) -> Plan:
                     if item.problem:
                         plan.errors.append((rel + "/", item.problem))
                     else:
-                        plan.items.append(item)
+                        found.append(item)
                 else:
                     stack.append(path)
             elif entry.is_file(follow_symlinks=False) and is_target_file_name(entry.name):
                 info = entry.stat(follow_symlinks=False)
                 key = (info.st_dev, info.st_ino)
-                plan.items.append(Item(path, rel, "file", 0 if key in seen else info.st_size))
+                found.append(Item(path, rel, "file", 0 if key in seen else info.st_size))
                 seen.add(key)
+        if removable(directory):
+            plan.items += found
+        else:  # the real run could not remove them, so the dry run must not list them as going
+            why = f"its folder {shown_name(_rel(directory, root) or '.')}/ is not writable by this user"
+            plan.errors += [(i.rel + ("/" if i.kind == "dir" else ""), why) for i in found]
     plan.items.sort(key=lambda item: item.rel)
     return plan
 
@@ -337,10 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'dry run: ' if args.dry_run else ''}cleaning {root}")
     if args.verbose:
         for rel, why in plan.kept:
-            print(f"{'kept':<12}  {rel}  ({why})")
+            print(f"{'kept':<12}  {shown_name(rel)}  ({why})")
     outcome = clean(plan, args.dry_run)
     for rel, problem in outcome.failures:
-        print(f"error: could not remove {rel}: {problem}", file=sys.stderr)
+        print(f"error: could not remove {shown_name(rel)}: {problem}", file=sys.stderr)
     verb = "would free" if args.dry_run else "freed"
     failed = f"; {len(outcome.failures)} could not be removed" if outcome.failures else ""
     print(f"{verb} {outcome.freed:,} bytes ({human(outcome.freed)}) in {outcome.done} item(s){failed}")

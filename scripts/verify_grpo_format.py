@@ -6,7 +6,7 @@ Usage:
     python scripts/verify_grpo_format.py --model-path embedded --dataset test_di --min-score 0.8
 
 Problems come from a dataset's eval split (--dataset) or are sampled fresh for --system. The model answers
-each one (greedy unless --temperature > 0) and every answer is checked (lib.answer.format_checks): reasoning
+each one (greedy unless --temperature > 0) and every answer is checked (lib.control.answer.format_checks): reasoning
 tags, control tags, proper order, parses as numbers, exact control count, controls within bounds. Prints
 the rate of each check and the overall score (their mean); writes summary.json and failures.jsonl (every
 answer that failed a check, with the parser's reason) to --output-dir. Exit 0 when the score is at least
@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lib.common.atomic import write_json_atomic, write_text_atomic
 from lib.common.config import ROOT
 from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError, run_cli
 
@@ -107,10 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output_dir or ROOT / "results" / "verify_grpo" / time.strftime("%Y%m%d-%H%M%S")
     output.mkdir(parents=True, exist_ok=True)
     failures = [r for r in rows if not all(r["checks"].values())]
-    (output / "failures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in failures))
+    write_text_atomic(output / "failures.jsonl", "".join(json.dumps(r) + "\n" for r in failures))
     summary = {"model": described, "tests": len(rows), "rates": rates, "score": score,
                "min_score": args.min_score, "passed": score >= args.min_score, "generation_seconds": seconds}  # fmt: skip
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(output / "summary.json", summary)
 
     print(f"format verification of {described}: {len(rows)} answers, {seconds:.1f} s of generation")
     for check, rate in rates.items():

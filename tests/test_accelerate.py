@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_python
+from helpers import HANG_GUARD_S, ROOT, run_python
 from test_training import overrides, workspace  # noqa: F401  (workspace is the shared fixture)
 
 from lib.common.config import OTHER_TOOL_DIRS, find_configs, other_tool_config, skipped_configs
@@ -136,7 +136,7 @@ def test_processes_started_apart_agree_on_rank_0s_value():
             )
         )
         time.sleep(1.2)  # rank 1 starts in a later second: its own time stamp would differ
-    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    outputs = [p.communicate(timeout=HANG_GUARD_S)[0].split() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     (rank0, size0, value0, t0), (rank1, size1, value1, t1) = outputs
     assert (rank0, rank1, size0, size1) == ("0", "1", "2", "2")
@@ -188,7 +188,9 @@ def test_sft_then_grpo_in_two_processes_train_on_both_ranks_and_write_one_run(wo
         # GRPO starts on every rank from the SFT run that only rank 0 wrote
         *overrides(workspace, f"run.models_dir={models}", "training_type=both"),
     ]
-    result = subprocess.run(args, cwd=ROOT, env=cpu_only_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        args, cwd=ROOT, env=cpu_only_env(), capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_script, run
+from helpers import ROOT, call_script, load_script, run
 
 from lib.blt.analysis import (
     analyze_blt,
@@ -79,7 +79,7 @@ def tiny(root: Path, *extra: str) -> list[str]:
 
 
 def trainer(argv: list[str]) -> int:
-    return run_cli(load_script("main_trainer").main, argv)
+    return call_script("main_trainer", argv)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +178,31 @@ def test_an_existing_run_is_refused_without_resume(trained, root, capsys):
     code = trainer(["--config", "configs/blt/entropy_cpu.json", *tiny(root, "max_steps=60", "run_id=t1")])
     assert code == EXIT_USAGE
     assert "already exists (completed)" in capsys.readouterr().err
+
+
+def test_a_run_id_is_a_plain_name_and_a_users_folder_is_never_touched(root, tmp_path, capsys):
+    """A run_id that is a path, or a plain one that names an existing folder we did not write, exits 2 and
+    leaves the folder as it was (a user's file in its model/ was once replaced when the run completed)."""
+    from lib.common.runs import replace_in_run
+
+    user = tmp_path / "mine"
+    (user / "model").mkdir(parents=True)
+    (user / "model" / "notes.txt").write_text("precious")
+    base = ["--config", "configs/blt/entropy_cpu.json", *tiny(root, "max_steps=2", "eval_steps=1")]
+    for bad in (str(user), "..", ".", "a/b", "-x"):
+        assert trainer([*base, f"run_id={bad}"]) == EXIT_USAGE, bad
+        assert "key 'run_id' must match" in capsys.readouterr().err
+    assert trainer([*base, f"output_dir={tmp_path}", "run_id=mine"]) == EXIT_USAGE
+    assert "is not a byte-level model run folder" in capsys.readouterr().err
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == ["model", "model/notes.txt"]
+    assert (user / "model" / "notes.txt").read_text() == "precious"
+    assert not (tmp_path / "latest").exists()
+    with pytest.raises(UsageError, match="is not a run folder of ours"), replace_in_run(user, "model"):
+        pass
+    assert (user / "model" / "notes.txt").read_text() == "precious"
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose: a run may start there
+    assert trainer([*base, f"output_dir={tmp_path}", "run_id=empty"]) == EXIT_OK
+    assert (tmp_path / "empty" / "model" / "model.safetensors").is_file()
 
 
 def _interrupt_at_checkpoint(run_dir: Path, step: int) -> threading.Thread:
@@ -282,7 +307,8 @@ def test_make_train_mps_falls_back_to_cpu_with_the_reason_and_trains(root):
     info = json.loads((root / "models" / "mps1" / "run_info.json").read_text())
     assert info["status"] == "completed" and "device=cpu" in info["device"]
     config = json.loads((root / "models" / "mps1" / "config.json").read_text())
-    assert (config["device"], config["mps_high_watermark_ratio"], config["mps_low_watermark_ratio"]) == (
+    device = config["device"]  # the profile's device section (configs/profiles/mps.yaml)
+    assert (device["type"], device["mps_high_watermark_ratio"], device["mps_low_watermark_ratio"]) == (
         "mps",
         0.8,
         0.0,
@@ -293,10 +319,10 @@ def test_shipped_profiles_match_their_hardware():
     mps = resolve_config(ROOT / "configs/blt/entropy_mps.json")
     cpu = resolve_config(ROOT / "configs/blt/entropy_cpu.json")
     cuda = resolve_config(ROOT / "configs/blt/entropy_cuda.json")
-    assert (mps["device"], mps["mixed_precision"], mps["num_workers"]) == ("mps", False, 0)
-    assert (mps["mps_high_watermark_ratio"], mps["mps_low_watermark_ratio"]) == (0.8, 0.0)
-    assert (cpu["device"], cpu["mixed_precision"]) == ("cpu", False)
-    assert (cuda["device"], cuda["mixed_precision"]) == ("cuda", True)
+    assert (mps["device"]["type"], mps["mixed_precision"], mps["num_workers"]) == ("mps", False, 0)
+    assert (mps["device"]["mps_high_watermark_ratio"], mps["device"]["mps_low_watermark_ratio"]) == (0.8, 0.0)
+    assert (cpu["device"]["type"], cpu["mixed_precision"]) == ("cpu", False)
+    assert (cuda["device"]["type"], cuda["mixed_precision"]) == ("cuda", True)
     for cfg in (mps, cpu, cuda):  # the original recipe otherwise
         assert (cfg["hidden_size"], cfg["num_layers"], cfg["block_size"], cfg["max_steps"]) == (
             128,
@@ -371,6 +397,8 @@ def test_analysis_finds_latest_and_caps_bytes(trained, root, tmp_path):
     assert metrics["bytes"] == 700 and metrics["figures"] == {}
     assert Path(metrics["run"]).parent == root / "models"
     assert not list(tmp_path.glob("*.png")) and (tmp_path / "report.md").is_file()
+    pointer = analyze_blt(str(root / "models" / "latest"), cfg, tmp_path, save_plots=False, max_bytes=700)
+    assert pointer["run"] == metrics["run"]  # the `latest` file itself names the same run
     with pytest.raises(UsageError, match="does not exist"):
         analyze_blt(str(tmp_path / "nowhere"), cfg, tmp_path, save_plots=False)
     own = config_of_run(str(trained), resolve_config(None, schema_name="blt"))
@@ -378,14 +406,11 @@ def test_analysis_finds_latest_and_caps_bytes(trained, root, tmp_path):
 
 
 def test_main_eval_analyze_with_the_original_flag_spellings(trained, tmp_path):
-    from conftest import load_script
-
-    from lib.common.errors import run_cli
 
     out = tmp_path / "cli"
     argv = ["--eval_mode", "analyze", "--model_type", "blt", "--model_path", str(trained), "--output_dir", str(out),
             "--save_plots", "--max_bytes", "900", "entropy_threshold=1.5"]  # fmt: skip
-    assert run_cli(load_script("main_eval").main, argv) == 0
+    assert call_script("main_eval", argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (
         metrics["bytes"] == 900 and metrics["patches"]["threshold"]["threshold"] == 1.5

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, load_script
+from helpers import HANG_GUARD_S, ROOT, load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -331,6 +331,52 @@ def test_what_cannot_be_removed_is_reported_with_the_reason_and_exits_1(tmp_path
     assert "freed 4 bytes" in out and "1 could not be removed" in out
 
 
+def test_a_name_with_a_newline_is_listed_quoted_on_one_line(tmp_path):
+    root = repo(tmp_path)
+    write(root / "a\nb.log", 2)  # printed raw, it would read as two items "a" and "b.log"
+    write(root / "c.log", 3)
+    code, out, _ = run_main("--dry-run", "--root", str(root))
+    assert code == 0
+    lines = [x for x in out.splitlines() if x.startswith("would remove")]
+    assert len(lines) == 2
+    assert lines[0].endswith('"a\\nb.log"') and lines[1].endswith("c.log")
+
+
+def _as_nobody(tree: Path, *args: str) -> subprocess.CompletedProcess:
+    """cleanup_cache.py run by an unprivileged user (uid 65534): from root through setpriv."""
+    command = [sys.executable, str(ROOT / "scripts" / "cleanup_cache.py"), *args]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *command]
+    return subprocess.run(command, capture_output=True, text=True, cwd=tree, timeout=HANG_GUARD_S)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv to drop root")
+def test_the_dry_run_does_not_list_what_the_real_run_cannot_remove():
+    tree = Path(tempfile.mkdtemp(prefix="cleanup-ro-"))  # /tmp: reachable by the unprivileged user
+    try:
+        root = repo(tree)
+        write(root / "locked/a.log", 3)
+        write(root / "locked/__pycache__/m.pyc", 5)
+        write(root / "open/b.log", 4)
+        for path in [tree, *tree.rglob("*")]:
+            if os.geteuid() == 0:
+                os.chown(path, 65534, 65534, follow_symlinks=False)
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (root / "locked").chmod(0o555)  # its entries cannot be removed by their owner
+        dry = _as_nobody(tree, "--dry-run", "--root", str(root))
+        real = _as_nobody(tree, "--root", str(root))
+        for result in (dry, real):
+            assert result.returncode == 1, result.stdout + result.stderr
+            assert "could not remove locked/a.log: its folder locked/ is not writable" in result.stderr
+            assert "could not remove locked/__pycache__/" in result.stderr
+        assert listed(dry.stdout) == {"open/b.log": 4}  # exactly what the real run removed
+        assert "removed       file               4 bytes  open/b.log" in real.stdout
+        assert (root / "locked/a.log").exists() and not (root / "open/b.log").exists()
+    finally:
+        (tree / "repo" / "locked").chmod(0o755)
+        shutil.rmtree(tree)
+
+
 def test_a_root_that_is_not_a_repository_is_a_usage_error(tmp_path):
     from lib.common.errors import EXIT_USAGE, run_cli
 
@@ -349,7 +395,7 @@ def make(*args: str) -> subprocess.CompletedProcess:
         ["make", "--no-print-directory", "-C", str(ROOT), *args, f"PYTHON={sys.executable}"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_GUARD_S,
         env=env,
     )
 

@@ -10,23 +10,15 @@ import json
 import math
 
 import pytest
-from conftest import load_script
-
-from lib.common.errors import run_cli
+from helpers import call_script, make_dataset, read_records, tiny_model_on
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from lib.llm.models import build_tiny_model
-
     root = tmp_path_factory.mktemp("gpu")
-    argv = ["--systems", "double_integrator", "--train-samples", "8", "--eval-samples", "4", "--dataset-name", "di",
-            "--output-dir", str(root / "datasets")]  # fmt: skip
-    assert load_script("generate_data").main(argv) == 0
-    records = [json.loads(x) for x in (root / "datasets" / "di" / "train.jsonl").read_text().splitlines()]
-    build_tiny_model(root / "tiny", [m["content"] for r in records for m in r["prompt"] + r["completion"]])
+    tiny_model_on(root / "tiny", read_records(make_dataset(root, "di", ["double_integrator"], 8, 4), "train"))
     return root
 
 
@@ -47,7 +39,7 @@ def test_sft_then_grpo_train_on_the_gpu(workspace):
             "data.eval_max_samples=2", "sft.per_device_train_batch_size=2", "sft.max_steps=2", "sft.logging_steps=1",
             "grpo.max_steps=2", "grpo.per_device_train_batch_size=4", "grpo.num_generations=2",
             "grpo.max_completion_length=16", "training_type=both", "run.run_id=g1"]  # fmt: skip
-    assert run_cli(load_script("main_trainer").main, argv) == 0
+    assert call_script("main_trainer", argv) == 0
     for stage in ("sft", "grpo"):
         info = json.loads((workspace / "models/universal" / stage / "g1/run_info.json").read_text())
         assert info["status"] == "completed" and info["device"].startswith("device=cuda")
@@ -59,6 +51,6 @@ def test_main_eval_generates_on_the_gpu(workspace, tmp_path):
     argv = ["--model-path", str(workspace / "tiny"), "--dataset", "di", "--num-samples", "4", "--max-new-tokens", "8",
             "--output-dir", str(tmp_path), f"data.datasets_dir={workspace / 'datasets'}", "device.type=cuda",
             "device.vllm=off"]  # fmt: skip
-    assert run_cli(load_script("main_eval").main, argv) == 0
+    assert call_script("main_eval", argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["models"]["tiny"]["summary"]["all"]["samples"] == 4

@@ -156,12 +156,14 @@ def test_scripts_do_not_edit_sys_path():
     assert offenders == []
 
 
-def test_importing_the_byte_model_loads_no_control_code():
+def test_importing_the_byte_model_loads_no_control_code(tmp_path):
     """`import lib.blt.training` (what main_trainer does for a blt config) must not load the dataset code,
     the reference solvers or the rewards."""
     code = (
         "import sys, lib.blt.training, lib.blt.analysis\n"
         "print(sorted(m for m in sys.modules if m.startswith(('lib.control', 'lib.llm'))))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert out.stdout.strip() == "[]"

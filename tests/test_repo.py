@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT, load_script, run
+from helpers import ROOT, load_script, run
 
 
 def make_targets() -> list[str]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, load_script
+from helpers import HANG_GUARD_S, ROOT, call_script, load_script, make_dataset, read_records, tiny_model_on
 
 from lib.common.errors import EXIT_INTERRUPTED, EXIT_USAGE, run_cli
 
@@ -24,28 +24,9 @@ from lib.common.errors import EXIT_INTERRUPTED, EXIT_USAGE, run_cli
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A two-system dataset and a tiny model trained on its text, shared by the tests of this module."""
-    from lib.llm.models import build_tiny_model
-
     root = tmp_path_factory.mktemp("training")
-    code = load_script("generate_data").main(
-        [
-            "--systems",
-            "double_integrator",
-            "van_der_pol",
-            "--total-samples",
-            "24",
-            "--dataset-name",
-            "mix",
-            "--output-dir",
-            str(root / "datasets"),
-        ]
-    )
-    assert code == 0
-    records = [
-        json.loads(line) for line in (root / "datasets" / "mix" / "train.jsonl").read_text().splitlines()
-    ]
-    corpus = [m["content"] for r in records for m in r["prompt"] + r["completion"]]
-    build_tiny_model(root / "tiny", corpus)
+    mix = make_dataset(root, "mix", ["double_integrator", "van_der_pol"], 21, 3)  # 24 records, 90% train
+    tiny_model_on(root / "tiny", read_records(mix, "train"))
     return root
 
 
@@ -69,7 +50,7 @@ def overrides(root: Path, *extra: str) -> list[str]:
 
 
 def trainer_main(argv: list[str]) -> int:
-    return run_cli(load_script("main_trainer").main, argv)
+    return call_script("main_trainer", argv)
 
 
 def test_both_stages_write_runs_and_move_latest(workspace):
@@ -131,11 +112,10 @@ def test_sigterm_leaves_a_resumable_run_that_finishes_at_the_same_step(workspace
     ]
     run_dir = workspace / "models/universal/sft/k1"
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "checkpoint-5").exists() and time.time() < deadline:
+    while not (run_dir / "checkpoints" / "checkpoint-5").exists() and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["status"] == "interrupted" and info["stopped_by"] == "SIGTERM"
@@ -146,13 +126,30 @@ def test_sigterm_leaves_a_resumable_run_that_finishes_at_the_same_step(workspace
     assert not (run_dir / "model").exists()
     assert not latest.exists() or latest.read_text().strip() != "k1"  # `latest` names completed runs only
 
-    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     info = json.loads((run_dir / "run_info.json").read_text())
     assert (info["status"], info["step"], info["resumed"]) == ("completed", 40, 1)
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 40
     assert (run_dir.parent / "latest").read_text().strip() == "k1"
+
+
+def test_a_trainer_whose_reader_goes_away_still_completes_its_run(workspace):
+    """`main_trainer.py ... 2>&1 | head -c 300`: the console is lost after 300 bytes; the run must still
+    train to its last step, save its model and move `latest` (not exit 0 half-way with status 'running')."""
+    args = [sys.executable, "scripts/main_trainer.py", "--config", "configs/profiles/cpu.yaml",
+            *overrides(workspace, "run.run_id=pipe1", "sft.max_steps=3", "training_type=sft")]  # fmt: skip
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    head = process.stdout.read(300)
+    process.stdout.close()  # the reader goes away, as `head -c 300` does
+    assert process.wait(timeout=HANG_GUARD_S) == 0, head
+    run_dir = workspace / "models/universal/sft/pipe1"
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["status"], info["step"]) == ("completed", 3)
+    assert (run_dir / "model").is_dir() and (run_dir.parent / "latest").read_text().strip() == "pipe1"
 
 
 def test_train_single_system_maps_the_original_flags(workspace):
@@ -303,7 +300,7 @@ def test_original_smoke_command_trains_the_embedded_model(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = (
@@ -321,7 +318,11 @@ def test_training_benchmark_quick_run(workspace, tmp_path):
     """`make bench-train` end to end with the tiny model and a few steps (the real run takes ~35 min)."""
     args = f"--model {workspace / 'tiny'} --sft-steps 2 --grpo-steps 1 --grpo-completion 8 --output-dir {tmp_path}"
     result = subprocess.run(
-        ["make", "bench-train", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+        ["make", "bench-train", f"ARGS={args}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "training.json").read_text())

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_script
+from helpers import load_script
 
 from lib.common.errors import run_cli
 from lib.control.answer import FORMAT_CHECKS, format_checks, format_controls

@@ -5,7 +5,7 @@
 Entropy is in bits: H_i = -sum_v p(v | bytes before i) log2 p(v | ...), over the model's whole output (256
 byte values and 3 specials, so 0 <= H_i <= log2(259) = 8.02). Every byte i of an evaluation file gets the
 entropy of the model's prediction FOR it, made from the bytes before it (at least block_size / 2 of them
-past the first half-window of a file stream: windows overlap by half, see lib.blt.score_tokens). Bits per
+past the first half-window of a file stream: windows overlap by half, see lib.blt.training.score_tokens). Bits per
 byte here therefore come out a little lower than the training evaluation's, whose windows do not overlap.
 
 Patching rules (Byte Latent Transformer, Pagnoni et al. 2024), for one file's entropies H_0 .. H_{n-1}:
@@ -129,6 +129,8 @@ def resolve_blt_model(model_path: str, cfg: dict) -> tuple[Path, Path | None]:
             f"model path {model_path} does not exist.",
             fix="pass a run folder (models/blt/<run_id>), the folder holding `latest` (models/blt), or 'latest'.",
         )
+    if path.name == "latest" and path.is_file():  # the pointer file itself: models/blt/latest
+        path = path.parent
     if not (path / "run_info.json").is_file() and (path / "latest").is_file():
         run = latest_run(path)
         if run is None:

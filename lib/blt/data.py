@@ -169,7 +169,7 @@ def _docstrings(folder: Path) -> str:
 
 
 def _problem_statements(budget: int, from_back: bool) -> str:
-    """Problem statements (lib.answer.build_prompt), one system after the other, until `budget` bytes."""
+    """Problem statements (lib.control.answer.build_prompt), one system after the other, until `budget` bytes."""
     from lib.control.answer import build_prompt
     from lib.control.dataset import sample_initial_states
     from lib.control.systems import SYSTEMS
@@ -191,7 +191,7 @@ def build_default_corpus(output: str | Path = DEFAULT_CORPUS, overwrite: bool = 
     """Write the demo corpus from this project's own text: `<output>/{train,eval}/` and info.json.
 
     train/: README.md, the module docstrings of lib/ and scripts/, and about CORPUS_TRAIN_PROBLEM_BYTES of
-    problem statements (lib.answer.build_prompt). eval/: CLAUDE.md and about CORPUS_EVAL_PROBLEM_BYTES of
+    problem statements (lib.control.answer.build_prompt). eval/: CLAUDE.md and about CORPUS_EVAL_PROBLEM_BYTES of
     statements for other initial states. About 160 KB in all. The folder is built under a temporary name and renamed, so it is
     complete or absent.
     """

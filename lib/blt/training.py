@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from lib.blt.data import PAD, VOCAB_SIZE, ByteData, ensure_default_corpus, load_byte_data
 from lib.blt.model import MODEL_SHAPE_KEYS, build_model, check_config, count_parameters, quiet_transformers
-from lib.common.atomic import atomic_dir, write_json_atomic
+from lib.common.atomic import write_json_atomic
 from lib.common.config import repo_path
 from lib.common.device import DeviceSetup, settings_from_config, setup_device
 from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
@@ -46,6 +46,7 @@ from lib.common.runs import (
     new_run_id,
     newest_run,
     read_run_info,
+    replace_in_run,
     start_run_folder,
 )
 
@@ -269,12 +270,12 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict) -> Path:
-    """checkpoints/checkpoint-<step>, written whole (lib.common.atomic.atomic_dir); older ones pruned."""
+    """checkpoints/checkpoint-<step>, written whole (lib.common.runs.replace_in_run); older ones pruned."""
     folder = run_dir / "checkpoints"
     final = folder / f"checkpoint-{step}"
     if final.is_dir():
         return final
-    with atomic_dir(final) as tmp:
+    with replace_in_run(run_dir, f"checkpoints/{final.name}") as tmp:
         model.save_pretrained(tmp)
         torch.save(
             {
@@ -472,7 +473,7 @@ def _train(
         )
         return EXIT_INTERRUPTED
 
-    with atomic_dir(run_dir / "model") as tmp:
+    with replace_in_run(run_dir, "model") as tmp:  # only inside a run folder of ours (lib.common.runs)
         model.save_pretrained(tmp)
     last_eval = next(h for h in reversed(history) if "eval_bits_per_byte" in h)
     metrics = {

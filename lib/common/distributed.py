@@ -1,4 +1,4 @@
-"""One training job in one or several processes: who writes, and how the processes agree (DESIGN.md 11).
+"""One training job in one or several processes: who writes, and how the processes agree (docs/ARCHITECTURE.md, "Several processes").
 
 `accelerate launch` (configs/accelerate/), torchrun or mpirun start the same script once per process and
 tell each process its place through the environment (WORLD_SIZE and RANK; MPI's own variables under

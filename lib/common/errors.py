@@ -1,4 +1,4 @@
-"""Exit codes, and the one place that turns known failures into a message and a fix (DESIGN.md 10).
+"""Exit codes, and the one place that turns known failures into a message and a fix (docs/ARCHITECTURE.md, "Errors and exit codes").
 
 Every script ends with `sys.exit(run_cli(main))`: bad usage, config or input exits 2 with a paragraph
 that names what is wrong and how to fix it (no traceback); a known run-time failure (out of memory, ...)
@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -140,10 +140,59 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+class ConsoleStream:
+    """sys.stdout / sys.stderr for a job whose reader may go away (`... | head`, a closed terminal, a dead
+    log collector): once a write fails with a broken pipe, output is dropped and the job goes on, so a
+    training run still checkpoints and completes instead of dying mid-step."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.lost = False
+
+    def _lose(self) -> None:
+        self.lost = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # buffered bytes go nowhere, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lose()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def console_that_may_close() -> Iterator[None]:
+    """Wrap sys.stdout and sys.stderr in ConsoleStream for the duration of the block."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ConsoleStream(sys.stdout), ConsoleStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's main(argv) with logging configured, and turn what it raises into an exit code
-    (docs/ARCHITECTURE.md, "Errors and exit codes")."""
-    configure_logging()
+    (docs/ARCHITECTURE.md, "Errors and exit codes"). A reader that goes away stops the output, never the job."""
+    with console_that_may_close():
+        configure_logging()
+        return _run_main(main, argv)
+
+
+def _run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     try:
         return main(argv)
     except KeyboardInterrupt:

@@ -9,6 +9,11 @@
 
 One lifecycle: `check_existing_run` (refuse or resume), `start_run_folder`, then `mark_interrupted` or
 `mark_completed`. `StopOnSignal` turns SIGTERM (SLURM preemption) and Ctrl-C into "checkpoint, then stop".
+
+Nothing is written into, or removed from, a folder that is not provably a run of ours: a run starts only
+in a new or empty folder or in one whose run_info.json we wrote (`is_run_folder`), and a trainer replaces
+a sub-folder (`model/`, a checkpoint) only through `replace_in_run`, which checks that again. (The run id
+itself is a plain name, never a path: schemas/shared/run_id.json.)
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lib.common.atomic import write_json_atomic, write_text_atomic
+from lib.common.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from lib.common.config import ROOT
 from lib.common.errors import UsageError
 
@@ -81,6 +86,48 @@ def read_run_info(
     return info
 
 
+# What start_run_folder writes into every run_info.json: a file with all of them is one of ours.
+RUN_INFO_FIELDS = ("run_id", "status", "started_at")
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """True when run_dir holds a run_info.json that start_run_folder wrote (a JSON object with RUN_INFO_FIELDS)."""
+    try:
+        info = json.loads((Path(run_dir) / "run_info.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(info, dict) and all(field in info for field in RUN_INFO_FIELDS)
+
+
+def refuse_foreign_folder(run_dir: Path, kind: str = "training run") -> None:
+    """UsageError when run_dir exists and is neither empty nor a run folder of ours: a run there could
+    overwrite or remove someone's files (a `model/` folder is replaced when a run completes)."""
+    run_dir = Path(run_dir)
+    if not (run_dir.exists() or run_dir.is_symlink()) or is_run_folder(run_dir):
+        return
+    if run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.iterdir()):
+        return  # an empty folder: nothing to lose
+    raise UsageError(
+        f"{run_dir} already exists and is not a {kind} folder (it has no run_info.json written by this "
+        "project), so a run there could overwrite or remove its files; nothing was changed.",
+        fix="pass another run_id (or output folder), or move that folder away first.",
+    )
+
+
+@contextlib.contextmanager
+def replace_in_run(run_dir: Path, name: str) -> Iterator[Path]:
+    """lib.common.atomic.atomic_dir for `run_dir/name` (`model`, `checkpoints/checkpoint-10`), refused unless
+    run_dir is a run folder of ours: the folder it replaces is then one our run wrote."""
+    if not is_run_folder(run_dir):
+        raise UsageError(
+            f"refusing to replace {Path(run_dir) / name}: {run_dir} is not a run folder of ours (no "
+            "run_info.json written by this project).",
+            fix="start the run again with a new run_id.",
+        )
+    with atomic_dir(Path(run_dir) / name) as tmp:
+        yield tmp
+
+
 def newest_run(directory: Path) -> str:
     """The run_id of the run whose run_info.json changed last (what --resume continues without a run_id)."""
     runs = sorted(
@@ -104,7 +151,9 @@ def latest_run(directory: Path) -> Path | None:
 
 
 def check_existing_run(run_dir: Path, resume: bool, kind: str = "training run") -> str | None:
-    """None for a new run; the status of the run already in run_dir when resuming; UsageError otherwise."""
+    """None for a new run; the status of the run already in run_dir when resuming; UsageError otherwise
+    (also for an existing folder that is not a run of ours: refuse_foreign_folder)."""
+    refuse_foreign_folder(run_dir, kind)
     if not (run_dir / "run_info.json").is_file():
         return None
     status = read_run_info(run_dir, kind).get("status")
@@ -117,10 +166,10 @@ def check_existing_run(run_dir: Path, resume: bool, kind: str = "training run") 
 
 
 def start_run_folder(run_dir: Path, cfg: dict, argv: Sequence[str], fields: dict) -> dict:
-    """Create (or reopen, when resuming) run_dir: config.json, command.txt and run_info.json 'running'."""
+    """Create (or reopen, when resuming) run_dir: run_info.json 'running' (first, so the folder is known to
+    be ours from then on), config.json and command.txt. A folder that is not ours is refused."""
+    refuse_foreign_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", cfg)
-    write_text_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
     previous = read_run_info(run_dir) if (run_dir / "run_info.json").is_file() else {}
     info = {
         "run_id": run_dir.name,
@@ -132,6 +181,8 @@ def start_run_folder(run_dir: Path, cfg: dict, argv: Sequence[str], fields: dict
         **fields,
     }
     write_json_atomic(run_dir / "run_info.json", info)
+    write_json_atomic(run_dir / "config.json", cfg)
+    write_text_atomic(run_dir / "command.txt", " ".join(argv) + "\n")
     return info
 
 

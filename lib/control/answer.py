@@ -1,4 +1,4 @@
-"""The prompt a model sees and the answer it must write (DESIGN.md 5).
+"""The prompt a model sees and the answer it must write (docs/ARCHITECTURE.md, "Prompt and answer").
 
 Answer contract (what verify_grpo_format.py checks):
     <REASONING> ... </REASONING><CONTROLS> u_0, u_1, ..., u_{N-1} </CONTROLS>

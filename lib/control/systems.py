@@ -1,4 +1,4 @@
-"""Control systems, the one simulator and the one cost (DESIGN.md 3).
+"""Control systems, the one simulator and the one cost (docs/ARCHITECTURE.md, "The control core").
 
 A system is data (bounds, horizon, weights, target, sampling boxes, prompt text) plus its discrete-time step.
 Linear systems use the exact zero-order-hold (ZOH) discretisation: with u held constant over a step of dt,

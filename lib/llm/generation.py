@@ -1,4 +1,4 @@
-"""Batched generation: `model.generate` on every device, vLLM on CUDA when it is installed (DESIGN.md 8)."""
+"""Batched generation: `model.generate` on every device, vLLM on CUDA when it is installed (docs/ARCHITECTURE.md, "Device and backends")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Figures of an evaluation (matplotlib, Agg): trajectories, phase portraits, summaries, training curves.
 
 Every figure is drawn from computed numbers (lib.llm.evaluation, a run's log_history.json), never typed in. The
-simulated trajectories come from lib.systems.simulate, the same simulator that scored them. Each figure has a
+simulated trajectories come from lib.control.systems.simulate, the same simulator that scored them. Each figure has a
 title, axis labels with units, and the control bounds drawn where controls are shown. Files are written to
 a temporary name and renamed, so a figure on disk is always complete.
 """

@@ -1,12 +1,6 @@
-"""Training runs (the order of the stages; each stage is lib/llm/sft.py or lib/llm/grpo.py): SFT then GRPO with TRL, on CUDA (Unsloth / vLLM when installed), Apple MPS or CPU.
-
-    models/<system or universal>/<sft|grpo>/<run_id>/
-        config.json       the resolved config          command.txt   the command line
-        run_info.json     status, git commit, package versions, device line, dataset, base model, init run
-        model/            the LoRA adapter (or the full model) and the tokenizer, written at the end
-        checkpoints/      checkpoint-N every save_steps (resumable)
-        log_history.json  trainer_state.json  metrics.json
-    models/<scope>/<stage>/latest   the run_id of the last COMPLETED run (written only after it completes)
+"""Training runs: the order of the stages (SFT then GRPO with TRL, on CUDA with Unsloth / vLLM when
+installed, Apple MPS or CPU). Each stage is lib/llm/sft.py or lib/llm/grpo.py; their run folders are described
+in lib/llm/stages.py.
 
 `training_type: both` runs SFT then GRPO from that SFT run, both under the same run_id, so `--resume`
 after a preemption finds both: a completed stage is kept, an unfinished one resumes from its last
