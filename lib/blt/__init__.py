@@ -1,0 +1,1 @@
+"""The byte-level entropy model: its data, the model, training and analysis."""
