@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT, run
+from helpers import HANG_GUARD_S, ROOT, run
 from test_pipeline import PHASES, build_tiny, failing_launcher, tiny_pipeline_config
 
 pytestmark = [
@@ -35,10 +35,10 @@ RESOURCES = ["--gres=none", "--cpus-per-task=2", "--mem=2G"]
 def cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm")
     env = {"SLURM_CI_DIR": str(base)}
-    started = run(["bash", str(TOOL), "start"], timeout=180, env=env)
+    started = run(["bash", str(TOOL), "start"], env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     yield {**env, "SLURM_CONF": str(base / "slurm.conf")}
-    run(["bash", str(TOOL), "stop"], timeout=120, env=env)
+    run(["bash", str(TOOL), "stop"], env=env)
 
 
 def submit(cluster: dict, log: str, exports: dict) -> tuple[str, str, str]:
@@ -53,7 +53,7 @@ def submit(cluster: dict, log: str, exports: dict) -> tuple[str, str, str]:
         f"--output={log}",
         "slurm/pipeline.sh",
     ]
-    result = run(args, timeout=900, env=cluster)
+    result = run(args, env=cluster)
     assert result.stdout.strip(), f"sbatch refused the job: {result.stderr}"
     job = result.stdout.split()[0]
     shown = run(["scontrol", "show", "job", "-o", job], env=cluster).stdout
@@ -94,7 +94,7 @@ def test_sbatch_pipeline_fails_at_the_failed_phase_then_resumes_to_completion(cl
     assert "| grpo |" in (run_dir / "report.md").read_text()
 
 
-def wait_for(cluster: dict, job: str, timeout: float = 300) -> list[str]:
+def wait_for(cluster: dict, job: str, timeout: float = HANG_GUARD_S) -> list[str]:
     """Poll until every task of the job has ended; their states."""
     end = time.time() + timeout
     while time.time() < end:
