@@ -49,6 +49,8 @@ FLAG_KEYS = {
     "decimals": "generate.decimals",
     "workers": "generate.workers",
     "wide": "generate.wide",
+    "prompt_style": "generate.prompt_style",
+    "reasoning": "generate.reasoning",
 }
 
 
@@ -77,6 +79,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add(
         "--wide", action="store_const", const=True, help="draw x0 from each system's wider box; generate.wide"
     )
+    add(
+        "--prompt-style",
+        help="full (default: the problem in words) or compact (in symbols); generate.prompt_style",
+    )
+    add("--reasoning", help="the labels' reasoning: full (default), brief or none; generate.reasoning")
     add("--overwrite", action="store_true", help="replace an existing dataset of that name")
     add("--list", action="store_true", help="list the datasets in --output-dir")
     add("--validate", metavar="NAME", help="check a dataset: checksums, records, labels")
@@ -286,6 +293,8 @@ def generate(args: argparse.Namespace, cfg: dict, argv: Sequence[str] | None) ->
                 workers=settings["workers"],
                 progress=bar.update,
                 on_system=bar.set_description,
+                prompt_style=settings["prompt_style"],
+                reasoning=settings["reasoning"],
             )
         info["command"] = ["python", "scripts/generate_data.py", *(sys.argv[1:] if argv is None else argv)]
         info["config"] = cfg

@@ -172,3 +172,97 @@ def test_prompt_shows_the_rounded_state_the_horizon_and_the_format():
 def test_format_answer_matches_the_batch_version(labelled):
     system, x0, ref, answers = labelled
     assert format_answer(system, x0[0], ref.u_label[0], ref.J[0]) == answers[0]
+
+
+# ---------------------------------------------------------------- prompt and reasoning styles
+
+
+def _numbers(text: str) -> np.ndarray:
+    return np.array([float(v) for v in re.split(r"[,;]\s*", text)])
+
+
+def _matrix_of(text: str, n: int) -> np.ndarray:
+    """'diag(a, b)' or '[a, b; c, d]' as an array (the compact statement's two matrix forms)."""
+    if text.startswith("diag("):
+        return np.diag(_numbers(text[5:-1]))
+    return _numbers(text[1:-1]).reshape(n, -1)
+
+
+def rebuild_problem(messages: list[dict]) -> dict:
+    """Everything a solver needs, read back from the compact text alone (no lookup by system name)."""
+    system_text, user_text = messages[0]["content"], messages[1]["content"]
+    state = re.search(r"x = \(([^)]*)\)", system_text).group(1).split(", ")
+    n = len(state)
+    matrix = r"(diag\([^)]*\)|\[[^\]]*\])"
+    problem = {
+        "state_names": tuple(state),
+        "steps": int(re.search(r"N = (\d+);", system_text).group(1)),
+        "bounds": tuple(float(v) for v in re.search(r"(\S+) <= u <= ([^;]+);", system_text).groups()),
+        "Q": _matrix_of(re.search(rf"Q = {matrix}", system_text).group(1), n),
+        "R": float(re.search(r"R = ([^,]+),", system_text).group(1)),
+        "Qf": _matrix_of(re.search(rf"Qf = {matrix}", system_text).group(1), n),
+        "x_target": _numbers(re.search(r"x\* = \(([^)]*)\)", system_text).group(1)),
+        "x0": _numbers(re.fullmatch(r"x_0 = \(([^)]*)\)", user_text).group(1)),
+    }
+    linear = re.search(rf"A = {matrix}, B = {matrix}", system_text)
+    if linear:
+        problem["A"] = _matrix_of(linear.group(1), n)
+        problem["B"] = _matrix_of(linear.group(2), n)
+    else:  # "name' = expression, ..., RK4 step dt = D"
+        ode = re.search(r"\), (.*), RK4 step dt = ([\d.]+);", system_text)
+        problem["dt"] = float(ode.group(2))
+        problem["rhs"] = dict(re.findall(r"(\w+)' = ([^,]+)", ode.group(1)))
+    return problem
+
+
+def _evaluate_rhs(expressions: dict, names: tuple, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    scope = {"sin": np.sin, "cos": np.cos, "u": u, **{name: x[:, i] for i, name in enumerate(names)}}
+    return np.stack([eval(expressions[name].replace("^", "**"), scope) for name in names], axis=1)
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_the_compact_prompt_states_the_whole_problem(name):
+    """Rebuilt from the compact text only, the problem is the record's: dynamics (the exact matrices, or a
+    right-hand side that evaluates like the simulator's), horizon, bounds, cost, target and x_0."""
+    system = get_system(name)
+    x0 = sample_initial_states(system, 3, seed=1)[2]
+    problem = rebuild_problem(build_prompt(system, x0, decimals=2, style="compact"))
+    assert problem["state_names"] == system.state_names and problem["steps"] == system.steps
+    assert problem["bounds"] == (system.u_min, system.u_max)
+    close = {"rtol": 1e-5, "atol": 1e-6}  # printed with 6 significant digits
+    np.testing.assert_allclose(problem["Q"], system.Q, **close)
+    np.testing.assert_allclose(problem["Qf"], system.Qf, **close)
+    np.testing.assert_allclose(problem["x_target"], system.x_target, **close)
+    np.testing.assert_allclose(problem["x0"], np.round(x0, 2))
+    assert problem["R"] == system.R
+    if system.is_linear:
+        np.testing.assert_allclose(problem["A"], system.A, **close)
+        np.testing.assert_allclose(problem["B"], system.B, **close)
+    else:
+        assert problem["dt"] == system.dt
+        rng = np.random.default_rng(0)
+        x, u = rng.uniform(-2, 2, (64, system.n)), rng.uniform(system.u_min, system.u_max, 64)
+        expected = np.stack(system.rhs([x[:, i] for i in range(system.n)], u, np), axis=1)
+        np.testing.assert_allclose(_evaluate_rhs(problem["rhs"], system.state_names, x, u), expected, **close)
+
+
+def test_compact_is_a_fraction_of_the_full_statement():
+    system = get_system("double_integrator_short")
+    full = build_prompt(system, np.array([0.1, -0.2]))
+    compact = build_prompt(system, np.array([0.1, -0.2]), style="compact")
+    assert len("".join(m["content"] for m in compact)) < 0.4 * len("".join(m["content"] for m in full))
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        build_prompt(system, np.array([0.1, -0.2]), style="short")
+
+
+def test_every_reasoning_style_carries_the_same_controls(labelled):
+    system, x0, ref, full = labelled
+    brief = format_answers(system, x0, ref.u_label, ref.J, reasoning="brief")
+    none = format_answers(system, x0, ref.u_label, ref.J, reasoning="none")
+    for answers in (full, brief, none):
+        parsed = [parse_controls(a, system.steps) for a in answers]
+        assert all(p.ok for p in parsed)
+        np.testing.assert_array_equal([p.values for p in parsed], ref.u_label)
+    assert all(a.startswith("<REASONING></REASONING><CONTROLS>") for a in none)
+    assert all(len(b) < len(f) for b, f in zip(brief, full, strict=True))
+    assert all(("bound" in b) and ("They start at u_0" in b) for b in brief)

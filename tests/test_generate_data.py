@@ -205,3 +205,38 @@ def test_bench_quick_run_writes_json_and_table(tmp_path):
     quality = result["baseline_quality"]["double_integrator"]["wide"]
     assert quality["old"]["median"] >= 1.0 - 1e-12 and quality["ours_printed"]["max"] >= 1.0
     assert "J_baseline / J*" in (out / "bench.md").read_text()
+
+
+def test_prompt_and_reasoning_styles_change_the_text_not_the_ground_truth(tmp_path):
+    common = [
+        "--systems",
+        "double_integrator_short",
+        "--train-samples",
+        "6",
+        "--eval-samples",
+        "2",
+        "--seed",
+        "3",
+    ]
+    full = generate(tmp_path, *common, "--dataset-name", "full")
+    lean = generate(
+        tmp_path, *common, "--dataset-name", "lean", "--prompt-style", "compact", "--reasoning", "none"
+    )
+    assert full.returncode == 0 and lean.returncode == 0, full.stderr + lean.stderr
+    info = json.loads((tmp_path / "lean" / "info.json").read_text())
+    assert (info["prompt_style"], info["reasoning"]) == ("compact", "none")
+    assert (info["config"]["generate"]["prompt_style"], info["config"]["generate"]["reasoning"]) == (
+        "compact",
+        "none",
+    )
+    for split in ("train.jsonl", "eval.jsonl"):
+        a = [json.loads(line) for line in (tmp_path / "full" / split).read_text().splitlines()]
+        b = [json.loads(line) for line in (tmp_path / "lean" / split).read_text().splitlines()]
+        truth = ("id", "x0", "u_opt", "J_opt", "J_label", "J_zero", "x_final_opt")
+        assert [[r[k] for k in truth] for r in a] == [[r[k] for k in truth] for r in b]
+        assert all(r["prompt"][1]["content"].startswith("x_0 = (") for r in b)
+        assert all(r["completion"][0]["content"].startswith("<REASONING></REASONING><CONTROLS>") for r in b)
+    check = generate(tmp_path, "--validate", "lean")
+    assert check.returncode == 0, check.stderr
+    bad = generate(tmp_path, *common, "--dataset-name", "x", "--reasoning", "long")
+    assert bad.returncode == 2 and "generate.reasoning" in bad.stderr and "brief" in bad.stderr

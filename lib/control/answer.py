@@ -8,6 +8,14 @@ initial state shown in the prompt), and their reasoning states facts computed fo
 uncontrolled outcome, where the controls saturate, how they start and change sign, the final state they
 reach and their cost next to J*. Nothing in it is fixed boilerplate.
 
+Two prompt styles (PROMPT_STYLES) state the same problem: "full" explains the system in words (the default,
+~470 tokens for the double integrator), "compact" puts dynamics, bounds and cost in one system message of
+symbols and the user message is only the initial state (~170 tokens); both state everything needed to solve
+it (tests/test_answer.py rebuilds the problem from the compact text). Three reasoning styles
+(REASONING_STYLES) fill <REASONING>: "full" (the facts above), "brief" (where the controls saturate and how
+they start) and "none" (an empty block, so the contract and its parser stay the same). The controls are the
+same in all of them.
+
 `parse_controls` is strict and total: for any input it returns ParsedControls and never raises, never pads,
 never truncates.
 """
@@ -30,6 +38,8 @@ SYSTEM_PROMPT = (
     "<CONTROLS>u_0, u_1, ..., u_{N-1}</CONTROLS> (exactly N comma-separated numbers) and nothing else."
 )
 TAGS = ("<REASONING>", "</REASONING>", "<CONTROLS>", "</CONTROLS>")
+PROMPT_STYLES = ("full", "compact")
+REASONING_STYLES = ("full", "brief", "none")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 _NON_FINITE_WORDS = {"inf", "infinity", "nan"}
 
@@ -45,7 +55,9 @@ def _vector(values, spec: str) -> str:
 
 
 def _matrix(M: np.ndarray) -> str:
-    if np.count_nonzero(M - np.diag(np.diag(M))) == 0:
+    """diag(a, b) for a square diagonal matrix, else [a, b; c, d] row by row (6 significant digits)."""
+    square = M.shape[0] == M.shape[1]
+    if square and np.count_nonzero(M - np.diag(np.diag(M))) == 0:
         return "diag(" + ", ".join(f"{v:g}" for v in np.diag(M)) + ")"
     return "[" + "; ".join(", ".join(f"{v:g}" for v in row) for row in M) + "]"
 
@@ -71,9 +83,37 @@ def _user_template(system: System, decimals: int) -> str:
     )
 
 
-def build_prompt(system: System, x0: np.ndarray, decimals: int = 2) -> list[dict]:
-    """[system message, user message] in TRL's conversational format; x0 is shown with `decimals` decimals."""
-    user = _user_template(system, decimals).replace("{x0}", _vector(x0, f".{decimals}f"))
+@functools.cache
+def compact_statement(system: System) -> str:
+    """The compact style's system message: the whole problem in symbols, one line (x+ is x_{k+1}). It leaves
+    the answer format out: a fine-tuned model learns it from the labels (the full style spells it out)."""
+    N = system.steps
+    if system.is_linear:
+        dynamics = f"x+ = A x + B u, A = {_matrix(system.A)}, B = {_matrix(system.B)}"
+    else:
+        dynamics = f"{system.ode}, RK4 step dt = {system.dt:g}"
+    return (
+        f"{system.name}: x = ({', '.join(system.state_names)}), {dynamics}; N = {N}; "
+        f"{system.u_min:g} <= u <= {system.u_max:g}; min sum_(k<{N}) e_k'Q e_k + R u_k^2 + e_{N}'Qf e_{N}, "
+        f"e = x - x*, x* = {_vector(system.x_target, '.6g')}, Q = {_matrix(system.Q)}, R = {system.R:g}, "
+        f"Qf = {_matrix(system.Qf)}."
+    )
+
+
+def build_prompt(system: System, x0: np.ndarray, decimals: int = 2, style: str = "full") -> list[dict]:
+    """[system message, user message] in TRL's conversational format; x0 is shown with `decimals` decimals.
+
+    style "full" explains the problem in words; "compact" states it in symbols (module docstring).
+    """
+    shown = _vector(x0, f".{decimals}f")
+    if style == "compact":
+        return [
+            {"role": "system", "content": compact_statement(system)},
+            {"role": "user", "content": f"x_0 = {shown}"},
+        ]
+    if style != "full":
+        raise ValueError(f"unknown prompt style {style!r}: expected one of {PROMPT_STYLES}")
+    user = _user_template(system, decimals).replace("{x0}", shown)
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -126,12 +166,26 @@ def _sign_text(u: np.ndarray, decimals: int) -> str:
 
 
 def format_answers(
-    system: System, x0: np.ndarray, u_label: np.ndarray, J_opt: np.ndarray, decimals: int = 2
+    system: System,
+    x0: np.ndarray,
+    u_label: np.ndarray,
+    J_opt: np.ndarray,
+    decimals: int = 2,
+    reasoning: str = "full",
 ) -> list[str]:
     """Label completions for a batch: x0 [B, n], u_label [B, N] (values on the printed grid), J_opt [B].
 
-    Every number in the reasoning is computed here from the instance (module docstring).
+    Every number in the reasoning is computed here from the instance; `reasoning` picks how much of it
+    (module docstring).
     """
+    if reasoning not in REASONING_STYLES:
+        raise ValueError(f"unknown reasoning style {reasoning!r}: expected one of {REASONING_STYLES}")
+    if reasoning != "full":
+        return [
+            f"<REASONING>{_brief_reasoning(system, u, decimals) if reasoning == 'brief' else ''}</REASONING>"
+            f"<CONTROLS>{format_controls(u, decimals)}</CONTROLS>"
+            for u in np.asarray(u_label, dtype=float)
+        ]
     x0 = np.asarray(x0, dtype=float).reshape(-1, system.n)
     u_label = np.asarray(u_label, dtype=float)
     N = system.steps
@@ -157,12 +211,21 @@ def format_answers(
     return answers
 
 
+def _brief_reasoning(system: System, u: np.ndarray, decimals: int) -> str:
+    return f"{_saturation_text(system, u, decimals)} {_sign_text(u, decimals)}"
+
+
 def format_answer(
-    system: System, x0: np.ndarray, u_label: np.ndarray, J_opt: float, decimals: int = 2
+    system: System,
+    x0: np.ndarray,
+    u_label: np.ndarray,
+    J_opt: float,
+    decimals: int = 2,
+    reasoning: str = "full",
 ) -> str:
     """The label completion for one instance (see format_answers)."""
     return format_answers(
-        system, np.asarray(x0)[None], np.asarray(u_label)[None], np.array([J_opt]), decimals
+        system, np.asarray(x0)[None], np.asarray(u_label)[None], np.array([J_opt]), decimals, reasoning
     )[0]
 
 

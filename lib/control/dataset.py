@@ -34,7 +34,13 @@ import numpy as np
 
 from lib.common.atomic import atomic_dir, write_bytes_atomic
 from lib.common.errors import UsageError
-from lib.control.answer import build_prompt, format_answers, parse_controls
+from lib.control.answer import (
+    PROMPT_STYLES,
+    REASONING_STYLES,
+    build_prompt,
+    format_answers,
+    parse_controls,
+)
 from lib.control.metrics import j_floor, zero_control_cost
 from lib.control.references import KKT_TOL_LINEAR, ReferenceSolution, linear_optima, solve_reference
 from lib.control.systems import SYSTEMS, System, get_system, simulate, trajectory_cost
@@ -113,9 +119,17 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def record_lines(system: System, x0: np.ndarray, ref: ReferenceSolution, decimals: int) -> list[str]:
-    """One JSON line per instance (fields in the module docstring)."""
-    completions = format_answers(system, x0, ref.u_label, ref.J, decimals)
+def record_lines(
+    system: System,
+    x0: np.ndarray,
+    ref: ReferenceSolution,
+    decimals: int,
+    prompt_style: str = "full",
+    reasoning: str = "full",
+) -> list[str]:
+    """One JSON line per instance (fields in the module docstring); the styles only change the text of
+    prompt and completion (lib/control/answer.py), never the ground truth."""
+    completions = format_answers(system, x0, ref.u_label, ref.J, decimals, reasoning)
     J_zero = zero_control_cost(system, x0)
     x_final = simulate(system, x0, ref.u)[:, -1]
     horizon = {"steps": system.steps, "dt": float(system.dt)}
@@ -127,7 +141,7 @@ def record_lines(system: System, x0: np.ndarray, ref: ReferenceSolution, decimal
             "id": f"{system.name}-{i:06d}",
             "system": system.name,
             "x0": x0[i].tolist(),
-            "prompt": build_prompt(system, x0[i], decimals),
+            "prompt": build_prompt(system, x0[i], decimals, prompt_style),
             "completion": [{"role": "assistant", "content": completions[i]}],
             "u_opt": ref.u[i].tolist(),
             "J_opt": float(ref.J[i]),
@@ -155,6 +169,8 @@ def build_dataset(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     on_system: Callable[[str], None] | None = None,
+    prompt_style: str = "full",
+    reasoning: str = "full",
 ) -> tuple[dict[str, list[str]], dict]:
     """({split: json lines}, info without files/created_at): samples split evenly over the systems."""
     systems = [get_system(name) for name in system_names]
@@ -178,7 +194,7 @@ def build_dataset(
             on_system(system.name)
         x0 = sample_initial_states(system, n_tr + n_ev, seed, decimals, wide)
         ref = solve_reference(system, x0, decimals=decimals, seed=seed, workers=workers, progress=progress)
-        system_lines = record_lines(system, x0, ref, decimals)
+        system_lines = record_lines(system, x0, ref, decimals, prompt_style, reasoning)
         lines["train"] += system_lines[:n_tr]
         lines["eval"] += system_lines[n_tr:]
         floor = j_floor(ref.J)
@@ -199,6 +215,8 @@ def build_dataset(
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "decimals": decimals,
+        "prompt_style": prompt_style,
+        "reasoning": reasoning,
         "box": "wide" if wide else "default",
         "counts": {"train": n_train, "eval": n_eval},
         "cost": "J = sum_{k=0}^{N-1} [(x_k - x*)' Q (x_k - x*) + R u_k^2] + (x_N - x*)' Qf (x_N - x*)",
@@ -310,6 +328,9 @@ def check_info(path: Path, info: object) -> None:
     decimals = info.get("decimals")
     if not _is_int(decimals) or not 0 <= decimals <= 8:
         raise bad(f"'decimals' should be a whole number from 0 to 8, got {_kind(decimals)}.")
+    for key, allowed in (("prompt_style", PROMPT_STYLES), ("reasoning", REASONING_STYLES)):
+        if info.get(key, "full") not in allowed:  # datasets made before the styles existed are "full"
+            raise bad(f"'{key}' should be one of {', '.join(allowed)}, got {_kind(info[key])}.")
     systems = info.get("systems")
     if not isinstance(systems, dict) or not systems:
         raise bad(
@@ -473,7 +494,7 @@ def read_split(path: Path, split: str) -> list[dict]:
 LABEL_ABS_TOL = 1e-9  # stored numbers must re-simulate to within this (relative to max(1, |value|))
 OPTIMUM_RTOL = 1e-9  # linear: J_opt within this (relative, plus 1e-15 absolute) of the re-solved J*
 OPTIMUM_UTOL = 1e-6  # linear: u_opt within this fraction of (u_max - u_min) of the re-solved u*
-_INITIAL_STATE = re.compile(r"Initial state: x_0 = \(([^()]*)\)")
+_INITIAL_STATE = re.compile(r"x_0 = \(([^()]*)\)")  # "Initial state: x_0 = (...)" or, compact, "x_0 = (...)"
 
 
 def validate_dataset(path: Path) -> dict:
@@ -541,7 +562,7 @@ def _check_prompt(path: Path, where: str, record: dict, decimals: int) -> None:
     except ValueError:
         shown = None
     if shown is None:
-        raise _corrupt(path, f"{where}: 'prompt' does not show one 'Initial state: x_0 = (...)'.")
+        raise _corrupt(path, f"{where}: 'prompt' does not show one 'x_0 = (...)'.")
     x0 = record["x0"]
     if len(shown) != len(x0) or any(abs(s - x) > 1e-9 for s, x in zip(shown, x0, strict=True)):
         raise _corrupt(path, f"{where}: 'prompt' shows x_0 = ({found[0]}), but 'x0' is {x0}.")

@@ -60,6 +60,7 @@ class System:
     A: np.ndarray | None = None  # [n, n] exact ZOH matrices of a linear system; None when nonlinear
     B: np.ndarray | None = None  # [n, 1]
     rhs: Rhs | None = None  # continuous-time right-hand side of a nonlinear system (RK4-integrated)
+    ode: str = ""  # rhs as text, one "name' = expression" per state ("*" and "^"), for the compact prompt
 
     @property
     def n(self) -> int:
@@ -199,6 +200,7 @@ def _van_der_pol() -> System:
         A_cont=np.array([[0.0, 1.0], [-1.0, VDP_MU]]),  # Jacobian at the origin
         B_cont=np.array([[0.0], [1.0]]),
         rhs=_van_der_pol_rhs,
+        ode="x1' = x2, x2' = (1 - x1^2)*x2 - x1 + u",
     )
 
 
@@ -302,6 +304,7 @@ def _pendulum() -> System:
         A_cont=np.array([[0.0, 1.0], [PEND_G / PEND_L, -PEND_B / (PEND_M * PEND_L**2)]]),
         B_cont=np.array([[0.0], [1.0 / (PEND_M * PEND_L**2)]]),
         rhs=_pendulum_rhs,
+        ode="theta' = omega, omega' = -9.81*sin(theta) - 0.1*omega + u",
     )
 
 

@@ -92,6 +92,7 @@ def load_eval_records(
         interleaved = interleaved[:num_samples]
     for record in interleaved:
         record["J_floor"] = info["systems"][record["system"]]["J_floor"]
+        record["prompt_style"] = info.get("prompt_style", "full")  # MPC re-plans ask in the same style
     return interleaved, info
 
 
@@ -133,8 +134,15 @@ def answer_records(
         for name in dict.fromkeys(per_row_system):
             idx = [i for i, s in enumerate(per_row_system) if s == name]
             x0 = np.array([records[i // k]["x0"] for i in idx], dtype=float)
-            decimals = records[idx[0] // k]["decimals"]
-            u, reasons, first = closed_loop(get_system(name), x0, answer, replan_every, decimals)
+            first_record = records[idx[0] // k]
+            u, reasons, first = closed_loop(
+                get_system(name),
+                x0,
+                answer,
+                replan_every,
+                first_record["decimals"],
+                first_record.get("prompt_style", "full"),
+            )
             for j, i in enumerate(idx):
                 rows.completion[i], rows.reason[i], rows.u[i] = first[j], reasons[j], u[j]
     else:
@@ -150,10 +158,15 @@ def _call(answer: Answerer, prompts: list[list[dict]]) -> list[str]:
 
 
 def closed_loop(
-    system, x0: np.ndarray, answer: Answerer, replan_every: int, decimals: int
+    system,
+    x0: np.ndarray,
+    answer: Answerer,
+    replan_every: int,
+    decimals: int,
+    prompt_style: str = "full",
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """Model-predictive control: every `replan_every` steps the model plans the full N-step problem from the
-    simulated state (shown rounded to `decimals`, as in the prompts it was trained on) and the first
+    simulated state (shown rounded to `decimals` in `prompt_style`, as in the prompts it was trained on) and the first
     `replan_every` controls of its plan are applied. All instances re-plan in one batched call.
 
     Returns the applied controls [B, N] (NaN rows for loops that broke), the reasons ("" when every plan
@@ -169,7 +182,7 @@ def closed_loop(
         live = np.flatnonzero(alive)
         if live.size == 0:
             break
-        texts = _call(answer, [build_prompt(system, x[i], decimals) for i in live])
+        texts = _call(answer, [build_prompt(system, x[i], decimals, prompt_style) for i in live])
         plans, plan_reasons = _fill_controls(texts, N)
         stop = min(start + replan_every, N)
         for j, i in enumerate(live):
