@@ -36,9 +36,10 @@ validate: install ## validate every config under configs/ against its schema
 data: install ## datasets/di_vdp: 2,000 double-integrator + Van der Pol problems (~25 s; ARGS=--overwrite to redo)
 	$(PY) scripts/generate_data.py --systems double_integrator van_der_pol --total-samples 2000 --dataset-name di_vdp --seed 0 $(ARGS)
 
-bench: install ## benchmark data generation vs the old clipped-LQR labels, and the GRPO rewards -> results/bench/ (ARGS: bench.py counts)
+bench: install ## benchmark data generation vs the old clipped-LQR labels, the GRPO rewards, tokens per record -> results/bench/ (ARGS: bench.py counts)
 	$(PY) scripts/bench.py $(ARGS)
 	$(PY) scripts/bench_rewards.py
+	$(PY) scripts/bench_tokens.py
 
 bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tokens/s, GRPO s/step, memory, loss curve)
 	$(PY) scripts/bench_training.py $(ARGS)
@@ -73,6 +74,10 @@ pipeline: install ## data -> SFT -> eval -> GRPO -> eval -> report (CONFIG=confi
 
 demo: install ## the whole pipeline on the embedded model on this CPU (~15 min on 2 cores); prints the report's path
 	$(PY) scripts/run_pipeline.py --config configs/pipeline/demo_cpu.yaml $(ARGS)
+
+.PHONY: demo-scratch
+demo-scratch: install ## the pipeline with a from-scratch 0.6 M-parameter model that learns the control law on a CPU (~15 min)
+	$(PY) scripts/run_pipeline.py --config configs/pipeline/demo_scratch_cpu.yaml $(ARGS)
 
 # clean-cache needs no .venv (scripts/cleanup_cache.py uses the standard library only), so it installs nothing.
 .PHONY: clean-cache

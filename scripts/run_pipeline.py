@@ -39,6 +39,8 @@ from pathlib import Path
 
 from lib.common.config import ROOT, override_text
 from lib.common.errors import EXIT_OK, UsageError, run_cli
+from lib.common.runs import read_run_info
+from lib.llm.models import SCRATCH
 from lib.llm.pipeline import (
     CONFIG_FILE,
     PHASES,
@@ -161,7 +163,10 @@ def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
         )
     models, labels = [str(run)], [stage]
     if stage == "sft" and cfg["pipeline"]["include_base"]:
-        models, labels = [cfg["model"]["name"], str(run)], ["base", "sft"]
+        base = cfg["model"]["name"]
+        if base == SCRATCH:  # the random weights the SFT run started from (in the model cache)
+            base = read_run_info(run)["base_model"]
+        models, labels = [base, str(run)], ["base", "sft"]
     overrides = {
         "eval.model_path": models,
         "eval.labels": labels,

@@ -45,6 +45,7 @@ def overrides(root: Path, *extra: str) -> list[str]:
         "grpo.per_device_train_batch_size=4",  # 4 completions per step = 2 prompts x num_generations 2
         "grpo.num_generations=2",
         "grpo.max_completion_length=16",
+        "eval.every_steps=0",  # the control metrics have their own tests below (they add generation time)
         *extra,
     ]
 
@@ -348,3 +349,80 @@ def test_verify_grpo_format_loads_the_latest_grpo_run(workspace, tmp_path):
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"] == f"run {workspace / 'models/universal/grpo/v1'}"
+
+
+# ---------------------------------------------------------------- control metrics during training
+
+
+def test_both_stages_log_control_metrics_to_history_tensorboard_and_the_curves(workspace):
+    """eval.every_steps=1: the watch problems are answered before step 1, after each step, and the numbers
+    reach log_history.json, the TensorBoard event files in the run folder and training_curves.png."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    extra = ("training_type=both", "run.run_id=w1", "eval.every_steps=1", "eval.watch_problems=3",
+             "eval.max_new_tokens=24", "run.report_to=tensorboard")  # fmt: skip
+    assert trainer_main(["--config", "configs/profiles/cpu.yaml", *overrides(workspace, *extra)]) == 0
+    for stage in ("sft", "grpo"):
+        run = workspace / "models/universal" / stage / "w1"
+        history = json.loads((run / "log_history.json").read_text())
+        watched = [h for h in history if "control/parsed" in h]
+        assert [h["step"] for h in watched] == [0, 1, 2]  # before training, then after every step
+        assert all(0.0 <= h["control/parsed"] <= 1.0 and h["control/seconds"] > 0 for h in watched)
+        if stage == "grpo":  # GRPO's own step logs keep their rewards (the callback logs beside them)
+            assert all("rewards/format_reward/mean" in h for h in history if "loss" in h)
+        events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert events, f"no TensorBoard event file in {run / 'tensorboard'}"
+        scalars = EventAccumulator(str(run / "tensorboard")).Reload()
+        parsed = [(e.step, e.value) for e in scalars.Scalars("train/control/parsed")]
+        assert parsed == [(h["step"], pytest.approx(h["control/parsed"])) for h in watched]
+        assert (run / "training_curves.png").stat().st_size > 10_000
+        info = json.loads((run / "run_info.json").read_text())
+        assert (info["prompt_style"], info["reasoning"]) == ("full", "full")
+
+
+@pytest.fixture(scope="module")
+def lean(tmp_path_factory):
+    """Compact prompts and empty reasoning: records short enough for a from-scratch model to learn in seconds."""
+    root = tmp_path_factory.mktemp("lean")
+    make_dataset(
+        root, "lean", ["double_integrator_short"], 64, 4, "--prompt-style", "compact", "--reasoning", "none"
+    )
+    return root
+
+
+def test_sft_learns_to_end_the_answer_with_the_chat_end_token_and_generation_stops_there(lean):
+    """model.name=scratch: a small model from random weights learns the answer's format, its control
+    metrics show it (parsed 0 -> 1), and its answers stop on <|im_end|> well before max_new_tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lib.llm.models import embedded_model_dir
+
+    extra = ("training_type=sft", "run.run_id=stop", "model.name=scratch", "model.lora.enabled=false",
+             "model.scratch.hidden_size=64", "model.scratch.layers=2", "sft.max_steps=80",
+             "sft.per_device_train_batch_size=16", "sft.learning_rate=3e-3", "data.dataset_name=lean",
+             "eval.every_steps=40", "eval.watch_problems=4", "eval.max_new_tokens=96")  # fmt: skip
+    assert trainer_main(["--config", "configs/profiles/cpu.yaml", *overrides(lean, *extra)]) == 0
+    run = lean / "models/universal/sft/stop"
+    watched = [h for h in json.loads((run / "log_history.json").read_text()) if "control/parsed" in h]
+    assert [h["step"] for h in watched] == [0, 40, 80]
+    assert watched[0]["control/parsed"] == 0.0 and watched[-1]["control/parsed"] == 1.0
+
+    record = read_records(lean / "datasets" / "lean", "train")[0]
+    # what SFT trains on is the chat text of prompt + completion minus the prompt's with the generation
+    # prompt (TRL's completion mask): it ends with <|im_end|>, for this model's template and SmolLM2's
+    for source in (run / "model", embedded_model_dir()):
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        prompt = tokenizer.apply_chat_template(record["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=False)
+        assert full.startswith(prompt) and tokenizer.eos_token == "<|im_end|>"
+        assert full[len(prompt) :].rstrip("\n").endswith("</CONTROLS><|im_end|>")
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    for record in read_records(lean / "datasets" / "lean", "eval"):
+        text = tokenizer.apply_chat_template(record["prompt"], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = model.generate(ids, max_new_tokens=96, do_sample=False)[0, ids.shape[1] :].tolist()
+        assert out[-1] == tokenizer.eos_token_id and len(out) < 96  # it stopped on <|im_end|> by itself
+        answer = tokenizer.decode(out, skip_special_tokens=True)
+        assert answer.startswith("<REASONING></REASONING><CONTROLS>") and answer.endswith("</CONTROLS>")

@@ -11,17 +11,20 @@ from lib.common.device import DeviceSetup
 from lib.common.distributed import Processes
 from lib.common.errors import UsageError
 from lib.common.runs import StopOnSignal, latest_run, mean_of_last, read_run_info
-from lib.llm.models import load_start_model
+from lib.llm.models import SCRATCH, load_start_model, start_model_name
 from lib.llm.rewards import reward_functions
 from lib.llm.stages import (
+    attach_trainer,
     check_lengths,
     common_args,
+    dataset_styles,
     finish_run,
     last_checkpoint,
     load_stage_records,
+    record_texts,
+    stage_callbacks,
     stage_dir,
     start_run,
-    stop_callback,
 )
 
 
@@ -42,8 +45,9 @@ def train_grpo(
         raise UsageError(
             "every GRPO reward has weight 0.", fix="give at least one of grpo.rewards.* a weight > 0."
         )
-    train, _, _ = load_stage_records(cfg, "grpo")
-    model, tokenizer, peft_config = load_start_model(cfg, setup, init_run)
+    train, _, info = load_stage_records(cfg, "grpo")
+    base = start_model_name(cfg, record_texts(train)) if init_run is None else cfg["model"]["name"]
+    model, tokenizer, peft_config = load_start_model(cfg, setup, init_run, base)
     train = check_lengths(tokenizer, train, cfg, "grpo")
     columns = ("prompt", "system", "x0", "J_opt", "J_floor", "J_zero")  # J_zero: no u = 0 simulation
     run_dir = start_run(
@@ -52,7 +56,12 @@ def train_grpo(
         run_id,
         argv,
         setup,
-        {"init_run": str(init_run) if init_run else None, "train_records": len(train)},
+        {
+            "init_run": str(init_run) if init_run else None,
+            "base_model": base if cfg["model"]["name"] == SCRATCH else cfg["model"]["name"],
+            "train_records": len(train),
+            **dataset_styles(info),
+        },
         processes,
     )
     args = GRPOConfig(
@@ -71,6 +80,7 @@ def train_grpo(
         vllm_gpu_memory_utilization=grpo["vllm_gpu_memory_utilization"],
     )
     with StopOnSignal() as stop:
+        callbacks = stage_callbacks(cfg, tokenizer, run_dir, stop)
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=functions,
@@ -78,8 +88,9 @@ def train_grpo(
             train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[stop_callback(stop)],
+            callbacks=callbacks,
         )
+        attach_trainer(trainer, callbacks)
         trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
     history = trainer.state.log_history
     metrics = {"reward": mean_of_last(history, "reward")}

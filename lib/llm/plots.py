@@ -220,17 +220,29 @@ def plot_comparison(
     return save_figure(fig, path)
 
 
+CONTROL_PANELS = {  # control-metrics callback keys -> (panel, y label)
+    "control/median_gap": ("gap", "median gap (J - J*) / J* of feasible answers"),
+    "control/mean_S": ("score", "score S of parsed answers (1 = J*, 0 = u = 0)"),
+    "control/median_S": ("score", "score S of parsed answers (1 = J*, 0 = u = 0)"),
+    "control/parsed": ("rates", "rate on the watch problems"),
+    "control/feasible": ("rates", "rate on the watch problems"),
+    "control/success@10%": ("rates", "rate on the watch problems"),
+}
+
+
 def plot_training_curves(
     history: Sequence[Mapping], title: str, path: Path, beta: float = 0.0
 ) -> Path | None:
-    """Loss, each reward function's mean (GRPO) and the KL (only when beta > 0) against the optimiser step,
-    from a run's log_history.json. None when the history has no logged step."""
+    """Loss, each reward function's mean (GRPO), the KL (only when beta > 0) and the control metrics of the
+    held-out watch problems (eval.every_steps: gap, S, rates) against the optimiser step, from a run's
+    log_history.json. None when the history has no logged step."""
     logged = [h for h in history if "step" in h]
     series: dict[str, list[tuple[int, float]]] = {}
     for entry in logged:
         for key, value in entry.items():
             if isinstance(value, (int, float)) and (
                 key in ("loss", "eval_loss", "reward", "kl")
+                or key in CONTROL_PANELS
                 or (key.startswith("rewards/") and key.endswith("/mean"))
             ):
                 series.setdefault(key, []).append((entry["step"], float(value)))
@@ -238,20 +250,30 @@ def plot_training_curves(
         series.pop("kl", None)
     if not series:
         return None
-    panels = [p for p in (["loss", "eval_loss"], ["reward"] + sorted(k for k in series if k.startswith("rewards/")), ["kl"])
-              if any(k in series for k in p)]  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, keys in zip(axes[0], panels, strict=True):
+    control = {}
+    for key, (panel, _) in CONTROL_PANELS.items():
+        control.setdefault(panel, []).append(key)
+    panels = [p for p in (["loss", "eval_loss"], ["reward"] + sorted(k for k in series if k.startswith("rewards/")),
+                          ["kl"], *control.values()) if any(k in series for k in p)]  # fmt: skip
+    labels = {"loss": "loss [nats/token]", "reward": "reward (mean)", "kl": "KL to start model [nats]"}
+    labels.update({key: label for key, (_, label) in CONTROL_PANELS.items()})
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
+    for ax, keys in zip(axes.flat, panels, strict=False):
         for key in keys:
             if key in series:
                 steps, values = zip(*series[key], strict=True)
                 ax.plot(steps, values, marker="o", markersize=3, label=key)
+        if keys[0] == "control/median_gap":
+            ax.set_yscale("log")  # gaps span 1e-3 (near optimal) to 1e2 (far worse than J*)
+        if keys[0] == "control/mean_S":
+            ax.axhline(0.0, color="grey", linewidth=1)
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], -3.0))  # S is unbounded below; below -3 is "far worse"
         ax.set_xlabel("optimiser step")
-        ax.set_ylabel(
-            {"loss": "loss [nats/token]", "reward": "reward (mean)", "kl": "KL to start model [nats]"}[
-                keys[0]
-            ]
-        )
+        ax.set_ylabel(labels[keys[0]])
         ax.legend(loc="best", fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.suptitle(title)
     return save_figure(fig, path)

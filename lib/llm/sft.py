@@ -8,16 +8,19 @@ from pathlib import Path
 from lib.common.device import DeviceSetup
 from lib.common.distributed import Processes
 from lib.common.runs import StopOnSignal, mean_of_last
-from lib.llm.models import load_start_model
+from lib.llm.models import SCRATCH, load_start_model, start_model_name
 from lib.llm.stages import (
     SFT_FIELDS,
+    attach_trainer,
     check_lengths,
     common_args,
+    dataset_styles,
     finish_run,
     last_checkpoint,
     load_stage_records,
+    record_texts,
+    stage_callbacks,
     start_run,
-    stop_callback,
 )
 
 
@@ -27,10 +30,12 @@ def train_sft(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    train, evaluation, _ = load_stage_records(cfg, "sft")
-    model, tokenizer, peft_config = load_start_model(cfg, setup, None)
+    train, evaluation, info = load_stage_records(cfg, "sft")
+    base = start_model_name(cfg, record_texts(train))
+    model, tokenizer, peft_config = load_start_model(cfg, setup, None, base)
     train = check_lengths(tokenizer, train, cfg, "sft")
-    extra = {"init_run": None, "train_records": len(train)}
+    extra = {"init_run": None, "base_model": base if cfg["model"]["name"] == SCRATCH else cfg["model"]["name"],
+             "train_records": len(train), **dataset_styles(info)}  # fmt: skip
     run_dir = start_run(cfg, "sft", run_id, argv, setup, extra, processes)
     fields = list(SFT_FIELDS)
     args = SFTConfig(
@@ -40,6 +45,7 @@ def train_sft(
         per_device_eval_batch_size=cfg["sft"]["per_device_train_batch_size"],
     )
     with StopOnSignal() as stop:
+        callbacks = stage_callbacks(cfg, tokenizer, run_dir, stop)
         trainer = SFTTrainer(
             model=model,
             args=args,
@@ -49,8 +55,9 @@ def train_sft(
             else None,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[stop_callback(stop)],
+            callbacks=callbacks,
         )
+        attach_trainer(trainer, callbacks)
         output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
     metrics = {
         "train_loss": output.training_loss,

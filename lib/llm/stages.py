@@ -8,6 +8,8 @@ they run in: lib/llm/training.py.
         model/            the LoRA adapter (or the full model) and the tokenizer, written at the end
         checkpoints/      checkpoint-N every save_steps (resumable)
         log_history.json  trainer_state.json  metrics.json
+        training_curves.png   loss, rewards and the control metrics of eval.every_steps against step
+        tensorboard/      event files (run.report_to: tensorboard)
     models/<scope>/<stage>/latest   the run_id of the last COMPLETED run (written only after it completes)
 
 Run folders follow lib/common/runs.py (docs/ARCHITECTURE.md, "Run folders").
@@ -16,6 +18,8 @@ Run folders follow lib/common/runs.py (docs/ARCHITECTURE.md, "Run folders").
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +98,11 @@ def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], d
     return train, evaluation, info
 
 
+def record_texts(records: list[dict]) -> list[str]:
+    """Every message of the records (prompt and completion): what a from-scratch tokenizer learns from."""
+    return [m["content"] for r in records for m in r["prompt"] + r.get("completion", [])]
+
+
 def check_lengths(tokenizer, records: list[dict], cfg: dict, stage: str) -> list[dict]:
     """Stop (or, with data.allow_truncation, truncate / drop) when records exceed model.max_seq_length."""
     limit = cfg["model"]["max_seq_length"]
@@ -153,6 +162,147 @@ def stop_callback(stop: StopOnSignal):
     return Callback()
 
 
+WATCH_KEYS = (  # what the control-metrics callback logs, each under "control/"
+    "parsed",
+    "feasible",
+    "median_gap",
+    "mean_S",
+    "median_S",
+    "success@10%",
+)
+
+
+def watch_records(cfg: dict) -> list[dict]:
+    """The held-out problems the control-metrics callback answers: the first eval.watch_problems of the
+    dataset's eval split, picked as main_eval.py --num-samples picks them (round-robin over systems)."""
+    from lib.llm.evaluation import load_eval_records
+
+    data = cfg["data"]
+    path = repo_path(data["datasets_dir"]) / data["dataset_name"]
+    return load_eval_records(path, cfg["eval"]["watch_problems"], data["system"])[0]
+
+
+def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[str, float]:
+    """Greedy answers to `records`, scored by simulation exactly as main_eval.py scores them
+    (answer_records -> score_samples -> summarize); the finite numbers of WATCH_KEYS, keyed control/<name>."""
+    from lib.llm.evaluation import answer_records, score_samples, summarize
+    from lib.llm.generation import generate_completions
+
+    settings = cfg["eval"]
+    padding_side = tokenizer.padding_side  # generation pads on the left; training keeps its own side
+    try:
+        rows = answer_records(
+            records,
+            lambda prompts: generate_completions(
+                model,
+                tokenizer,
+                prompts,
+                settings["max_new_tokens"],
+                settings["batch_size"],
+                0.0,
+                cfg["seed"],
+            ),
+        )
+    finally:
+        tokenizer.padding_side = padding_side
+    summary = summarize(score_samples(records, rows), cfg["seed"])["all"]
+    values = {
+        "parsed": summary["parsed"]["rate"],
+        "feasible": summary["feasible"]["rate"],
+        "median_gap": summary["gap_feasible"]["median"],
+        "mean_S": summary["score_parsed"]["mean"],
+        "median_S": summary["score_parsed"]["median"],
+        "success@10%": summary["success@10%"]["rate"],
+    }
+    # a number that does not exist (no answer parsed) or is infinite is left out, not logged as 0
+    return {f"control/{k}": float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def control_metrics_callback(cfg: dict, tokenizer):
+    """A TrainerCallback that answers the watch problems before the first step, every eval.every_steps
+    steps and after the last, and logs control_metrics like any trainer log: into log_history (so
+    log_history.json and the training-curves figure), the console and run.report_to. Set its `trainer`
+    attribute after building the trainer. None when eval.every_steps is 0.
+
+    Runs on the main process only; it is skipped (with a warning) when the model is sharded (FSDP or
+    DeepSpeed), where one process cannot generate alone.
+    """
+    from transformers import TrainerCallback
+
+    every = cfg["eval"]["every_steps"]
+    if not every:
+        return None
+    records = watch_records(cfg)
+
+    class ControlMetrics(TrainerCallback):
+        trainer = None
+        last_step = -1
+
+        def _measure(self, args, state, model) -> None:
+            if not state.is_world_process_zero or state.global_step == self.last_step:
+                return
+            if args.fsdp or args.deepspeed:
+                if self.last_step == -1:
+                    log.warning(
+                        "control metrics during training are off: the model is sharded (FSDP/DeepSpeed)"
+                    )
+                self.last_step = state.global_step
+                return
+            self.last_step = state.global_step
+            started = time.perf_counter()
+            was_training = model.training
+            metrics = control_metrics(model, tokenizer, records, cfg)
+            model.train(was_training)
+            metrics["control/seconds"] = round(time.perf_counter() - started, 2)
+            # what Trainer.log does, without a subclass's log(), which would fold its own step metrics in
+            state.log_history.append({**metrics, "step": state.global_step})
+            self.trainer.callback_handler.on_log(args, state, self.trainer.control, metrics)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                self._measure(args, state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                self._measure(args, state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._measure(args, state, model)
+
+    return ControlMetrics()
+
+
+def stage_callbacks(cfg: dict, tokenizer, run_dir: Path, stop: StopOnSignal) -> list:
+    """Every callback a stage's trainer gets: the signal stop, TensorBoard (run.report_to) and the control
+    metrics (eval.every_steps); pass the trainer to `attach_trainer` once it is built."""
+    watch = control_metrics_callback(cfg, tokenizer)
+    return [stop_callback(stop), *report_callbacks(cfg, run_dir), *([watch] if watch else [])]
+
+
+def attach_trainer(trainer, callbacks: list) -> None:
+    """The control-metrics callback logs through the trainer's callback handler, so it needs the trainer."""
+    for callback in callbacks:
+        if hasattr(callback, "trainer"):
+            callback.trainer = trainer
+
+
+def dataset_styles(info: dict) -> dict:
+    """How the dataset words its problems (info.json; datasets made before the styles existed are "full"),
+    recorded in every run's run_info.json."""
+    return {"prompt_style": info.get("prompt_style", "full"), "reasoning": info.get("reasoning", "full")}
+
+
+def report_callbacks(cfg: dict, run_dir: Path) -> list:
+    """With run.report_to tensorboard: a TensorBoard callback writing to <run>/tensorboard/ (transformers'
+    own would write under checkpoints/runs/<time_host>/)."""
+    if cfg["run"]["report_to"] != "tensorboard":
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+
+
 def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -> dict:
     """TrainingArguments shared by SFT and GRPO, from the stage's config section."""
     return {
@@ -173,7 +323,8 @@ def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -
         "bf16": setup.precision == "bf16",
         "fp16": setup.precision == "fp16",
         "use_cpu": setup.device == "cpu",
-        "report_to": [] if cfg["run"]["report_to"] == "none" else [cfg["run"]["report_to"]],
+        # TensorBoard gets its own callback (report_callbacks), so its files go to the run folder
+        "report_to": ["wandb"] if cfg["run"]["report_to"] == "wandb" else [],
         "dataloader_num_workers": 0,
     }
 
@@ -231,9 +382,14 @@ def finish_run(
 
 
 def _write_run_end(run_dir: Path, trainer, tokenizer, metrics: dict, stopped_by: str | None) -> None:
+    from lib.llm.plots import plot_training_curves
+
     step = trainer.state.global_step
     write_json_atomic(run_dir / "log_history.json", trainer.state.log_history)
     trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+    beta = getattr(trainer.args, "beta", 0.0) or 0.0  # GRPO's KL weight (the KL panel only when > 0)
+    title = f"{run_dir.parent.name} run {run_dir.name}"
+    plot_training_curves(trainer.state.log_history, title, run_dir / "training_curves.png", beta)
     if stopped_by:
         mark_interrupted(run_dir, stopped_by, step)
         return
