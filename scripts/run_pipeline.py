@@ -96,8 +96,8 @@ def phase_data(cfg: dict, run_dir: Path) -> int:
 
 def check_existing_dataset(path: Path, settings: dict) -> None:
     """An existing dataset is used only if it was made with the pipeline's generate settings: the same
-    systems (when generate.systems is set), decimals, box and counts (train and eval when set, else the
-    total)."""
+    systems (when generate.systems is set), decimals, box, prompt style, reasoning and counts (train and eval
+    when set, else the total)."""
     from lib.control.dataset import read_info
 
     info = read_info(path)
@@ -106,8 +106,10 @@ def check_existing_dataset(path: Path, settings: dict) -> None:
         "systems": list(info["systems"]),
         "decimals": info["decimals"],
         "wide": info.get("box") == "wide",
+        "prompt_style": info.get("prompt_style", "full"),
+        "reasoning": info.get("reasoning", "full"),
     }
-    wanted = {"systems": settings["systems"], "decimals": settings["decimals"], "wide": settings["wide"]}
+    wanted = {key: settings[key] for key in ("systems", "decimals", "wide", "prompt_style", "reasoning")}
     if settings["train_samples"] is not None and settings["eval_samples"] is not None:
         found |= {"train_samples": counts["train"], "eval_samples": counts["eval"]}
         wanted |= {"train_samples": settings["train_samples"], "eval_samples": settings["eval_samples"]}
@@ -124,8 +126,6 @@ def check_existing_dataset(path: Path, settings: dict) -> None:
 
 
 def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:
-    from lib.common.runs import read_run_info
-
     run = training_run(cfg, stage, run_dir.name)
     resume = (run / "run_info.json").is_file()
     if resume and read_run_info(run).get("status") == "completed":

@@ -383,3 +383,23 @@ def test_bad_settings_are_usage_errors_naming_flag_or_key(argv, message):
 
     with pytest.raises(UsageError, match=message):
         resolved(*argv)
+
+
+# ---------------------------------------------------------------- GRPO - SFT, paired
+
+
+def test_paired_difference_pairs_problems_and_skips_unscored_ones():
+    from lib.llm.evaluation import paired_difference
+
+    before = np.array([0.1, 0.2, 0.4, 0.8, np.nan, 1.6])
+    after = np.array([0.05, 0.1, 0.2, 0.4, 0.3, np.nan])  # every scored problem halved
+    d = paired_difference(before, after, seed=1)
+    assert d["n"] == 4  # the problems where one answer did not parse are left out, not counted as 0
+    assert d["mean_diff"] == pytest.approx(-0.1875) and d["median_diff"] == pytest.approx(-0.15)
+    assert d["median_change"] == pytest.approx(-0.5)
+    assert d["median_change_ci"] == pytest.approx([-0.5, -0.5])  # halved on every resample of the pairs
+    low, high = d["mean_diff_ci"]
+    assert low < d["mean_diff"] < high < 0  # every difference is negative, so is every resampled mean
+    same = paired_difference(before, before, seed=1)
+    assert same["mean_diff"] == 0 and same["median_change"] == 0 and same["mean_diff_ci"] == [0, 0]
+    assert paired_difference(np.array([np.nan]), np.array([1.0]))["n"] == 0

@@ -103,6 +103,9 @@ def test_a_failed_phase_stops_the_pipeline_then_a_rerun_resumes_and_reports(work
         "| grpo | completed |",
     ):
         assert row in report
+    assert "## GRPO - SFT on the same problems (paired)" in report
+    paired = json.loads((run_dir / "metrics.json").read_text())["grpo_minus_sft"]
+    assert paired["problems"] == 3 and set(paired) == {"problems", "gap", "score"}
     assert (run_dir / "comparison.png").stat().st_size > 10_000
     assert (run_dir / "sft_evaluation" / "performance_summary.png").is_file()
     grpo_info = json.loads((root / "models/universal/grpo" / run_dir.name / "run_info.json").read_text())

@@ -45,7 +45,6 @@ def overrides(root: Path, *extra: str) -> list[str]:
         "grpo.per_device_train_batch_size=4",  # 4 completions per step = 2 prompts x num_generations 2
         "grpo.num_generations=2",
         "grpo.max_completion_length=16",
-        "eval.every_steps=0",  # the control metrics have their own tests below (they add generation time)
         *extra,
     ]
 

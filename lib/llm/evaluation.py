@@ -283,6 +283,42 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def paired_difference(before: np.ndarray, after: np.ndarray, seed: int = 0) -> dict:
+    """after - before on the same problems (the problems where both are finite), with percentile-bootstrap
+    95% intervals that resample problems, so each problem keeps its pair: the mean and the median of the
+    differences, and the relative change of the median, median(after) / median(before) - 1."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    both = np.isfinite(before) & np.isfinite(after)
+    before, after = before[both], after[both]
+    n = int(both.sum())
+    if n == 0:
+        return {"n": 0, "mean_diff": None, "mean_diff_ci": [None, None], "median_diff": None,
+                "median_diff_ci": [None, None], "median_change": None, "median_change_ci": [None, None]}  # fmt: skip
+    rows = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    diff = after - before
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.median(after[rows], axis=1) / np.median(before[rows], axis=1) - 1.0
+        point_change = float(np.median(after) / np.median(before) - 1.0)
+
+    def ci(draws: np.ndarray) -> list:
+        draws = draws[np.isfinite(draws)]
+        return (
+            [_finite_or_none(float(v)) for v in np.percentile(draws, [2.5, 97.5])]
+            if draws.size
+            else [None, None]
+        )
+
+    return {
+        "n": n,
+        "mean_diff": float(diff.mean()),
+        "mean_diff_ci": ci(diff[rows].mean(axis=1)),
+        "median_diff": float(np.median(diff)),
+        "median_diff_ci": ci(np.median(diff[rows], axis=1)),
+        "median_change": _finite_or_none(point_change),
+        "median_change_ci": ci(change),
+    }
+
+
 def describe(values: np.ndarray, seed: int = 0) -> dict:
     """n, mean, median, and their bootstrap 95% intervals (infinite values kept: a diverging answer's cost
     is infinite, and hiding it would flatter the model)."""
