@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lib.common.errors import UsageError
@@ -46,3 +49,24 @@ def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "4" in answer
+
+
+def test_scratch_builds_once_per_corpus_and_refuses_lora(tmp_path, monkeypatch):
+    from lib.common.config import load_schema, schema_defaults
+    from lib.llm.models import start_model_name
+
+    monkeypatch.setenv("CONTROL_LLM_CACHE", str(tmp_path))
+    cfg = schema_defaults(load_schema("control"))
+    cfg["model"]["name"] = "scratch"
+    cfg["model"]["scratch"].update(hidden_size=16, layers=1, heads=2, vocab_size=300)
+    with pytest.raises(UsageError, match="LoRA adapters alone cannot train"):
+        start_model_name(cfg, ["x_0 = (0.10, -0.20)"])
+    cfg["model"]["lora"]["enabled"] = False
+    corpus = ["x_0 = (0.10, -0.20)", "<REASONING></REASONING><CONTROLS>0.12, -0.30</CONTROLS>"]
+    first = start_model_name(cfg, corpus)
+    assert first.startswith(str(tmp_path / "scratch")) and start_model_name(cfg, corpus) == first  # cached
+    assert start_model_name(cfg, [*corpus, "another record"]) != first  # other records, other tokenizer
+    config = json.loads((Path(first) / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (16, 1)
+    with pytest.raises(UsageError, match="built from random weights"):
+        resolve_model_name("scratch")  # nothing to load by that name (main_eval gets the run instead)
