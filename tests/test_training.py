@@ -103,6 +103,7 @@ def test_both_stages_write_runs_and_move_latest(workspace):
         history = json.loads((run / "log_history.json").read_text())
         watched = [h for h in history if "control/parsed" in h]
         assert [h["step"] for h in watched] == [0, 1, 2]  # before training, then after every step
+        assert [h["step"] for h in history if "loss" in h] == [1, 2]  # the trainer's own logs are all kept
         assert all(0.0 <= h["control/parsed"] <= 1.0 and h["control/seconds"] > 0 for h in watched)
         if (
             run.parent.name == "grpo"

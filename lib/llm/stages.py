@@ -254,9 +254,13 @@ def control_metrics_callback(cfg: dict, tokenizer):
             metrics = control_metrics(model, tokenizer, records, cfg)
             model.train(was_training)
             metrics["control/seconds"] = round(time.perf_counter() - started, 2)
-            # what Trainer.log does, without a subclass's log(), which would fold its own step metrics in
+            # what Trainer.log does, without a subclass's log(), which would fold its own step metrics in;
+            # the handler's on_log clears should_log, which would drop this step's own loss log: keep it
             state.log_history.append({**metrics, "step": state.global_step})
-            self.trainer.callback_handler.on_log(args, state, self.trainer.control, metrics)
+            control = self.trainer.control
+            should_log = control.should_log
+            self.trainer.callback_handler.on_log(args, state, control, metrics)
+            control.should_log = should_log
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if state.global_step == 0:
