@@ -60,5 +60,6 @@ def read_records(dataset: Path, split: str) -> list[dict]:
 def tiny_model_on(dest: Path, records: Sequence[dict]) -> Path:
     """A tiny random Llama whose tokenizer is trained on the records' text (lib.llm.models.build_tiny_model)."""
     from lib.llm.models import build_tiny_model
+    from lib.llm.stages import record_texts
 
-    return build_tiny_model(dest, [m["content"] for r in records for m in r["prompt"] + r["completion"]])
+    return build_tiny_model(dest, record_texts(records))

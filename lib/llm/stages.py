@@ -162,16 +162,6 @@ def stop_callback(stop: StopOnSignal):
     return Callback()
 
 
-WATCH_KEYS = (  # what the control-metrics callback logs, each under "control/"
-    "parsed",
-    "feasible",
-    "median_gap",
-    "mean_S",
-    "median_S",
-    "success@10%",
-)
-
-
 def watch_records(cfg: dict) -> list[dict]:
     """The held-out problems the control-metrics callback answers: the first eval.watch_problems of the
     dataset's eval split, picked as main_eval.py --num-samples picks them (round-robin over systems)."""
@@ -184,7 +174,7 @@ def watch_records(cfg: dict) -> list[dict]:
 
 def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[str, float]:
     """Greedy answers to `records`, scored by simulation exactly as main_eval.py scores them
-    (answer_records -> score_samples -> summarize); the finite numbers of WATCH_KEYS, keyed control/<name>."""
+    (answer_records -> score_samples -> summarize); the finite ones of parsed, feasible, median_gap, mean_S, median_S, success@10%, keyed control/<name>."""
     from lib.llm.evaluation import answer_records, score_samples, summarize
     from lib.llm.generation import generate_completions
 
