@@ -209,7 +209,7 @@ def test_deep_nesting_exits_2_naming_the_key_or_place(tmp_path, capsys, depth):
     code, err = show(capsys, str(write(tmp_path / "d.json", f'{{"seed": {deep}}}')))
     assert code == 2 and f"{tmp_path / 'd.json'} (line 1, column " in err and "key 'seed': nested" in err
     for override in (f"model.lora.target_modules={deep}", f"model={'{' * depth}"):
-        code, err = show(capsys, "configs/control/smollm2_cpu.yaml", override)
+        code, err = show(capsys, "configs/smollm2/cpu.yaml", override)
         assert code == 2 and f"key '{override.partition('=')[0]}'" in err and "nested more than 32" in err
 
 
@@ -224,7 +224,7 @@ def test_nan_and_infinity_are_refused_everywhere(tmp_path, capsys):
     code, err = show(capsys, str(blt))
     assert code == 2 and "key 'analysis_thresholds[1]' is inf, not a finite number" in err
     for override in ("sft.learning_rate=nan", "sft.learning_rate=inf", "grpo.beta=-inf", "grpo.beta=1e999"):
-        code, err = show(capsys, "configs/control/smollm2_cpu.yaml", override)
+        code, err = show(capsys, "configs/smollm2/cpu.yaml", override)
         assert code == 2 and f"command line: key '{override.partition('=')[0]}' is " in err
     code, err = show(capsys, "configs/blt/entropy_cpu.json", "analysis_thresholds=[1, NaN]")
     assert code == 2 and "key 'analysis_thresholds[1]' is nan" in err
@@ -240,7 +240,7 @@ def test_a_whole_float_for_an_integer_key_is_that_integer_from_files_and_overrid
     assert type(resolve_config(None, ["sft.learning_rate=1"])["sft"]["learning_rate"]) in (int, float)
     code, err = show(capsys, str(write(tmp_path / "h.yaml", "generate:\n  train_samples: 200.5\n")))
     assert code == 2 and "key 'generate.train_samples' expects integer or null, got number 200.5" in err
-    code, err = show(capsys, "configs/control/smollm2_cpu.yaml", "generate.train_samples=200.5")
+    code, err = show(capsys, "configs/smollm2/cpu.yaml", "generate.train_samples=200.5")
     assert code == 2 and "key 'generate.train_samples' expects integer or null, got '200.5'" in err
     out = json.loads(run_python(["-m", "lib.common.config", "show", str(file)]).stdout)
     assert out["generate"]["train_samples"] == 200  # what a script reads: 200, not 200.0
@@ -259,7 +259,7 @@ def test_a_section_given_as_a_mapping_merges_into_what_is_below_it(tmp_path, cap
         "format": 2,
     }
     assert resolve_config(write(tmp_path / "e.yaml", "model: {}\n"))["model"] == defaults["model"]
-    code, err = show(capsys, "configs/control/smollm2_cpu.yaml", 'model={"nme": "x"}')
+    code, err = show(capsys, "configs/smollm2/cpu.yaml", 'model={"nme": "x"}')
     assert code == 2 and "unknown key 'model.nme'; did you mean 'model.name'?" in err
     scalar = write(tmp_path / "s.yaml", "model: small\n")  # a section the file gave as a scalar
     code, err = show(capsys, str(scalar), "model.name=x")
@@ -278,7 +278,7 @@ def test_run_ids_are_plain_names_defined_once(capsys):
     raw = (ROOT / "schemas/control.schema.json").read_text() + (ROOT / "schemas/blt.schema.json").read_text()
     assert shared["pattern"] not in raw  # defined in schemas/shared/run_id.json only
     for config, key in (
-        ("configs/control/smollm2_cpu.yaml", "run.run_id"),
+        ("configs/smollm2/cpu.yaml", "run.run_id"),
         ("configs/blt/entropy_cpu.json", "run_id"),
     ):
         for bad in ("..", ".", "/abs/folder", "a/b", "-x", ".hidden", "x" * 129, ""):
@@ -296,7 +296,7 @@ def test_a_key_given_twice_exits_2_naming_it(tmp_path, capsys):
     assert code == 2 and "(line 4, column 3): the key 'max_steps' is given twice" in err and "keep one" in err
     code, err = show(capsys, str(write(tmp_path / "d.json", '{"model_type": "blt", "seed": 1, "seed": 2}')))
     assert code == 2 and "the key 'seed' is given twice" in err
-    code, err = show(capsys, "configs/control/smollm2_cpu.yaml", 'model={"name": "a", "name": "b"}')
+    code, err = show(capsys, "configs/smollm2/cpu.yaml", 'model={"name": "a", "name": "b"}')
     assert code == 2 and "key 'model': the key 'name' is given twice" in err
     anchors = "base: &b\n  rank: 4\n"  # a YAML merge key (<<) is not a duplicate
     with pytest.raises(ConfigError, match="unknown key 'base'"):
@@ -312,7 +312,7 @@ def test_yaml_aliases_that_expand_to_millions_of_values_are_refused(tmp_path):
 
 def test_a_list_key_given_another_shape_is_refused(tmp_path, capsys):
     for value in ("{}", '{"q_proj": 1}', '"q_proj"', "[[1]]"):
-        code, err = show(capsys, "configs/control/smollm2_cpu.yaml", f"model.lora.target_modules={value}")
+        code, err = show(capsys, "configs/smollm2/cpu.yaml", f"model.lora.target_modules={value}")
         assert code == 2 and "key 'model.lora.target_modules" in err, value
     assert resolve_config(None, ["model.lora.target_modules=q_proj, v_proj"])["model"]["lora"][
         "target_modules"

@@ -382,7 +382,7 @@ def test_every_fuzzed_config_exits_2_naming_the_key(tmp_path, capsys):
 
 def test_a_handful_through_a_real_subprocess(tmp_path):
     """The same checks on the command a user types, one case of each kind that once gave a traceback."""
-    control, blt = ROOT / "configs/control/smollm2_cpu.yaml", ROOT / "configs/blt/entropy_cpu.json"
+    control, blt = ROOT / "configs/smollm2/cpu.yaml", ROOT / "configs/blt/entropy_cpu.json"
     cases = [
         Case(control, "file", "non-UTF-8", ("FILE",), lambda: b"seed: 3\n# caf\xe9\n", ".yaml"),
         Case(control, "file", "on: key", ("'on'",), lambda: b"on: 1\n", ".yaml"),

@@ -1,0 +1,89 @@
+"""Validating a merged config against its schema, and the messages that name the key and the fix.
+
+An unknown key fails with its dotted path and the closest valid name; a wrong type names the key, the
+expected type and the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+
+import jsonschema
+
+from lib.common.config.files import type_name
+from lib.common.config.schema import schema_keys, schema_node
+from lib.common.errors import ConfigError
+
+
+def closest_key(key: str, schema: Mapping) -> str | None:
+    """The valid dotted key nearest to `key`: a sibling first, then the same name elsewhere."""
+    parent, _, leaf = key.rpartition(".")
+    parent_node = schema_node(schema, parent) if parent else schema
+    siblings = list((parent_node or {}).get("properties", {}))
+    match = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if match:
+        return f"{parent}.{match[0]}" if parent else match[0]
+    every = list(schema_keys(schema))
+    by_leaf = {k: k.rpartition(".")[2] for k in every}
+    leaf_match = difflib.get_close_matches(leaf, list(set(by_leaf.values())), n=1, cutoff=0.75)
+    if leaf_match:
+        return next(k for k, v in by_leaf.items() if v == leaf_match[0])
+    match = difflib.get_close_matches(key, every, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_key_error(key: str, schema: Mapping, source: str) -> ConfigError:
+    """The error for a key the schema does not define: the closest valid name and the keys beside it."""
+    suggestion = closest_key(key, schema)
+    parent = key.rpartition(".")[0]
+    parent_node = schema_node(schema, parent) if parent else schema
+    valid = ", ".join(parent_node.get("properties", {})) if parent_node else ""
+    hint = f"did you mean '{suggestion}'?" if suggestion else "check the spelling."
+    where = f" under '{parent}'" if parent else ""
+    return ConfigError(
+        f"{source}: unknown key '{key}'; {hint}",
+        fix=f"valid keys{where}: {valid}. The schema ({schema.get('title', '')}) documents each one.",
+    )
+
+
+def validate_config(
+    cfg: Mapping, schema: Mapping, source: str, cli_keys: Sequence[str] = (), cli: str = "command line"
+) -> None:
+    """Validate a merged config; the first problem becomes a ConfigError that names key and fix (and the
+    command line as its source when one of `cli_keys`, the keys overrides set, is or holds that key)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if not errors:
+        return
+    error = errors[0]
+    path = ".".join(str(p) for p in error.absolute_path)
+    if any(path == k or path.startswith(k + ".") for k in cli_keys):
+        source = cli
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        raise unknown_key_error(f"{path}.{extra[0]}" if path else extra[0], schema, source)
+    node = schema_node(schema, path) if path else schema
+    description = (node or {}).get("description", "")
+    if error.validator == "type":
+        expected = (
+            error.validator_value
+            if isinstance(error.validator_value, str)
+            else " or ".join(error.validator_value)
+        )
+        message = (
+            f"{source}: key '{path}' expects {expected}, got {type_name(error.instance)} {error.instance!r}."
+        )
+    elif error.validator == "enum":
+        choices = ", ".join(map(json.dumps, error.validator_value))
+        message = f"{source}: key '{path}' must be one of {choices}; got {error.instance!r}."
+    elif error.validator == "required":
+        message = f"{source}: {error.message} (at '{path or 'top level'}')."
+    elif error.validator == "pattern":
+        message = f"{source}: key '{path}' must match {error.validator_value}; got {error.instance!r}."
+    else:
+        message = f"{source}: key '{path}': {error.message}."
+    more = f" ({len(errors) - 1} more problem(s) after this one.)" if len(errors) > 1 else ""
+    raise ConfigError(message + more, fix=f"'{path}': {description}" if description else "")
