@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lib.control.dataset import sample_initial_states
+from lib.control.labels import round_plain
 from lib.control.references import (
     KKT_TOL_LINEAR,
     START_NAMES,
@@ -15,7 +16,6 @@ from lib.control.references import (
     _nlp,
     clipped_lqr_controls,
     condensed_qp,
-    round_plain,
     solve_reference,
     start_controls,
 )
