@@ -19,15 +19,9 @@ import numpy as np
 import pytest
 from helpers import ROOT, call_script, load_script, run
 
-from lib.blt.analysis import (
-    analyze_blt,
-    config_of_run,
-    patch_lengths,
-    patch_starts_rise,
-    patch_starts_threshold,
-    patch_statistics,
-)
+from lib.blt.analysis import analyze_blt, config_of_run
 from lib.blt.data import BOS, EOS, build_default_corpus, load_byte_data
+from lib.blt.patches import patch_lengths, patch_starts_rise, patch_starts_threshold, patch_statistics
 from lib.common.config import resolve_config
 from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, run_cli
 
@@ -419,7 +413,7 @@ def test_main_eval_analyze_with_the_original_flag_spellings(trained, tmp_path):
 
 
 def test_benchmark_quick_run_writes_json_and_markdown(root, tmp_path):
-    bench = load_script("bench_blt")
+    bench = load_script("bench/blt")
     overrides = [a for a in tiny(root) if not a.startswith(("output_dir", "eval_data_dir"))]
     code = run_cli(
         bench.main,

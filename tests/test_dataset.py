@@ -1,4 +1,5 @@
-"""Datasets on disk (lib/control/dataset.py): the records, their certificates, atomic writes and checked loading."""
+"""Datasets on disk (lib/control/dataset.py, dataset_format.py, dataset_checks.py): the records, their
+certificates, atomic writes and checked loading."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ import pytest
 
 import lib.control.dataset as dataset
 from lib.common.errors import UsageError
-from lib.control.dataset import (
-    build_dataset,
-    read_split,
-    sample_initial_states,
-    split_evenly,
-    validate_dataset,
-    write_dataset,
-)
+from lib.control.dataset import build_dataset, sample_initial_states, split_evenly, write_dataset
+from lib.control.dataset_checks import validate_dataset
+from lib.control.dataset_format import read_split
 from lib.control.references import KKT_TOL_LINEAR
 from lib.control.systems import SYSTEMS, get_system, simulate, trajectory_cost
 

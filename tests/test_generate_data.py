@@ -1,4 +1,4 @@
-"""scripts/generate_data.py as a user runs it (subprocess from the repo root) and scripts/bench.py."""
+"""scripts/generate_data.py as a user runs it (subprocess from the repo root) and scripts/bench/data.py."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def test_bad_flag_and_override_values_exit_2_naming_the_flag_or_key(tmp_path):
 
 
 def test_bench_quick_run_writes_json_and_table(tmp_path):
-    main = load_script("bench").main
+    main = load_script("bench/data").main
     out = tmp_path / "bench"
     assert (
         main(

@@ -1,5 +1,6 @@
 """Validating and loading datasets that were changed after they were written, with their checksums recomputed
-(lib/control/dataset.py validate_dataset, read_info, read_split): each change is found and named."""
+(lib/control/dataset_checks.py validate_dataset; lib/control/dataset_format.py read_info, read_split): each
+change is found and named."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 
 from lib.common.errors import UsageError
-from lib.control.dataset import build_dataset, read_info, read_split, validate_dataset, write_dataset
+from lib.control.dataset import build_dataset, write_dataset
+from lib.control.dataset_checks import validate_dataset
+from lib.control.dataset_format import read_info, read_split
 from lib.control.systems import get_system, simulate, trajectory_cost
 
 

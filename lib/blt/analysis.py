@@ -8,10 +8,7 @@ entropy of the model's prediction FOR it, made from the bytes before it (at leas
 past the first half-window of a file stream: windows overlap by half, see lib.blt.training.score_tokens). Bits per
 byte here therefore come out a little lower than the training evaluation's, whose windows do not overlap.
 
-Patching rules (Byte Latent Transformer, Pagnoni et al. 2024), for one file's entropies H_0 .. H_{n-1}:
-  threshold: a new patch starts at byte i when H_i > threshold            (patch_starts_threshold)
-  rise:      a new patch starts at byte i >= 1 when H_i - H_{i-1} > threshold  (patch_starts_rise)
-Byte 0 of every file always starts a patch; patches never span two files.
+The patching rules (threshold, rise) are in lib/blt/patches.py, the figures in lib/blt/figures.py.
 
 Writes into output_dir: metrics.json, report.md and, with save_plots, entropy_trace.png,
 patch_length_hist.png, bits_per_byte.png (from the run's log_history.json) and
@@ -26,82 +23,28 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no screen on clusters and CI; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lib.blt.data import VOCAB_SIZE, ensure_default_corpus, load_byte_data  # noqa: E402
-from lib.blt.model import load_model, quiet_transformers  # noqa: E402
-from lib.blt.training import LN2, checkpoint_steps, score_tokens  # noqa: E402
-from lib.common.atomic import save_figure, write_text_atomic  # noqa: E402
-from lib.common.config import repo_path  # noqa: E402
-from lib.common.device import settings_from_config, setup_device  # noqa: E402
-from lib.common.errors import UsageError  # noqa: E402
-from lib.common.runs import latest_run  # noqa: E402
+from lib.blt.data import VOCAB_SIZE, ensure_default_corpus, load_byte_data
+from lib.blt.figures import (
+    plot_bits_per_byte,
+    plot_entropy_trace,
+    plot_length_vs_threshold,
+    plot_patch_histogram,
+)
+from lib.blt.model import load_model, quiet_transformers
+from lib.blt.patches import PATCH_RULES, QUANTILES, RULES, patch_lengths, patch_statistics
+from lib.blt.training import LN2, checkpoint_steps, score_tokens
+from lib.common.atomic import write_text_atomic
+from lib.common.config import repo_path
+from lib.common.device import settings_from_config, setup_device
+from lib.common.errors import EXIT_OK, UsageError
+from lib.common.runs import latest_run
 
 log = logging.getLogger(__name__)
 
-RULES = ("threshold", "rise")
 SAMPLE_BYTES = 120  # bytes in the entropy-trace figure: enough for two lines of text, each byte labelled
-QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 MAX_ENTROPY_BITS = math.log2(VOCAB_SIZE)
-
-
-# ---------------------------------------------------------------- the patching rules (pure)
-
-
-def _entropy_array(entropy: Sequence[float] | np.ndarray) -> np.ndarray:
-    values = np.asarray(entropy, dtype=np.float64)
-    if values.ndim != 1:
-        raise ValueError(f"entropy must be one-dimensional, got shape {values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError("entropy holds NaN or infinite values")
-    return values
-
-
-def patch_starts_threshold(entropy: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
-    """Indices where a patch starts: 0, and every i with entropy[i] > threshold (sorted, int64)."""
-    values = _entropy_array(entropy)
-    if values.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    fires = values > threshold
-    fires[0] = True
-    return np.flatnonzero(fires).astype(np.int64)
-
-
-def patch_starts_rise(entropy: Sequence[float] | np.ndarray, threshold: float) -> np.ndarray:
-    """Indices where a patch starts: 0, and every i >= 1 with entropy[i] - entropy[i-1] > threshold."""
-    values = _entropy_array(entropy)
-    if values.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    fires = np.zeros(values.size, dtype=bool)
-    fires[0] = True
-    fires[1:] = np.diff(values) > threshold
-    return np.flatnonzero(fires).astype(np.int64)
-
-
-PATCH_RULES = {"threshold": patch_starts_threshold, "rise": patch_starts_rise}
-
-
-def patch_lengths(starts: np.ndarray, n: int) -> np.ndarray:
-    """Lengths of the patches that begin at `starts` in a sequence of n bytes (they sum to n)."""
-    return np.diff(np.append(np.asarray(starts, dtype=np.int64), n))
-
-
-def patch_statistics(lengths: np.ndarray, n_bytes: int) -> dict:
-    """Mean and distribution of patch length (bytes), and patches per KB (1,024 bytes)."""
-    lengths = np.asarray(lengths)
-    if lengths.size == 0:
-        return {"patches": 0, "patches_per_kb": 0.0}
-    return {
-        "patches": int(lengths.size),
-        "patches_per_kb": float(lengths.size * 1024 / n_bytes),
-        "mean_length": float(lengths.mean()),
-        "max_length": int(lengths.max()),
-        "length_quantiles": {f"p{round(q * 100)}": float(np.quantile(lengths, q)) for q in QUANTILES},
-    }
 
 
 # ---------------------------------------------------------------- finding the model
@@ -168,112 +111,6 @@ def config_of_run(model_path: str, cfg: dict, overrides: Sequence[str] = ()) -> 
     if run_dir is None or not (run_dir / "config.json").is_file():
         return None
     return resolve_config(run_dir / "config.json", overrides, schema_name="blt")
-
-
-# ---------------------------------------------------------------- figures
-
-
-def _byte_label(value: int) -> str:
-    if value == 10:
-        return "\\n"
-    if value == 32:
-        return "\u00b7"  # a middle dot shows a space
-    if 33 <= value < 127:
-        return chr(value)
-    return f"{value:02x}"  # other bytes (UTF-8 continuation bytes, tabs, ...) in hex
-
-
-def plot_entropy_trace(sample: dict, threshold: float, path: Path) -> str:
-    entropy = np.asarray(sample["entropy"])
-    x = np.arange(entropy.size)
-    starts = patch_starts_threshold(entropy, threshold)
-    rise = patch_starts_rise(entropy, threshold)
-    fig, ax = plt.subplots(figsize=(max(10.0, entropy.size * 0.12), 4.2))
-    ax.bar(x, entropy, width=0.8, color="tab:blue", label="next-byte entropy")
-    ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g} bits")
-    for i, s in enumerate(starts):
-        ax.axvline(
-            s - 0.5,
-            color="black",
-            linewidth=0.7,
-            alpha=0.6,
-            label="patch start (threshold)" if i == 0 else None,
-        )
-    ax.plot(
-        rise, entropy[rise] + 0.15, "v", color="tab:orange", markersize=4, label="patch start (rise rule)"
-    )
-    ax.set_xticks(x)
-    ax.set_xticklabels([_byte_label(b) for b in sample["bytes"]], fontsize=6, fontfamily="monospace")
-    ax.set_xlim(-0.5, entropy.size - 0.5)
-    ax.set_ylim(0, max(float(entropy.max()) + 0.6, threshold + 0.5))
-    ax.set_xlabel(f"byte of {sample['file']} from offset {sample['offset']} (each label is the byte itself)")
-    ax.set_ylabel("entropy of the next-byte prediction [bits]")
-    ax.set_title(
-        f"Next-byte entropy over {entropy.size} bytes: {starts.size} patches at threshold {threshold:g} bits, "
-        f"{rise.size} by the rise rule"
-    )
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, ncol=4, frameon=False)
-    return save_figure(fig, path).name
-
-
-def plot_patch_histogram(lengths: dict[str, np.ndarray], threshold: float, path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    longest = max(int(v.max()) for v in lengths.values() if v.size)
-    bins = np.arange(1, min(longest, 64) + 2) - 0.5  # one bin per length; everything above 64 in the last one
-    for rule, color in zip(RULES, ("tab:blue", "tab:orange"), strict=True):
-        values = np.minimum(lengths[rule], 64)
-        ax.hist(
-            values,
-            bins=bins,
-            histtype="step",
-            linewidth=1.5,
-            color=color,
-            label=f"{rule} rule (mean {lengths[rule].mean():.2f})",
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("patch length [bytes] (lengths above 64 counted at 64)")
-    ax.set_ylabel("number of patches")
-    ax.set_title(f"Patch lengths on the eval files at threshold {threshold:g} bits")
-    ax.legend()
-    return save_figure(fig, path).name
-
-
-def plot_bits_per_byte(history: list[dict], path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    train = [(h["step"], h["bits_per_byte"]) for h in history if "bits_per_byte" in h]
-    evals = [(h["step"], h["eval_bits_per_byte"]) for h in history if "eval_bits_per_byte" in h]
-    if train:
-        ax.plot(*zip(*train, strict=True), color="tab:blue", linewidth=1, label="train (mean since last log)")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", color="tab:red", markersize=3, label="eval")
-    ax.axhline(8.0, color="gray", linestyle=":", linewidth=1, label="uniform guess over 256 bytes (8 bits)")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("bits per byte")
-    ax.set_title("Bits per byte over training")
-    ax.legend()
-    return save_figure(fig, path).name
-
-
-def plot_length_vs_threshold(sweep: dict[str, list[dict]], path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for rule, color in zip(RULES, ("tab:blue", "tab:orange"), strict=True):
-        rows = sweep[rule]
-        thresholds = [r["threshold"] for r in rows]
-        ax.plot(thresholds, [r["mean_length"] for r in rows], "o-", color=color, label=f"{rule} rule: mean")
-        ax.plot(
-            thresholds,
-            [r["length_quantiles"]["p90"] for r in rows],
-            "--",
-            color=color,
-            alpha=0.7,
-            label=f"{rule} rule: 90th percentile",
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("entropy threshold [bits]")
-    ax.set_ylabel("patch length [bytes]")
-    ax.set_title("Patch length vs entropy threshold (eval files)")
-    ax.legend()
-    return save_figure(fig, path).name
 
 
 # ---------------------------------------------------------------- the analysis
@@ -514,3 +351,22 @@ def report_markdown(m: dict) -> str:
         for key, name in m["figures"].items():
             lines += [f"![{captions[key]}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def analyze_from_config(cfg: dict) -> int:
+    """main_eval.py --eval-mode analyze: analyse eval.model_path[0] into eval.output_dir with the config's
+    thresholds, byte limit and seed; prints bits per byte and where the report is. The twin of
+    lib/llm/evaluate.py's evaluate_from_config."""
+    settings = cfg["eval"]
+    output_dir = repo_path(settings["output_dir"])
+    metrics = analyze_blt(
+        settings["model_path"][0],
+        cfg,
+        output_dir,
+        settings["save_plots"],
+        None,
+        settings["max_bytes"],
+        cfg["seed"],
+    )
+    print(f"bits per byte {metrics.get('bits_per_byte')}; report: {output_dir / 'report.md'}")
+    return EXIT_OK

@@ -2,8 +2,8 @@
 (docs/ARCHITECTURE.md, "The byte-level model").
 
 A small causal transformer (lib/blt/model.py) predicts the next byte (lib/blt/data.py). Where its next-byte
-entropy is high a new "patch" begins (lib/blt/analysis.py measures that). Trained by `main_trainer.py` with a
-`model_type: blt` config (schemas/blt.schema.json).
+entropy is high a new "patch" begins (the rules: lib/blt/patches.py; lib/blt/analysis.py measures them).
+Trained by `main_trainer.py` with a `model_type: blt` config (schemas/blt.schema.json).
 
 Run folder (lib/common/runs.py, as the control model's):
     <output_dir>/<run_id>/

@@ -1,0 +1,312 @@
+"""Checking datasets (docs/ARCHITECTURE.md, "Datasets"): a request before any work is done, and a dataset
+made already, against the request or record by record.
+
+Before any work (scripts/generate_data.py, through lib/control/generate.py): the systems named
+(system_names), the train and eval counts (resolve_counts), the dataset name (check_dataset_name), the output
+folder (check_output_dir), and whether the files fit this machine's memory and free disk (check_size).
+A dataset that exists: made with the settings a pipeline asks for (check_existing_dataset), or valid record
+by record, every label re-simulated and every linear optimum solved again (validate_dataset, `--validate`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from lib.common.atomic import check_writable_folder
+from lib.common.errors import UsageError
+from lib.control.answer import parse_controls
+from lib.control.dataset import split_evenly
+from lib.control.dataset_format import (
+    SPLITS,
+    parse_record_line,
+    read_info,
+    read_split_lines,
+    unusable_dataset,
+)
+from lib.control.metrics import zero_control_cost
+from lib.control.references import KKT_TOL_LINEAR, linear_optima
+from lib.control.systems import SYSTEMS, System, get_system, simulate, trajectory_cost
+
+# ----------------------------------------------------------------------------------------------------------
+# A request, before any work
+
+
+def resolve_counts(settings: dict) -> tuple[int, int]:
+    """(train, eval) from generate.train_samples + eval_samples when set, else total_samples x split_ratio."""
+    n_train, n_eval = settings["train_samples"], settings["eval_samples"]
+    if (n_train is None) != (n_eval is None):
+        raise UsageError(
+            "--train-samples and --eval-samples go together (generate.train_samples, generate.eval_samples).",
+            fix="give both, or neither (then generate.total_samples x generate.split_ratio).",
+        )
+    if n_train is None:
+        total = settings["total_samples"]
+        n_train = min(max(round(total * settings["split_ratio"]), 1), total - 1)
+        n_eval = total - n_train
+    return n_train, n_eval
+
+
+def system_names(systems: list[str] | None) -> list[str]:
+    """The systems asked for (generate.systems: names, or comma-separated lists of them), each once, in order."""
+    if not systems:
+        raise UsageError(
+            "no systems given.",
+            fix=f"add --systems (generate.systems) with one or more of: {', '.join(SYSTEMS)}",
+        )
+    names: list[str] = []
+    for item in systems:
+        for name in item.split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(get_system(name).name)  # UsageError listing the valid names
+    return names
+
+
+def check_dataset_name(name: str) -> None:
+    """A dataset name is one plain folder name: not empty, not '.' or '..', no path separator, not hidden."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        raise UsageError(
+            f"--dataset-name {name!r} (data.dataset_name) is not a plain folder name: it must be non-empty, contain "
+            "no '/' or '\\', and not start with '.' (so not '.' or '..').",
+            fix="pick a name such as di_vdp or test_di; --output-dir (data.datasets_dir) says where it goes.",
+        )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse, before any work, an --output-dir that is a file, lies below a file, or cannot take new files."""
+    fix = "pass a folder you can write to as --output-dir (data.datasets_dir); it is created if missing."
+    check_writable_folder(output_dir, "--output-dir", fix)
+
+
+def estimated_bytes(names: list[str], n_train: int, n_eval: int, decimals: int) -> int:
+    """About how many bytes of JSON lines the dataset takes (a slight overestimate): per record a prompt and
+    fixed fields (~2.1 kB), and per control step the full-precision optimum (~23 characters) and the printed
+    label (decimals + ~8)."""
+    total = 0
+    for name, count in zip(names, split_evenly(n_train + n_eval, len(names)), strict=True):
+        total += count * (2100 + get_system(name).steps * (31 + decimals))
+    return total
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_size(names: list[str], n_train: int, n_eval: int, settings: dict, output_dir: Path) -> None:
+    """Refuse a dataset too large for this machine's memory (its lines are held, and joined once more while
+    written) or for the free disk space, naming the sample count, before any work."""
+    need = estimated_bytes(names, n_train, n_eval, settings["decimals"])
+    flag = "--train-samples/--eval-samples" if settings["train_samples"] is not None else "--total-samples"
+    asked = f"{n_train + n_eval} samples ({flag}: {n_train} train + {n_eval} eval, {settings['decimals']} decimals)"
+    per_record = need / (n_train + n_eval)
+    memory = physical_memory()
+    if memory and 2.5 * need > memory:
+        raise UsageError(
+            f"{asked} make about {need / 1e9:.3g} GB of JSON lines, held in memory (about {2.5 * need / 1e9:.3g} "
+            f"GB at the peak) while built and written: more than this machine's {memory / 1e9:.3g} GB.",
+            fix=f"ask for fewer samples: at most about {int(memory / 2.5 / per_record)} fit here (e.g. "
+            "--total-samples 100000); or generate on a machine with more memory.",
+        )
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise UsageError(
+            f"{asked} make about {need / 1e9:.3g} GB of files, more than the {free / 1e9:.3g} GB free under "
+            f"{existing}.",
+            fix=f"ask for fewer samples (at most about {int(free / per_record)} fit), or free some disk space "
+            "or pick another --output-dir.",
+        )
+
+
+def check_existing_dataset(path: Path, settings: dict) -> None:
+    """An existing dataset is used only if it was made with the pipeline's generate settings: the same
+    systems (when generate.systems is set), decimals, box, prompt style, reasoning and counts (train and eval
+    when set, else the total)."""
+    info = read_info(path)
+    counts = info["counts"]
+    found = {
+        "systems": list(info["systems"]),
+        "decimals": info["decimals"],
+        "wide": info.get("box") == "wide",
+        "prompt_style": info.get("prompt_style", "full"),
+        "reasoning": info.get("reasoning", "full"),
+    }
+    wanted = {key: settings[key] for key in ("systems", "decimals", "wide", "prompt_style", "reasoning")}
+    if settings["train_samples"] is not None and settings["eval_samples"] is not None:
+        found |= {"train_samples": counts["train"], "eval_samples": counts["eval"]}
+        wanted |= {"train_samples": settings["train_samples"], "eval_samples": settings["eval_samples"]}
+    else:
+        found["total_samples"] = counts["train"] + counts["eval"]
+        wanted["total_samples"] = settings["total_samples"]
+    if wanted["systems"] is None:  # no systems asked for: whatever the dataset has
+        del found["systems"], wanted["systems"]
+    if found != wanted:
+        raise UsageError(
+            f"dataset {path} exists but was made with {found}, and this pipeline asks for {wanted}.",
+            fix="give the pipeline another data.dataset_name, or delete the dataset to regenerate it.",
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A whole dataset, record by record
+
+
+LABEL_ABS_TOL = 1e-9  # stored numbers must re-simulate to within this (relative to max(1, |value|))
+OPTIMUM_RTOL = 1e-9  # linear: J_opt within this (relative, plus 1e-15 absolute) of the re-solved J*
+OPTIMUM_UTOL = 1e-6  # linear: u_opt within this fraction of (u_max - u_min) of the re-solved u*
+_INITIAL_STATE = re.compile(r"x_0 = \(([^()]*)\)")  # "Initial state: x_0 = (...)" or, compact, "x_0 = (...)"
+
+
+def validate_dataset(path: Path) -> dict:
+    """Check everything: info.json, checksums, every record's shape and finite numbers, the x_0 its prompt
+    shows, unique ids, counts against info.json, every label against the simulator, and for linear systems
+    every optimum against a fresh exact solve.
+
+    Returns a summary {split: records, ...}; raises UsageError naming the file, line, id and field of the
+    first problem found.
+    """
+    path = Path(path)
+    info = read_info(path)
+    decimals = info["decimals"]
+    seen_states: dict[str, set] = {}
+    seen_ids: dict[str, str] = {}  # id -> "split.jsonl line N"
+    summary = {}
+    for split in SPLITS:
+        file = path / f"{split}.jsonl"
+        records = [
+            parse_record_line(path, split, n, line)
+            for n, line in enumerate(read_split_lines(path, split, info), 1)
+        ]
+        expected = info["files"][f"{split}.jsonl"]["records"]
+        if len(records) != expected:
+            raise unusable_dataset(
+                path, f"{file} holds {len(records)} records, info.json's 'files' says {expected}."
+            )
+        if info["counts"][split] != len(records):
+            raise unusable_dataset(
+                path,
+                f"{file} holds {len(records)} records, info.json's 'counts' says {info['counts'][split]}.",
+            )
+        if not records:
+            raise unusable_dataset(path, f"{file} holds no records: a dataset needs train and eval records.")
+        summary[split] = len(records)
+        by_system: dict[str, list[tuple[int, dict]]] = {}
+        for number, record in enumerate(records, start=1):
+            where = f"{file} line {number} (id {record['id']})"
+            if record["id"] in seen_ids:
+                raise unusable_dataset(path, f"{where}: 'id' repeats the record at {seen_ids[record['id']]}.")
+            seen_ids[record["id"]] = f"{file.name} line {number}"
+            _check_prompt(path, where, record, decimals)
+            by_system.setdefault(record["system"], []).append((number, record))
+        for name in sorted(set(by_system) | set(info["systems"])):
+            claimed = info["systems"].get(name, {}).get(split, 0)
+            found = len(by_system.get(name, []))
+            if claimed != found:
+                raise unusable_dataset(
+                    path, f"{file} holds {found} {name} records, info.json's 'systems' says {claimed}."
+                )
+        for name, group in by_system.items():
+            _check_labels(path, file, get_system(name), group, decimals)
+            states = {tuple(r["x0"]) for _, r in group}
+            if len(states) != len(group):
+                raise unusable_dataset(path, f"{file} repeats an initial state of {name}.")
+            shared = seen_states.setdefault(name, set()) & states
+            if shared:
+                raise unusable_dataset(path, f"train and eval share {len(shared)} initial states of {name}.")
+            seen_states[name] |= states
+    return summary
+
+
+def _check_prompt(path: Path, where: str, record: dict, decimals: int) -> None:
+    """The x_0 the user message shows (the model sees only the prompt) must be the record's x0."""
+    found = _INITIAL_STATE.findall(record["prompt"][1]["content"])
+    try:
+        shown = [float(v) for v in found[0].split(",")] if len(found) == 1 else None
+    except ValueError:
+        shown = None
+    if shown is None:
+        raise unusable_dataset(path, f"{where}: 'prompt' does not show one 'x_0 = (...)'.")
+    x0 = record["x0"]
+    if len(shown) != len(x0) or any(abs(s - x) > 1e-9 for s, x in zip(shown, x0, strict=True)):
+        raise unusable_dataset(path, f"{where}: 'prompt' shows x_0 = ({found[0]}), but 'x0' is {x0}.")
+
+
+def _check_labels(
+    path: Path, file: Path, system: System, group: list[tuple[int, dict]], decimals: int
+) -> None:
+    """Re-simulate a system's records of one split: bounds, J_opt, J_label, J_zero, x_final_opt, grid, KKT;
+    for a linear system also solve each problem again and compare the optimum."""
+    lines = [n for n, _ in group]
+    records = [r for _, r in group]
+    x0 = np.array([r["x0"] for r in records])
+    u = np.array([r["u_opt"] for r in records])
+
+    def fail(mask: np.ndarray, field: str, what: str) -> None:
+        if np.any(mask):
+            i = int(np.argmax(mask))
+            raise unusable_dataset(path, f"{file} line {lines[i]} (id {records[i]['id']}): '{field}' {what}.")
+
+    def column(key: str) -> np.ndarray:
+        return np.array([r[key] for r in records])
+
+    def differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.abs(a - b) > LABEL_ABS_TOL * np.maximum(1.0, np.abs(b))
+
+    fail(column("decimals") != decimals, "decimals", f"differs from info.json's {decimals}")
+    fail(
+        np.abs(x0 * 10**decimals - np.round(x0 * 10**decimals)).max(axis=1) > 1e-6,
+        "x0",
+        f"is not on the printed grid ({decimals} decimals)",
+    )
+    fail(((u > system.u_max) | (u < system.u_min)).any(axis=1), "u_opt", "violates the control bounds")
+    states = simulate(system, x0, u)
+    J_opt = column("J_opt")
+    fail(differs(trajectory_cost(system, states, u), J_opt), "J_opt", "is not the simulated cost of u_opt")
+    fail(
+        differs(states[:, -1], column("x_final_opt")).any(axis=1),
+        "x_final_opt",
+        "is not the simulated final state of u_opt",
+    )
+    fail(
+        differs(zero_control_cost(system, x0), column("J_zero")),
+        "J_zero",
+        "is not the simulated cost of u = 0",
+    )
+    parsed = [parse_controls(r["completion"][0]["content"], system.steps) for r in records]
+    fail(np.array([not p.ok for p in parsed]), "completion", "does not parse")
+    label = np.array([p.values for p in parsed])
+    fail(
+        ((label > system.u_max) | (label < system.u_min)).any(axis=1),
+        "completion",
+        "prints controls outside the control bounds",
+    )
+    J_label = trajectory_cost(system, simulate(system, x0, label), label)
+    fail(differs(J_label, column("J_label")), "J_label", "is not the simulated cost of the printed controls")
+    if not system.is_linear:
+        return
+    fail(column("kkt_residual") > KKT_TOL_LINEAR, "kkt_residual", f"is above {KKT_TOL_LINEAR:g}")
+    # the optimum itself, independently of what the record claims: a fresh exact solve of the same problems
+    u_star, J_star, residual = linear_optima(system, x0)
+    tol = OPTIMUM_UTOL * (system.u_max - system.u_min)
+    fail(
+        np.abs(u - u_star).max(axis=1) > tol,
+        "u_opt",
+        f"is not the optimum: solving the problem again gives controls more than {tol:g} away",
+    )
+    fail(
+        np.abs(J_opt - J_star) > OPTIMUM_RTOL * np.abs(J_star) + 1e-15,
+        "J_opt",
+        "is not the optimal cost: solving the problem again gives another J*",
+    )
+    fail(J_label < J_star * (1 - OPTIMUM_RTOL), "J_label", "is below the optimal cost J*")
