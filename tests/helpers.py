@@ -31,13 +31,15 @@ def run_python(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def load_script(name: str):
-    """A script under scripts/ as a module (scripts/ is not a package), for in-process tests."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    """scripts/<name>.py as a module (scripts/ is not a package), for in-process tests; `name` may name a
+    sub-folder: load_script("bench/rewards") is scripts/bench/rewards.py, module "bench.rewards"."""
+    module_name = name.replace("/", ".")
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name]
+    return sys.modules[module_name]
 
 
 def call_script(name: str, argv: Sequence[str]) -> int:

@@ -143,7 +143,7 @@ def test_the_check_accepts_the_allowed_directions(tmp_path):
 def test_no_private_names_are_imported_by_scripts():
     found = [
         f"{path.name}:{line} {module} {name}"
-        for path in sorted((ROOT / "scripts").glob("*.py"))
+        for path in sorted((ROOT / "scripts").rglob("*.py"))
         for module, names, line in imports_of(path)
         for name in names
         if module.startswith("lib") and name.startswith("_")
@@ -152,7 +152,7 @@ def test_no_private_names_are_imported_by_scripts():
 
 
 def test_scripts_do_not_edit_sys_path():
-    offenders = [p.name for p in sorted((ROOT / "scripts").glob("*.py")) if "sys.path" in p.read_text()]
+    offenders = [p.name for p in sorted((ROOT / "scripts").rglob("*.py")) if "sys.path" in p.read_text()]
     assert offenders == []
 
 

@@ -123,8 +123,8 @@ def test_config_weights_and_scales_reach_the_functions(instances):
 
 def direct_rewards(name, completions, batch, sigma=0.1, scale=0.1):
     """The rewards computed directly, nothing cached: the per-function path as it was before the shared one,
-    which scripts/bench_rewards.py keeps as its baseline."""
-    baseline = {f.__name__.removeprefix("baseline_"): f for f in load_script("bench_rewards").BASELINE}
+    which scripts/bench/rewards.py keeps as its baseline."""
+    baseline = {f.__name__.removeprefix("baseline_"): f for f in load_script("bench/rewards").BASELINE}
     cols = columns(batch)
     scales = {"optimality_sigma": sigma, "terminal_scale": scale}
     return baseline[f"{name}_reward"](None, completions, **cols, **scales)

@@ -2,8 +2,8 @@
 
 Usage:
     make bench
-    python scripts/bench.py                               # default counts (about a minute on 2 cores)
-    python scripts/bench.py --samples 200 --nonlinear-samples 8 --quality-samples 200   # a quick run
+    python scripts/bench/data.py                          # default counts (about a minute on 2 cores)
+    python scripts/bench/data.py --samples 200 --nonlinear-samples 8 --quality-samples 200   # a quick run
 
 It measures, in one run and on one core (--workers 1):
   1. samples per second end to end (sample x0, solve, round, format, write jsonl) for each system, after a
@@ -20,36 +20,35 @@ Writes results/bench/bench.json and results/bench/bench.md and prints the table.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from lib.common.atomic import write_json_atomic, write_text_atomic
-from lib.common.config import ROOT
-from lib.common.errors import UsageError, run_cli
+from lib.common.bench import (
+    Stopwatch,
+    bench_environment,
+    bench_parser,
+    check_at_least,
+    environment_line,
+    write_bench_report,
+)
+from lib.common.errors import run_cli
 
 SEED = 12345
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Benchmark data generation and the old clipped-LQR labels.")
+    parser = bench_parser(__doc__)
     parser.add_argument("--samples", type=int, default=5000, help="samples per linear system (and baseline)")
     parser.add_argument("--nonlinear-samples", type=int, default=48, help="samples per nonlinear system")
     parser.add_argument(
         "--quality-samples", type=int, default=5000, help="x0 per box for J_baseline/J* (linear)"
     )
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args(argv)
-    for flag in ("samples", "nonlinear_samples", "quality_samples"):
-        if getattr(args, flag) < 2:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 2.", fix="raise it.")
+    check_at_least(args, samples=2, nonlinear_samples=2, quality_samples=2)
     return args
 
 
@@ -58,10 +57,10 @@ def timed_dataset(system_name: str, count: int, out: Path) -> dict:
     from lib.control.dataset import build_dataset, write_dataset
 
     n_eval = max(1, count // 10)
-    started = time.perf_counter()
-    lines, info = build_dataset([system_name], count - n_eval, n_eval, seed=SEED)
-    write_dataset(out, system_name, lines, info, overwrite=True)
-    seconds = time.perf_counter() - started
+    with Stopwatch() as clock:
+        lines, info = build_dataset([system_name], count - n_eval, n_eval, seed=SEED)
+        write_dataset(out, system_name, lines, info, overwrite=True)
+    seconds = clock.seconds
     details = info["systems"][system_name]
     return {
         "samples": count,
@@ -77,30 +76,30 @@ def timed_dataset(system_name: str, count: int, out: Path) -> dict:
 def timed_baseline(count: int, out: Path) -> dict:
     """The old labelling of `count` double-integrator samples, through the same formatting and writing."""
     from lib.control.dataset import record_lines, sample_initial_states, write_dataset
-    from lib.control.references import ReferenceSolution, clipped_lqr_controls, round_plain
+    from lib.control.labels import round_plain
+    from lib.control.references import ReferenceSolution, clipped_lqr_controls
     from lib.control.systems import get_system, simulate, trajectory_cost
 
     system = get_system("double_integrator")
-    started = time.perf_counter()
-    x0 = sample_initial_states(system, count, SEED)
-    u = clipped_lqr_controls(system, x0)
-    label = round_plain(system, u, 2)
-    J = trajectory_cost(system, simulate(system, x0, u), u)
-    ref = ReferenceSolution(
-        u=u,
-        J=J,
-        u_label=label,
-        J_label=trajectory_cost(system, simulate(system, x0, label), label),
-        kkt_residual=np.full(count, np.nan),
-        starts_agreed=np.zeros(count, dtype=int),
-        starts_total=0,
-        solver="clipped LQR (forward Euler)",
-    )
-    lines = record_lines(system, x0, ref, 2)
-    n_eval = max(1, count // 10)
-    write_dataset(out, "baseline", {"train": lines[n_eval:], "eval": lines[:n_eval]}, {}, overwrite=True)
-    seconds = time.perf_counter() - started
-    return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds}
+    with Stopwatch() as clock:
+        x0 = sample_initial_states(system, count, SEED)
+        u = clipped_lqr_controls(system, x0)
+        label = round_plain(system, u, 2)
+        J = trajectory_cost(system, simulate(system, x0, u), u)
+        ref = ReferenceSolution(
+            u=u,
+            J=J,
+            u_label=label,
+            J_label=trajectory_cost(system, simulate(system, x0, label), label),
+            kkt_residual=np.full(count, np.nan),
+            starts_agreed=np.zeros(count, dtype=int),
+            starts_total=0,
+            solver="clipped LQR (forward Euler)",
+        )
+        lines = record_lines(system, x0, ref, 2)
+        n_eval = max(1, count // 10)
+        write_dataset(out, "baseline", {"train": lines[n_eval:], "eval": lines[:n_eval]}, {}, overwrite=True)
+    return {"samples": count, "seconds": clock.seconds, "samples_per_s": count / clock.seconds}
 
 
 def _spread(ratio: np.ndarray) -> dict:
@@ -116,7 +115,8 @@ def baseline_quality(system_name: str, count: int, wide: bool) -> dict:
     """J / J* over `count` initial states of one box: the old controls at full precision and as printed
     with 2 decimals (plain rounding), and our printed labels (J_label / J*)."""
     from lib.control.dataset import sample_initial_states
-    from lib.control.references import clipped_lqr_controls, round_plain, solve_reference
+    from lib.control.labels import round_plain
+    from lib.control.references import clipped_lqr_controls, solve_reference
     from lib.control.systems import get_system, simulate, trajectory_cost
 
     system = get_system(system_name)
@@ -130,21 +130,6 @@ def baseline_quality(system_name: str, count: int, wide: bool) -> dict:
         "old": _spread(trajectory_cost(system, simulate(system, x0, u), u) / ref.J),
         "old_printed": _spread(trajectory_cost(system, simulate(system, x0, printed), printed) / ref.J),
         "ours_printed": _spread(ref.J_label / ref.J),
-    }
-
-
-def environment() -> dict:
-    from importlib.metadata import version
-
-    from lib.common.runs import git_commit
-
-    return {
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "git_commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "python": platform.python_version(),
-        "packages": {name: version(name) for name in ("numpy", "scipy", "daqp", "casadi")},
-        "workers": 1,
     }
 
 
@@ -182,8 +167,7 @@ def markdown(result: dict) -> str:
         [
             "# Data generation benchmark",
             "",
-            f"{env['created_at']}, commit {env['git_commit']}, {env['machine']}, Python {env['python']}, "
-            f"one worker. End to end = sample x0, solve, round, format, write jsonl.",
+            f"{environment_line(env)}, one worker. End to end = sample x0, solve, round, format, write jsonl.",
             "",
             *rows,
             "",
@@ -206,19 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     result: dict = {
-        "environment": environment(),
+        "environment": bench_environment(("numpy", "scipy", "daqp", "casadi"), workers=1),
         "setup_seconds": {},
         "generation": {},
         "baseline_quality": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name, system in SYSTEMS.items():
-            started = time.perf_counter()  # one-time set-up: the condensed QP or the CasADi NLP, once
-            if system.is_linear:
-                condensed_qp(system)
-            else:
-                solve_reference(system, system.x_target[None] + 0.1)
-            result["setup_seconds"][name] = time.perf_counter() - started
+            with Stopwatch() as clock:  # one-time set-up: the condensed QP or the CasADi NLP, once
+                if system.is_linear:
+                    condensed_qp(system)
+                else:
+                    solve_reference(system, system.x_target[None] + 0.1)
+            result["setup_seconds"][name] = clock.seconds
             count = args.samples if system.is_linear else args.nonlinear_samples
             print(f"generating {count} {name} samples ...", file=sys.stderr)
             result["generation"][name] = timed_dataset(name, count, Path(tmp))
@@ -230,12 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["baseline_quality"][name] = {
             box: baseline_quality(name, count, wide=box == "wide") for box in ("default", "wide")
         }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output_dir / "bench.json", result)
     table = markdown(result)
-    write_text_atomic(args.output_dir / "bench.md", table)
+    json_path, md_path = write_bench_report("bench", result, table, args.output_dir)
     print(table)
-    print(f"wrote {args.output_dir / 'bench.json'} and {args.output_dir / 'bench.md'}")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

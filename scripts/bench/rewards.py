@@ -1,9 +1,9 @@
 """Benchmark the GRPO rewards: today's shared path against the per-reward path it replaced, in one run.
 
 Usage:
-    make bench                                           # runs it after scripts/bench.py
-    python scripts/bench_rewards.py                      # 2,000 completions, best of 5 passes (~30 s)
-    python scripts/bench_rewards.py --completions 400 --repeats 2   # a quick run
+    make bench                                           # runs it after scripts/bench/data.py
+    python scripts/bench/rewards.py                      # 2,000 completions, best of 5 passes (~30 s)
+    python scripts/bench/rewards.py --completions 400 --repeats 2   # a quick run
 
 On one core (single-threaded, OMP/BLAS threads 1; --cpu N also pins it), it scores the same
 completions with the four rewards (format, feasibility, optimality, terminal), called one after the other
@@ -29,17 +29,19 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 
 import argparse  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lib.common.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from lib.common.config import ROOT  # noqa: E402
+from lib.common.bench import (  # noqa: E402
+    Stopwatch,
+    bench_environment,
+    bench_parser,
+    check_at_least,
+    environment_line,
+    write_bench_report,
+)
 from lib.common.errors import UsageError, run_cli  # noqa: E402
 from lib.control.answer import TAGS, format_answers, format_controls, parse_controls  # noqa: E402
 from lib.control.metrics import ControlMetrics, evaluate_completions, j_floor, zero_control_cost  # noqa: E402
@@ -127,18 +129,12 @@ SHARED = [shared.format_reward, shared.feasibility_reward, shared.optimality_rew
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark the GRPO rewards: shared path vs per-reward path."
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--completions", type=int, default=2000, help="completions in the mix (both systems)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU (Linux)")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args(argv)
-    if args.completions < BATCH:
-        raise UsageError(f"--completions must be at least {BATCH}.", fix="raise it.")
-    if args.repeats < 1:
-        raise UsageError("--repeats must be at least 1.", fix="raise it.")
+    check_at_least(args, completions=BATCH, repeats=1)
     return args
 
 
@@ -218,12 +214,12 @@ def batches(records: list[dict], size: int) -> list[tuple[list, dict]]:
 def _seconds(functions: list[Callable], data: list[tuple[list, dict]]) -> tuple[float, float]:
     """One pass, every batch through every function in turn (cache cleared first): (CPU s, wall s)."""
     shared.clear_batch_cache()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for completions, columns in data:
-        prompts = [[]] * len(completions)
-        for function in functions:
-            function(prompts=prompts, completions=completions, completion_ids=None, **columns)
-    return time.process_time() - cpu, time.perf_counter() - wall
+    with Stopwatch() as clock:
+        for completions, columns in data:
+            prompts = [[]] * len(completions)
+            for function in functions:
+                function(prompts=prompts, completions=completions, completion_ids=None, **columns)
+    return clock.cpu_seconds, clock.seconds
 
 
 def measure(old: list[Callable], new: list[Callable], data: list[tuple[list, dict]], repeats: int) -> dict:
@@ -254,22 +250,6 @@ def check_agreement(data: list[tuple[list, dict]]) -> int:
     return compared
 
 
-def environment() -> dict:
-    from importlib.metadata import version
-
-    from lib.common.runs import git_commit
-
-    return {
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "git_commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "processor": platform.processor() or "unknown",
-        "python": platform.python_version(),
-        "packages": {name: version(name) for name in ("numpy",)},
-        "threads": "OMP/OPENBLAS/MKL_NUM_THREADS=1",
-    }
-
-
 def markdown(result: dict) -> str:
     env = result["environment"]
     rows = [
@@ -287,15 +267,14 @@ def markdown(result: dict) -> str:
         [
             "# GRPO reward throughput: shared path vs per-reward path",
             "",
-            f"{env['created_at']}, commit {env['git_commit']}, {env['machine']}, Python {env['python']}, "
-            f"one core ({result['pinning']}, {env['threads']}), best of {result['repeats']} alternating passes. "
+            f"{environment_line(env)}, one core ({result['pinning']}, {env['threads']}), best of {result['repeats']} alternating passes. "
             "Rates are completions per CPU second of the process (time on one core, not inflated by other "
             "programs on the machine); wall-clock rates beside them.",
             "",
             f"{result['completions']} completions, double_integrator and double_integrator_short shuffled together: "
             f"{kinds}. All four rewards are called one after the other with the same batch, as TRL does; the "
             "batch cache is cleared before each pass.",
-            "baseline: the per-reward path before the change (a verbatim copy in scripts/bench_rewards.py); "
+            "baseline: the per-reward path before the change (a verbatim copy in scripts/bench/rewards.py); "
             "shared: lib/llm/rewards.py (parse and simulate once per batch, J_zero from the column). "
             f"Both give identical rewards ({result['rewards_compared']:,} compared).",
             "",
@@ -328,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = measure(old, new, data, args.repeats)
         rates[label] = r | {"ratio": r["shared"] / r["baseline"]}
     result = {
-        "environment": environment(),
+        "environment": bench_environment(("numpy",), threads="OMP/OPENBLAS/MKL_NUM_THREADS=1"),
         "pinning": pinning,
         "completions": len(records),
         "repeats": args.repeats,
@@ -336,12 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rewards_compared": compared,
         "rates": rates,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output_dir / "rewards.json", result)
     table = markdown(result)
-    write_text_atomic(args.output_dir / "rewards.md", table)
+    json_path, md_path = write_bench_report("rewards", result, table, args.output_dir)
     print(table)
-    print(f"wrote {args.output_dir / 'rewards.json'} and {args.output_dir / 'rewards.md'}")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

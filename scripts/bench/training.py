@@ -2,8 +2,8 @@
 
 Usage:
     make bench-train
-    python scripts/bench_training.py                         # SmolLM2-135M on CPU, defaults below
-    python scripts/bench_training.py --sft-steps 5 --grpo-steps 1 --model /path/to/model   # a quick run
+    python scripts/bench/training.py                         # SmolLM2-135M on CPU, defaults below
+    python scripts/bench/training.py --sft-steps 5 --grpo-steps 1 --model /path/to/model   # a quick run
 
 It generates a double-integrator dataset in a temporary folder, then runs the real trainers
 (lib/llm/training.py) in child processes, one per stage, so each stage's peak memory (max RSS) is its own:
@@ -14,20 +14,23 @@ Writes results/bench/training.json, training.md (the table) and sft_loss_curve.p
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib.common.atomic import write_json_atomic, write_text_atomic
+from lib.common.bench import (
+    Stopwatch,
+    bench_environment,
+    bench_parser,
+    check_at_least,
+    environment_line,
+    write_bench_report,
+)
 from lib.common.config import ROOT
-from lib.common.errors import UsageError, run_cli
+from lib.common.errors import run_cli
 
 # Run in a child process: train one stage, then print the peak RSS of this process in MB.
 CHILD = """
@@ -35,7 +38,7 @@ import sys
 from lib.common.config import resolve_config
 from lib.common.runs import peak_rss_mb
 from lib.llm.training import train_from_config
-code = train_from_config(resolve_config(None, {overrides!r}), ["bench_training"])
+code = train_from_config(resolve_config(None, {overrides!r}), ["scripts/bench/training.py"])
 print("PEAK_RSS_MB", peak_rss_mb())
 sys.exit(code)
 """
@@ -43,16 +46,15 @@ sys.exit(code)
 
 def run_stage(overrides: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one training stage in a fresh process."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD.format(overrides=overrides)],
-        capture_output=True,
-        text=True,
-    )
+    with Stopwatch() as clock:
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD.format(overrides=overrides)],
+            capture_output=True,
+            text=True,
+        )
     if result.returncode != 0:
         raise RuntimeError(f"training failed:\n{result.stderr[-3000:]}")
-    peak = float(result.stdout.split("PEAK_RSS_MB")[-1].split()[0])
-    return time.perf_counter() - start, peak
+    return clock.seconds, float(result.stdout.split("PEAK_RSS_MB")[-1].split()[0])
 
 
 def loss_curve(history: list[dict], path: Path, title: str) -> None:
@@ -75,16 +77,14 @@ def loss_curve(history: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--model", default="embedded", help="model.name (default: the embedded SmolLM2-135M)")
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--grpo-steps", type=int, default=3)
     parser.add_argument("--grpo-completion", type=int, default=400, help="grpo.max_completion_length")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args(argv)
-    if min(args.sft_steps, args.sft_batch, args.grpo_steps) < 1:
-        raise UsageError("--sft-steps, --sft-batch and --grpo-steps must be at least 1.")
+    check_at_least(args, sft_steps=1, sft_batch=1, grpo_steps=1)
 
     from lib.llm.models import resolve_model_name
 
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         h["completions/mean_length"] for h in grpo_history if "completions/mean_length" in h
     ]
     result = {
-        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} cores",
+        "environment": bench_environment(),
         "device": device,
         "model": args.model,
         "sft": {
@@ -157,17 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "peak_rss_mb": grpo_peak,
         },
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output_dir / "training.json", result)
-    loss_curve(
-        [h for h in sft_history if "loss" in h],
-        args.output_dir / "sft_loss_curve.png",
-        f"SFT of {args.model} on double_integrator, batch {args.sft_batch}, LoRA r16, CPU",
-    )
     sft, grpo = result["sft"], result["grpo"]
     table = "\n".join(
         [
-            f"Training benchmark: {result['model']} on {result['machine']} ({result['device'].split(' fallbacks')[0]})",
+            f"Training benchmark: {result['model']} ({result['device'].split(' fallbacks')[0]})",
+            "",
+            environment_line(result["environment"]),
             "",
             "| stage | settings | speed | peak RSS |",
             "| --- | --- | --- | --- |",
@@ -180,8 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(curve: {args.output_dir / 'sft_loss_curve.png'})",
         ]
     )
-    write_text_atomic(args.output_dir / "training.md", table + "\n")
+    json_path, md_path = write_bench_report("training", result, table, args.output_dir)
+    loss_curve(
+        [h for h in sft_history if "loss" in h],
+        args.output_dir / "sft_loss_curve.png",
+        f"SFT of {args.model} on double_integrator, batch {args.sft_batch}, LoRA r16, CPU",
+    )
     print(table)
+    print(f"wrote {json_path}, {md_path} and {args.output_dir / 'sft_loss_curve.png'}")
     return 0
 
 

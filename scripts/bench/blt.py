@@ -2,11 +2,11 @@
 
 Usage:
     make bench-blt
-    python scripts/bench_blt.py                                     # CPU, plus CUDA fp32 and mixed where present
-    python scripts/bench_blt.py --devices cpu --steps 5 --warmup 1  # a quick run
-    python scripts/bench_blt.py --devices cuda --precisions mixed   # a GPU node, mixed precision only
-    python scripts/bench_blt.py --threads 1 2                       # CPU with 1 and with 2 torch threads
-    python scripts/bench_blt.py hidden_size=256 num_layers=4        # another shape (blt config keys)
+    python scripts/bench/blt.py                                     # CPU, plus CUDA fp32 and mixed where present
+    python scripts/bench/blt.py --devices cpu --steps 5 --warmup 1  # a quick run
+    python scripts/bench/blt.py --devices cuda --precisions mixed   # a GPU node, mixed precision only
+    python scripts/bench/blt.py --threads 1 2                       # CPU with 1 and with 2 torch threads
+    python scripts/bench/blt.py hidden_size=256 num_layers=4        # another shape (blt config keys)
 
 The original config is the blt schema's defaults: hidden 128, 2 layers, 4 heads, dropout 0.1, block 128,
 batch 16, gradient accumulation 2, so one optimiser step trains on 16 x 2 x 128 = 4,096 target bytes. Each
@@ -21,22 +21,19 @@ load average is recorded, since other processes on the same cores lower the CPU 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
-from lib.common.config import ROOT
+from lib.common.bench import Stopwatch, bench_environment, bench_parser, check_at_least, write_bench_report
 from lib.common.errors import UsageError, run_cli
 from lib.common.runs import peak_rss_mb
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--devices", nargs="+", choices=("cpu", "cuda"), help="default: cpu, and cuda if present"
     )
@@ -46,13 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", nargs="+", type=int, help="CPU torch threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=30, help="timed optimiser steps per case (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (default 5)")
-    parser.add_argument(
-        "--output-dir", type=Path, default=ROOT / "results" / "bench", help="default results/bench"
-    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="blt config overrides")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        raise UsageError("--steps must be >= 1 and --warmup >= 0.", fix="e.g. --steps 30 --warmup 5.")
+    check_at_least(args, steps=1, warmup=0)
     return args
 
 
@@ -77,11 +70,11 @@ def run_case(cfg: dict, setup, data, steps: int, warmup: int) -> dict:
         train_step(model, batches[step], optimizer, scheduler, scaler, setup)
     if cuda:
         torch.cuda.synchronize()
-    started = time.perf_counter()
-    for step in range(warmup, warmup + steps):
-        # train_step returns Python floats, which waits for the GPU: each step is timed to its end
-        losses.append(train_step(model, batches[step], optimizer, scheduler, scaler, setup).loss)
-    seconds = time.perf_counter() - started
+    with Stopwatch() as clock:
+        for step in range(warmup, warmup + steps):
+            # train_step returns Python floats, which waits for the GPU: each step is timed to its end
+            losses.append(train_step(model, batches[step], optimizer, scheduler, scaler, setup).loss)
+    seconds = clock.seconds
     bytes_per_step = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
     return {
         "device": setup.device,
@@ -96,22 +89,6 @@ def run_case(cfg: dict, setup, data, steps: int, warmup: int) -> dict:
         "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb(),
         "peak_memory_kind": "CUDA max allocated" if cuda else "process max RSS (whole process)",
         "last_loss": losses[-1],
-    }
-
-
-def environment() -> dict:
-    import torch
-
-    from lib.common.runs import git_commit, package_versions
-
-    return {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "torch_default_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": package_versions(),
-        "load_average_start": os.getloadavg(),
     }
 
 
@@ -140,7 +117,7 @@ def markdown(result: dict) -> str:
         f"Load average (1, 5, 15 min) at the start {tuple(round(x, 2) for x in env['load_average_start'])}, "
         f"at the end {tuple(round(x, 2) for x in result['load_average_end'])}: other processes on the same "
         "cores lower the CPU figures. Peak memory on CPU is the whole process's max RSS (torch included).",
-        f"Made by `python scripts/bench_blt.py` at {env['created_at']} (commit {env['git_commit']}).",
+        f"Made by `python scripts/bench/blt.py` at {env['created_at']} (commit {env['git_commit']}).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -152,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lib.blt.data import ensure_default_corpus, load_byte_data
     from lib.blt.model import build_model, check_config, count_parameters
-    from lib.common.atomic import write_text_atomic
     from lib.common.config import resolve_config
     from lib.common.device import choose_device, probe_platform, settings_from_config
 
@@ -168,7 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_byte_data(cfg["train_data_dir"], cfg["cache_dir"], "train_data_dir")
     if data.n_tokens < cfg["block_size"] + 1:
         raise UsageError(f"{data.directory} is shorter than one block.", fix="lower block_size or add text.")
-    env = environment()
+    env = bench_environment(
+        torch_default_threads=torch.get_num_threads(),
+        cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        load_average_start=os.getloadavg(),
+    )
     default_threads = torch.get_num_threads()
     cases = []
     for device in devices:
@@ -216,10 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": env,
         "load_average_end": os.getloadavg(),
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.output_dir / "blt.json", json.dumps(result, indent=2) + "\n")
-    write_text_atomic(args.output_dir / "blt.md", markdown(result))
-    print(f"wrote {args.output_dir / 'blt.json'} and {args.output_dir / 'blt.md'}")
+    json_path, md_path = write_bench_report("blt", result, markdown(result), args.output_dir)
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

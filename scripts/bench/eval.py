@@ -2,7 +2,7 @@
 
 Usage:
     make bench-eval                                  # SmolLM2-135M on this machine's device (CPU here)
-    python scripts/bench_eval.py --instances 16 --batch-size 16 --max-new-tokens 128
+    python scripts/bench/eval.py --instances 16 --batch-size 16 --max-new-tokens 128
 
 Both arms run the same code main_eval.py runs (lib.llm.generation.generate_completions, greedy, stopping at the
 end-of-turn token) on the same double-integrator prompts; only batch_size differs (1 vs --batch-size). The
@@ -12,31 +12,32 @@ writes results/bench/eval.{json,md}: instances/s and generated tokens/s of each 
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from lib.common.atomic import write_json_atomic, write_text_atomic
-from lib.common.config import ROOT
-from lib.common.errors import EXIT_OK, UsageError, run_cli
+from lib.common.bench import (
+    Stopwatch,
+    bench_environment,
+    bench_parser,
+    check_at_least,
+    environment_line,
+    write_bench_report,
+)
+from lib.common.errors import EXIT_OK, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--model-path", default="embedded")
     parser.add_argument("--instances", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each arm (alternating)")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides (device.type=cpu)"
     )
     args = parser.parse_args(argv)
-    if min(args.instances, args.batch_size, args.max_new_tokens, args.repeats) < 1:
-        raise UsageError("--instances, --batch-size, --max-new-tokens and --repeats must be at least 1.")
+    check_at_least(args, instances=1, batch_size=1, max_new_tokens=1, repeats=1)
 
     import numpy as np
 
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lib.llm.models import load_model_reference
 
     cfg = resolve_config(None, args.overrides)
+    env = bench_environment(("torch", "transformers"))
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
     model, tokenizer, described = load_model_reference(args.model_path, cfg, setup)
@@ -62,12 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokens = {}
     for repeat in range(args.repeats):
         for name in arms if repeat % 2 == 0 else reversed(arms):
-            start = time.perf_counter()
-            texts = generate_completions(model, tokenizer, prompts, args.max_new_tokens, arms[name])
-            seconds[name].append(time.perf_counter() - start)
+            with Stopwatch() as clock:
+                texts = generate_completions(model, tokenizer, prompts, args.max_new_tokens, arms[name])
+            seconds[name].append(clock.seconds)
             tokens[name] = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
             print(f"{name}: {seconds[name][-1]:.1f} s for {args.instances} instances")
-    result = {"model": described, "device": setup.summary(), "instances": args.instances,
+    result = {"environment": env, "model": described, "device": setup.summary(), "instances": args.instances,
               "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats}  # fmt: skip
     for name in arms:
         best = float(np.median(seconds[name]))
@@ -75,13 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "generated_tokens": tokens[name], "tokens_per_s": tokens[name] / best}  # fmt: skip
     result["speedup"] = result["batched"]["instances_per_s"] / result["one_at_a_time"]["instances_per_s"]
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.output_dir / "eval.json", result)
     table = [
         f"# Evaluation throughput ({described}, {args.instances} double-integrator prompts, greedy, "
         f"at most {args.max_new_tokens} new tokens)",
         "",
-        setup.summary(),
+        f"{environment_line(env)}. {setup.summary()}",
         "",
         "| arm | batch | instances/s | generated tokens/s |",
         "|---|---:|---:|---:|",
@@ -92,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Batched / one at a time: **{result['speedup']:.2f}x** (median of {args.repeats} run(s) each, same process).",
     ]
-    write_text_atomic(args.output_dir / "eval.md", "\n".join(table) + "\n")
+    json_path, md_path = write_bench_report("eval", result, "\n".join(table), args.output_dir)
     print("\n".join(table))
+    print(f"wrote {json_path} and {md_path}")
     return EXIT_OK
 
 
