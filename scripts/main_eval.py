@@ -39,21 +39,13 @@ decoding give identical metrics. Exit codes: 0 done, 1 failed, 2 bad usage or in
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import logging
-import os
-import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib.common.config import override_text, repo_path, resolve_cli, resolve_config, split_overrides
-from lib.common.errors import EXIT_OK, UsageError, run_cli
-from lib.common.runs import git_commit
+from lib.common.config import override_text, resolve_cli, resolve_config, split_overrides
+from lib.common.errors import UsageError, run_cli
 
-log = logging.getLogger("main_eval")
 MODES = ("control", "mpc", "format", "analyze")
 
 # Each flag's key in the config: (schema, dotted key); the schema defaults are the flags' defaults.
@@ -158,210 +150,21 @@ def resolve_eval_config(args: argparse.Namespace) -> dict:
 
         overrides = [f"{key}={override_text(value)}" for key, (_, value) in flags.items()]
         cfg = config_of_run(cfg["eval"]["model_path"][0], cfg, [*overrides, *args.overrides]) or cfg
-    if kind == "control":
-        check_control_settings(cfg)
     return cfg
-
-
-def check_control_settings(cfg: dict) -> None:
-    """What the schema cannot say about the eval settings."""
-    settings = cfg["eval"]
-    k = settings["samples_per_prompt"]
-    if k > 1 and settings["temperature"] == 0:
-        raise UsageError(
-            f"--samples-per-prompt {k} (eval.samples_per_prompt) with greedy decoding gives {k} identical "
-            "answers, so pass@k would equal pass@1.",
-            fix="add --temperature 0.7 (or another value > 0) to sample, or use --samples-per-prompt 1.",
-        )
-    labels, models = settings["labels"], settings["model_path"]
-    if labels and len(labels) != len(models):
-        raise UsageError(
-            f"{len(labels)} --labels (eval.labels) for {len(models)} --model-path values (eval.model_path).",
-            fix="give one label per model, in the same order, or none.",
-        )
-    if not cfg["data"]["dataset_name"]:
-        raise UsageError(
-            "no --dataset given (data.dataset_name).",
-            fix="pass --dataset NAME or data.dataset_name=NAME (`python scripts/generate_data.py --list` "
-            "shows them).",
-        )
-
-
-def model_label(described: str, reference: str) -> str:
-    """A short name for tables: '<stage>/<run_id>' for runs, the name for base models."""
-    from lib.llm.models import run_of_description
-
-    run = run_of_description(described)
-    if run is not None:
-        return f"{run.parent.name}/{run.name}"
-    return Path(reference).name if Path(reference).expanduser().exists() else reference
-
-
-def make_answerer(model, tokenizer, setup, cfg: dict, workdir: Path):
-    """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate."""
-    from lib.llm.generation import generate_completions, vllm_generator
-
-    settings = cfg["eval"]
-    if setup.vllm:
-        merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once
-        model.save_pretrained(merged)
-        tokenizer.save_pretrained(merged)
-        return vllm_generator(str(merged), settings["max_new_tokens"], settings["temperature"], cfg["seed"])
-    model.to(setup.device)
-    return lambda prompts: generate_completions(
-        model,
-        tokenizer,
-        prompts,
-        settings["max_new_tokens"],
-        settings["batch_size"],
-        settings["temperature"],
-        cfg["seed"],
-        progress=True,
-    )
-
-
-def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]:
-    """Load each model in turn, let it answer, score the answers; one dict per model."""
-    from lib.common.device import settings_from_config, setup_device
-    from lib.llm.evaluation import answer_records, format_rates, score_samples
-    from lib.llm.models import load_model_reference
-
-    settings = cfg["eval"]
-    k, mode = settings["samples_per_prompt"], settings["mode"]
-    setup = setup_device(settings_from_config(cfg))
-    print(setup.summary())
-    results = []
-    for i, reference in enumerate(settings["model_path"]):
-        model, tokenizer, described = load_model_reference(reference, cfg, setup)
-        label = settings["labels"][i] if settings["labels"] else model_label(described, reference)
-        answer = make_answerer(model, tokenizer, setup, cfg, workdir)
-        calls = {"prompts": 0, "seconds": 0.0}
-
-        def timed(prompts, answer=answer, calls=calls):
-            start = time.perf_counter()
-            texts = answer(prompts)
-            calls["seconds"] += time.perf_counter() - start
-            calls["prompts"] += len(prompts)
-            return texts
-
-        print(f"[{label}] {described}: answering {len(records)} problems x {k}")
-        if mode == "format":
-            texts = timed([r["prompt"] for r in records for _ in range(k)])
-            systems = [r["system"] for r in records for _ in range(k)]
-            rates, checks = format_rates(texts, systems)
-            results.append({"label": label, "model": described, "format_rates": rates, "checks": checks,
-                            "texts": texts, "systems": systems, "calls": calls})  # fmt: skip
-        else:
-            rows = score_samples(
-                records,
-                answer_records(records, timed, k, mode, settings["replan_every"]),
-            )
-            results.append({"label": label, "model": described, "rows": rows, "calls": calls})
-        del model, answer
-        gc.collect()
-    if len({r["label"] for r in results}) != len(results):
-        raise UsageError(
-            "two models got the same label: " + ", ".join(r["label"] for r in results) + ".",
-            fix="name them with --labels.",
-        )
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = resolve_eval_config(args)
-    settings = cfg["eval"]
-    output_dir = repo_path(settings["output_dir"])
-    if cfg["model_type"] == "blt":
-        from lib.blt.analysis import analyze_blt
+    if cfg["model_type"] == "blt":  # the byte-level entropy model has its own analysis
+        from lib.blt.analysis import analyze_from_config
 
-        metrics = analyze_blt(
-            settings["model_path"][0], cfg, output_dir, settings["save_plots"], None, settings["max_bytes"],
-            cfg["seed"],
-        )  # fmt: skip
-        print(f"bits per byte {metrics.get('bits_per_byte')}; report: {output_dir / 'report.md'}")
-        return EXIT_OK
+        return analyze_from_config(cfg)
+    from lib.llm.evaluate import evaluate_from_config
 
-    from lib.llm.evaluation import REFERENCES, load_eval_records, reference_rows, summarize
-    from lib.llm.models import check_model_reference
-    from lib.llm.report import (
-        check_output_folder,
-        figure_files,
-        format_report,
-        metrics_document,
-        planned_files,
-        render_figures,
-        render_report,
-        replace_outputs,
-        sample_lines,
+    return evaluate_from_config(
+        cfg, ["python", "scripts/main_eval.py", *(sys.argv[1:] if argv is None else argv)]
     )
-
-    dataset = cfg["data"]["dataset_name"]
-    mode, seed = settings["mode"], cfg["seed"]
-    dataset_dir = repo_path(cfg["data"]["datasets_dir"]) / dataset
-    records, info = load_eval_records(dataset_dir, settings["num_samples"], cfg["data"]["system"])
-    # Everything that can be refused is refused before any model is loaded (non-finite numbers: the loader).
-    save_plots = settings["save_plots"] and mode != "format"
-    planned = planned_files(records, len(settings["model_path"]), save_plots, settings["plot_instances"])
-    check_output_folder(output_dir, planned, save_plots)
-    for reference in settings["model_path"]:
-        check_model_reference(reference, cfg)
-    staged = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staged, ignore_errors=True)
-    try:
-        staged.mkdir(parents=True)
-    except OSError as exc:
-        raise UsageError(
-            f"--output-dir {output_dir}: cannot create {staged.parent}/ ({exc.strerror or exc}).",
-            fix="pass a folder you can write to as --output-dir (eval.output_dir), e.g. results/eval.",
-        ) from None
-    try:
-        results = evaluate_models(cfg, records, staged)
-        context = {
-            "dataset": dataset, "dataset_seed": info.get("seed"), "eval_mode": mode,
-            "records": len(records), "samples_per_prompt": settings["samples_per_prompt"],
-            "temperature": settings["temperature"], "max_new_tokens": settings["max_new_tokens"], "seed": seed,
-            "replan_every": settings["replan_every"] if mode == "mpc" else None,
-            "command": "python scripts/main_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S"), "config": cfg,
-        }  # fmt: skip
-        if mode == "format":
-            document = {"context": context, "models": {r["label"]: {"model": r["model"], "format_rates": r["format_rates"],
-                        "timing": r["calls"]} for r in results}}  # fmt: skip
-            report = format_report(context, results)
-            figures: list[str] = []
-        else:
-            references = {name: reference_rows(records, name) for name in REFERENCES}
-            summaries = {r["label"]: summarize(r["rows"], seed) for r in results}
-            ref_summaries = {name: summarize(rows, seed) for name, rows in references.items()}
-            figures = (
-                render_figures(
-                    staged,
-                    records,
-                    results,
-                    references,
-                    summaries,
-                    ref_summaries,
-                    context,
-                    settings["plot_instances"],
-                )  # fmt: skip
-                if settings["save_plots"]
-                else []
-            )
-            document = metrics_document(context, results, summaries, ref_summaries)
-            report = render_report(context, results, summaries, ref_summaries, figures)
-        (staged / "report.md").write_text(report)
-        (staged / "samples.jsonl").write_text(sample_lines(results))
-        files = ["metrics.json", "report.md", "samples.jsonl", *figure_files(figures)]
-        document["files"] = files
-        (staged / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-        for name in replace_outputs(output_dir, staged, files):
-            log.info("removed %s of the previous evaluation", output_dir / name)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    print(report.split("\n## Figures")[0])
-    print(f"metrics: {output_dir / 'metrics.json'}; report: {output_dir / 'report.md'}")
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ import pytest
 from helpers import call_script, load_script, make_dataset, run_python, tiny_model_on
 
 from lib.common.errors import EXIT_USAGE
+from lib.control.dataset_format import load_records
 from lib.control.references import solve_reference
 from lib.control.systems import get_system
 from lib.llm.evaluation import (
     answer_records,
     bootstrap_ci,
-    load_eval_records,
     pass_at_k,
     reference_rows,
     score_samples,
@@ -35,13 +35,13 @@ def workspace(tmp_path_factory):
     """Eval records of two systems (6 each) and a tiny model trained on nothing in particular."""
     root = tmp_path_factory.mktemp("eval")
     mix = make_dataset(root, "mix", ["double_integrator", "van_der_pol"], 4, 12)
-    tiny_model_on(root / "tiny", load_eval_records(mix)[0][:4])
+    tiny_model_on(root / "tiny", load_records(mix, "eval", round_robin=True)[0][:4])
     return root
 
 
 @pytest.fixture(scope="module")
 def records(workspace):
-    return load_eval_records(workspace / "datasets" / "mix")[0]
+    return load_records(workspace / "datasets" / "mix", "eval", round_robin=True)[0]
 
 
 def by_prompt(records, make_text):
@@ -60,7 +60,7 @@ def exact_optimum(record) -> str:
 
 def test_records_are_interleaved_over_systems_and_capped(records, workspace):
     assert [r["system"] for r in records[:4]] == ["double_integrator", "van_der_pol"] * 2
-    capped, _ = load_eval_records(workspace / "datasets" / "mix", num_samples=3)
+    capped, _ = load_records(workspace / "datasets" / "mix", "eval", limit=3, round_robin=True)
     assert [r["id"] for r in capped] == [r["id"] for r in records[:3]]
     assert all(r["J_floor"] > 0 for r in capped)
 

@@ -15,15 +15,15 @@ from helpers import call_script, make_dataset, run_python, tiny_model_on
 
 import lib.llm.models as models
 from lib.common.errors import EXIT_USAGE
-from lib.llm.evaluation import load_eval_records
-from lib.llm.report import MANIFEST
+from lib.common.outputs import MANIFEST
+from lib.control.dataset_format import load_records
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     dataset = make_dataset(root, "di", ["double_integrator"], 2, 4)
-    tiny_model_on(root / "tiny", load_eval_records(dataset)[0])
+    tiny_model_on(root / "tiny", load_records(dataset, "eval", round_robin=True)[0])
     return root
 
 
@@ -249,9 +249,9 @@ def test_generate_data_refuses_a_dataset_name_that_is_not_a_folder_name(tmp_path
 
 def test_generate_data_refuses_a_dataset_too_large_for_the_machine(tmp_path, capsys, monkeypatch):
     """Before: ran out of memory drawing the states, with advice about batch sizes and LoRA."""
-    import lib.control.dataset as dataset
+    import lib.control.generate as generate
 
-    monkeypatch.setattr(dataset, "build_dataset", lambda *a, **k: pytest.fail("generation started"))
+    monkeypatch.setattr(generate, "build_dataset", lambda *a, **k: pytest.fail("generation started"))
     argv = ["--systems", "double_integrator", "--total-samples", "1000000000", "--decimals", "6",
             "--output-dir", str(tmp_path / "d")]  # fmt: skip
     err = refused(capsys, "generate_data", argv, "1000000000 samples", "--total-samples", "GB")
@@ -262,12 +262,12 @@ def test_generate_data_refuses_a_dataset_too_large_for_the_machine(tmp_path, cap
 def test_generate_data_out_of_memory_names_the_sample_count(tmp_path, capsys, monkeypatch):
     """Memory running out anyway (a smaller machine than its physical memory says): the advice is about the
     sample count, not describe_failure's training advice."""
-    import lib.control.dataset as dataset
+    import lib.control.generate as generate
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError("Unable to allocate 29.8 GiB for an array")
 
-    monkeypatch.setattr(dataset, "build_dataset", out_of_memory)
+    monkeypatch.setattr(generate, "build_dataset", out_of_memory)
     err = refused(
         capsys, "generate_data", [*GEN, "--output-dir", str(tmp_path / "d")], "4 samples", "--total-samples"
     )

@@ -144,9 +144,9 @@ def test_phases_run_the_scripts_with_the_pipeline_config_and_key_value_overrides
     workspace, tmp_path, monkeypatch
 ):
     """No setting is turned into a flag by hand: each phase gets config.json plus its own few overrides."""
-    from lib.llm.pipeline import read_config, read_state
+    from lib.llm import pipeline as script
+    from lib.llm.pipeline_folder import read_config, read_state
 
-    script = load_script("run_pipeline")
     root, config = workspace
     fresh = [
         f"pipeline.results_dir={tmp_path}",
@@ -182,7 +182,7 @@ def test_phases_run_the_scripts_with_the_pipeline_config_and_key_value_overrides
 
 def test_an_old_pipeline_folder_still_resolves(workspace, tmp_path):
     """config.json of a folder made before the generate/eval sections: read through LEGACY_KEYS."""
-    from lib.llm.pipeline import read_config
+    from lib.llm.pipeline_folder import read_config
 
     root, config = workspace
     assert pipeline_main(["--config", str(config), f"pipeline.results_dir={tmp_path}", "--init"]) == 0

@@ -225,7 +225,7 @@ def test_train_single_system_maps_the_original_flags(workspace):
 def test_every_flag_maps_onto_a_schema_key():
     from lib.common.config import load_schema, schema_node
 
-    for flag, key in load_script("train_single_system").FLAG_KEYS.items():
+    for flag, key in load_script("main_trainer").FLAG_KEYS.items():
         assert schema_node(load_schema("control"), key) is not None, f"--{flag} -> {key}"
 
 
@@ -375,12 +375,12 @@ def test_verify_grpo_format_loads_the_latest_grpo_run(workspace, tmp_path):
     main = load_script("verify_grpo_format").main
     code = run_cli(
         main,
-        ["--num-tests", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path),
-         f"run.models_dir={workspace / 'models'}", "device.type=cpu"],
+        ["--num-tests", "2", "--max-new-tokens", "4", "--output-dir", str(tmp_path), "--system",
+         "double_integrator", f"run.models_dir={workspace / 'models'}", "device.type=cpu"],
     )  # fmt: skip
     assert code == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["model"] == f"run {workspace / 'models/universal/grpo/v1'}"
+    (entry,) = json.loads((tmp_path / "metrics.json").read_text())["models"].values()
+    assert entry["model"] == f"run {workspace / 'models/universal/grpo/v1'}"
 
 
 # ---------------------------------------------------------------- control metrics during training

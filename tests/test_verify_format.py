@@ -51,19 +51,28 @@ def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus)
 
 
-def test_real_generation_reports_rates_saves_failures_and_sets_the_exit_status(tiny, tmp_path, capsys):
+def test_real_generation_reports_rates_saves_every_answer_and_sets_the_exit_status(tiny, tmp_path, capsys):
+    """The old script name runs main_eval's format mode: --num-tests and --min-score are its shorthands."""
     main = load_script("verify_grpo_format").main
     args = ["--model-path", str(tiny), "--num-tests", "3", "--max-new-tokens", "8", "--output-dir", str(tmp_path),
-            "device.type=cpu"]  # fmt: skip
+            "--system", "double_integrator", "device.type=cpu"]  # fmt: skip
     assert run_cli(main, args) == 0  # --min-score 0: always passes
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["tests"] == 3 and set(summary["rates"]) == set(FORMAT_CHECKS)
-    assert summary["score"] == pytest.approx(sum(summary["rates"].values()) / len(FORMAT_CHECKS))
-    failures = [json.loads(x) for x in (tmp_path / "failures.jsonl").read_text().splitlines()]
-    assert len(failures) == 3  # 8 tokens of a random model cannot hold 50 controls
-    assert all(f["reason"] and "completion" in f for f in failures)
-    assert "overall score" in capsys.readouterr().out
+    document = json.loads((tmp_path / "metrics.json").read_text())
+    assert document["context"]["records"] == 3 and document["context"]["eval_mode"] == "format"
+    (entry,) = document["models"].values()
+    assert set(entry["format_rates"]) == set(FORMAT_CHECKS) and entry["passed"]
+    assert entry["score"] == pytest.approx(sum(entry["format_rates"].values()) / len(FORMAT_CHECKS))
+    answers = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 and all("completion" in a for a in answers)
+    assert not any(all(a["checks"].values()) for a in answers)  # 8 tokens cannot hold 50 controls
+    assert "overall" in capsys.readouterr().out
     assert run_cli(main, [*args, "--min-score", "0.9"]) == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["context"]["min_format_score"] == 0.9
+
+
+def test_without_a_dataset_or_a_system_the_format_check_says_what_it_needs(tiny, tmp_path):
+    main = load_script("verify_grpo_format").main
+    assert run_cli(main, ["--model-path", str(tiny), "--output-dir", str(tmp_path)]) == 2
 
 
 def test_unknown_dataset_exits_2(tiny, tmp_path):

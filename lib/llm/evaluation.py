@@ -29,7 +29,6 @@ import numpy as np
 
 from lib.common.errors import UsageError
 from lib.control.answer import build_prompt, format_checks, parse_controls
-from lib.control.dataset import read_info, read_split
 from lib.control.metrics import SUCCESS_EPS, evaluate_controls
 from lib.control.systems import get_system, simulate
 
@@ -59,41 +58,6 @@ class SampleRows:
 
 
 # ---------------------------------------------------------------- records
-
-
-def load_eval_records(
-    dataset_dir, num_samples: int | None = None, system: str | None = None
-) -> tuple[list[dict], dict]:
-    """The eval split (checksummed by lib.control.dataset) with each record's J_floor from info.json.
-
-    With num_samples, the records are taken round-robin over the systems in the file (the first of each
-    system, then the second, ...), so a cap keeps every system represented and is the same on every run.
-    """
-    info = read_info(dataset_dir)
-    records = read_split(dataset_dir, "eval")
-    if system is not None:
-        records = [r for r in records if r["system"] == system]
-        if not records:
-            present = sorted(info.get("systems", {}))
-            raise UsageError(
-                f"dataset {dataset_dir} has no eval records of system '{system}' (it has {', '.join(present)}).",
-                fix="pick one of those systems, or omit --system.",
-            )
-    if not records:
-        raise UsageError(
-            f"dataset {dataset_dir} has an empty eval split.",
-            fix="regenerate it with eval samples (scripts/generate_data.py --eval-samples N).",
-        )
-    by_system: dict[str, list[dict]] = {}
-    for record in records:
-        by_system.setdefault(record["system"], []).append(record)
-    interleaved = [group[i] for i in range(len(records)) for group in by_system.values() if i < len(group)]
-    if num_samples is not None:
-        interleaved = interleaved[:num_samples]
-    for record in interleaved:
-        record["J_floor"] = info["systems"][record["system"]]["J_floor"]
-        record["prompt_style"] = info.get("prompt_style", "full")  # MPC re-plans ask in the same style
-    return interleaved, info
 
 
 # ---------------------------------------------------------------- answering

@@ -1,71 +1,36 @@
-"""GRPO: completions sampled per prompt, scored by the rewards of lib/llm/rewards.py (TRL's GRPOTrainer),
-starting from a finished SFT run (grpo.init_from) or the base model."""
+"""GRPO: what it does differently from SFT (TRL's GRPOTrainer: completions sampled per prompt, scored by the
+rewards of lib/llm/rewards.py), and where it starts (grpo.init_from). The order of a stage is
+lib/llm/training.py, `train_stage`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from lib.common.config import repo_path
 from lib.common.device import DeviceSetup
-from lib.common.distributed import Processes
 from lib.common.errors import UsageError
-from lib.common.runs import StopOnSignal, latest_run, mean_of_last, read_run_info
-from lib.llm.models import SCRATCH, load_start_model, start_model_name
+from lib.common.runs import latest_run, mean_of_last, read_run_info
 from lib.llm.rewards import reward_functions
-from lib.llm.stages import (
-    attach_trainer,
-    check_lengths,
-    common_args,
-    dataset_styles,
-    finish_run,
-    last_checkpoint,
-    load_stage_records,
-    record_texts,
-    stage_callbacks,
-    stage_dir,
-    start_run,
-)
+from lib.llm.stages import stage_dir
+
+# the columns the rewards read besides the prompt; J_zero spares the optimality reward a u = 0 simulation
+FIELDS = ("prompt", "system", "x0", "J_opt", "J_floor", "J_zero")
 
 
-def train_grpo(
-    cfg: dict,
-    setup: DeviceSetup,
-    run_id: str,
-    argv: Sequence[str],
-    init_run: Path | None,
-    processes: Processes | None = None,
-) -> tuple[Path, bool]:
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    grpo = cfg["grpo"]
-    functions, weights = reward_functions(grpo)
-    if not functions:
+def check_config(cfg: dict) -> None:
+    if not reward_functions(cfg["grpo"])[0]:
         raise UsageError(
             "every GRPO reward has weight 0.", fix="give at least one of grpo.rewards.* a weight > 0."
         )
-    train, _, info = load_stage_records(cfg, "grpo")
-    base = start_model_name(cfg, record_texts(train)) if init_run is None else cfg["model"]["name"]
-    model, tokenizer, peft_config = load_start_model(cfg, setup, init_run, base)
-    train = check_lengths(tokenizer, train, cfg, "grpo")
-    columns = ("prompt", "system", "x0", "J_opt", "J_floor", "J_zero")  # J_zero: no u = 0 simulation
-    run_dir = start_run(
-        cfg,
-        "grpo",
-        run_id,
-        argv,
-        setup,
-        {
-            "init_run": str(init_run) if init_run else None,
-            "base_model": base if cfg["model"]["name"] == SCRATCH else cfg["model"]["name"],
-            "train_records": len(train),
-            **dataset_styles(info),
-        },
-        processes,
-    )
-    args = GRPOConfig(
-        **common_args(grpo, cfg, setup, run_dir),
+
+
+def arguments(cfg: dict, common: dict, setup: DeviceSetup):
+    """GRPOConfig: the shared TrainingArguments (lib.llm.stages.common_args) plus GRPO's own."""
+    from trl import GRPOConfig
+
+    grpo = cfg["grpo"]
+    return GRPOConfig(
+        **common,
         num_generations=grpo["num_generations"],
         max_completion_length=grpo["max_completion_length"],
         temperature=grpo["temperature"],
@@ -73,30 +38,38 @@ def train_grpo(
         loss_type=grpo["loss_type"],
         scale_rewards=grpo["scale_rewards"],
         mask_truncated_completions=grpo["mask_truncated_completions"],
-        reward_weights=weights,
+        reward_weights=reward_functions(grpo)[1],
         log_completions=grpo["log_completions"],
         use_vllm=setup.vllm,
         vllm_mode=grpo["vllm_mode"],
         vllm_gpu_memory_utilization=grpo["vllm_gpu_memory_utilization"],
     )
-    with StopOnSignal() as stop:
-        callbacks = stage_callbacks(cfg, tokenizer, run_dir, stop)
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=functions,
-            args=args,
-            train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
-        attach_trainer(trainer, callbacks)
-        trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
+
+
+def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], evaluation: list[dict],
+            callbacks: list):  # fmt: skip
+    """GRPOTrainer over the train records (no eval loss: the control-metrics callback measures GRPO)."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=reward_functions(cfg["grpo"])[0],
+        args=args,
+        train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in train]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def final_metrics(cfg: dict, trainer, output, evaluation: list[dict], stopped: bool) -> dict:
+    """metrics.json of a finished run: the mean of the last logged rewards, in total and per reward."""
     history = trainer.state.log_history
     metrics = {"reward": mean_of_last(history, "reward")}
-    for function in functions:
+    for function in reward_functions(cfg["grpo"])[0]:
         metrics[f"rewards/{function.__name__}"] = mean_of_last(history, f"rewards/{function.__name__}/mean")
-    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
+    return metrics
 
 
 def grpo_init_run(cfg: dict, sft_run: Path | None) -> Path | None:

@@ -1,90 +1,226 @@
-"""The pipeline folder's format, defined once: scripts/run_pipeline.py writes it, lib/llm/report.py reads it.
+"""The pipeline (docs/ARCHITECTURE.md, "Pipelines"): data -> sft -> eval_sft -> grpo -> eval_grpo -> report,
+each phase a script run in its own process (so memory is returned between phases) with the pipeline
+folder's config.json plus the few `key=value` overrides that are the phase's own (run id, models to
+evaluate, output folder). The folder's format is lib/llm/pipeline_folder.py; the report
+lib/llm/pipeline_report.py. scripts/run_pipeline.py parses its flags and calls `run_pipeline`; slurm/pipeline.sh
+calls it once per phase (`--phase NAME`) as a SLURM step.
 
-A pipeline folder <pipeline.results_dir>/pipeline_<timestamp>[-N]/ holds
-
-    config.json   the resolved config, fixed when the folder is made (read back through the loader, so a
-                  folder made before a key was renamed still resolves: LEGACY_KEYS)
-    state.json    {"name", "command", "slurm_job_id", "created_at",
-                   "phases": {phase: {"status": pending|running|completed|failed, "exit_code", "started_at",
-                   "elapsed_s"}}}, every phase of PHASES listed in order
-
-and the phases' outputs (sft_evaluation/, grpo_evaluation/, report.md, metrics.json, comparison.png).
+A phase that completed is skipped when the pipeline runs again, so a re-run after a failure (or a SLURM
+requeue, `--job-id`) resumes at the phase that failed; training phases resume from their last checkpoint.
+Training phases are started through $TRAIN_LAUNCHER when it is set (e.g. `accelerate launch --config_file
+configs/accelerate/ddp.yaml`).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from lib.common.atomic import write_json_atomic
-from lib.common.config import repo_path, resolve_config
-from lib.common.errors import UsageError
+from lib.common.config import ROOT, override_text, repo_path, resolve_config
+from lib.common.errors import EXIT_OK, UsageError, run_cli
+from lib.common.runs import read_run_info
+from lib.control.dataset_checks import check_existing_dataset
+from lib.llm.models import SCRATCH
+from lib.llm.pipeline_folder import (
+    CONFIG_FILE,
+    create_run_dir,
+    find_job_run_dir,
+    read_config,
+    read_state,
+    set_phase,
+)
+from lib.llm.stages import stage_dir
 
-PHASES = ("data", "sft", "eval_sft", "grpo", "eval_grpo", "report")
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"
+
+def _python(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / script), *args]
 
 
-def read_state(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+def _launcher(script: str, *args: str) -> list[str]:
+    """Training phases may run under a launcher (accelerate launch ... for several GPUs)."""
+    launcher = os.environ.get("TRAIN_LAUNCHER", "").strip()
+    if not launcher:
+        return _python(script, *args)
+    return [*shlex.split(launcher), str(ROOT / "scripts" / script), *args]
+
+
+def _run(command: list[str]) -> int:
+    print("$ " + " ".join(shlex.quote(c) for c in command), flush=True)
+    return subprocess.run(command, cwd=ROOT).returncode
+
+
+def training_run(cfg: dict, stage: str, name: str) -> Path:
+    return stage_dir(cfg, stage) / name
+
+
+def phase_data(cfg: dict, run_dir: Path) -> int:
+    """generate_data.py with the pipeline's config (data.dataset_name, data.datasets_dir, seed, generate.*)."""
+    path = repo_path(cfg["data"]["datasets_dir"]) / cfg["data"]["dataset_name"]
+    if path.exists():
+        check_existing_dataset(path, cfg["generate"])
+        print(f"dataset {path} exists with the requested settings: kept")
+        return EXIT_OK
+    code = _run(_python("generate_data.py", "--config", str(run_dir / CONFIG_FILE)))
+    if code != EXIT_OK and path.exists():  # a sweep's other task wrote the same dataset meanwhile
+        check_existing_dataset(path, cfg["generate"])
+        print(f"dataset {path} was made by another pipeline meanwhile, with the requested settings: kept")
+        return EXIT_OK
+    return code
+
+
+def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:
+    run = training_run(cfg, stage, run_dir.name)
+    resume = (run / "run_info.json").is_file()
+    if resume and read_run_info(run).get("status") == "completed":
+        print(f"{stage} run {run} already completed: kept")
+        return EXIT_OK
+    args = [
+        "--config",
+        str(run_dir / CONFIG_FILE),
+        f"training_type={stage}",
+        f"run.run_id={run_dir.name}",
+        *extra,
+    ]
+    return _run(_launcher("main_trainer.py", *args, *(["--resume"] if resume else [])))
+
+
+def phase_sft(cfg: dict, run_dir: Path) -> int:
+    return _train(cfg, run_dir, "sft", [])
+
+
+def phase_grpo(cfg: dict, run_dir: Path) -> int:
+    sft = training_run(cfg, "sft", run_dir.name)
+    # GRPO continues this pipeline's SFT run when it made one; otherwise grpo.init_from decides
+    init = [f"grpo.init_from={sft}"] if (sft / "run_info.json").is_file() else []
+    return _train(cfg, run_dir, "grpo", init)
+
+
+def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
+    """main_eval.py with the pipeline's config (eval.*, data.dataset_name, seed); only the models, their labels,
+    the output folder and whether to draw figures are the phase's own."""
+    run = training_run(cfg, stage, run_dir.name)
+    if not (run / "run_info.json").is_file():
         raise UsageError(
-            f"{run_dir} is not a pipeline folder ({STATE_FILE} missing or unreadable).",
-            fix="pass a folder made by run_pipeline.py (results/pipeline_<timestamp>), or --config to start one.",
-        ) from None
+            f"eval_{stage}: this pipeline has no {stage} run ({run}).",
+            fix=f"run the {stage} phase first (add it to pipeline.phases), or drop eval_{stage}.",
+        )
+    models, labels = [str(run)], [stage]
+    if stage == "sft" and cfg["pipeline"]["include_base"]:
+        base = cfg["model"]["name"]
+        if base == SCRATCH:  # the random weights the SFT run started from (in the model cache)
+            base = read_run_info(run)["base_model"]
+        models, labels = [base, str(run)], ["base", "sft"]
+    overrides = {
+        "eval.model_path": models,
+        "eval.labels": labels,
+        "eval.output_dir": str(run_dir / f"{stage}_evaluation"),
+        "eval.save_plots": cfg["pipeline"]["save_plots"],
+    }
+    settings = [f"{key}={override_text(value)}" for key, value in overrides.items()]
+    return _run(_python("main_eval.py", "--config", str(run_dir / CONFIG_FILE), *settings))
 
 
-def read_config(run_dir: Path) -> dict:
-    """The pipeline's resolved config (config.json through the loader)."""
-    return resolve_config(run_dir / CONFIG_FILE)
+def phase_eval_sft(cfg: dict, run_dir: Path) -> int:
+    return _evaluate(cfg, run_dir, "sft")
 
 
-def create_run_dir(cfg: dict, command: str, job_id: str | None) -> Path:
-    """A new <results_dir>/pipeline_<timestamp>/ with the resolved config and an empty state."""
-    parent = repo_path(cfg["pipeline"]["results_dir"])
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    state = {"command": command, "slurm_job_id": job_id, "created_at": stamp,
-             "phases": {p: {"status": "pending"} for p in PHASES}}  # fmt: skip
-    # Several pipelines may start in the same second (a sweep's array tasks): the folder is built under a
-    # hidden name that only one process can create, then renamed; a taken name moves on to the next suffix.
-    for suffix in range(1, 1000):
-        run_dir = parent / (f"pipeline_{stamp}" if suffix == 1 else f"pipeline_{stamp}-{suffix}")
-        partial = parent / f".{run_dir.name}.partial"
-        if run_dir.exists():
-            continue
-        try:
-            partial.mkdir()
-        except FileExistsError:
-            continue
-        write_json_atomic(partial / CONFIG_FILE, cfg)
-        write_json_atomic(partial / STATE_FILE, {"name": run_dir.name, **state})
-        try:
-            partial.rename(run_dir)
-        except OSError:  # another process took the name between the check and the rename
-            shutil.rmtree(partial, ignore_errors=True)
-            continue
-        return run_dir
-    raise RuntimeError(f"could not create a pipeline folder in {parent}")
+def phase_eval_grpo(cfg: dict, run_dir: Path) -> int:
+    return _evaluate(cfg, run_dir, "grpo")
 
 
-def find_job_run_dir(results_dir: Path, job_id: str) -> Path | None:
-    """The pipeline folder a SLURM job made before it was requeued (its state names the job id)."""
-    for state_file in sorted(results_dir.glob(f"pipeline_*/{STATE_FILE}")):
-        try:
-            if json.loads(state_file.read_text()).get("slurm_job_id") == job_id:
-                return state_file.parent
-        except (OSError, json.JSONDecodeError):
-            continue
-    return None
+def phase_report(cfg: dict, run_dir: Path) -> int:
+    from lib.llm.pipeline_report import write_pipeline_report
+
+    path = write_pipeline_report(run_dir)
+    print(f"report: {path}")
+    return EXIT_OK
 
 
-def set_phase(run_dir: Path, phase: str, **fields) -> dict:
-    """Update one phase's entry in state.json (atomically) and return the new state."""
+PHASE_FUNCTIONS = {
+    "data": phase_data,
+    "sft": phase_sft,
+    "eval_sft": phase_eval_sft,
+    "grpo": phase_grpo,
+    "eval_grpo": phase_eval_grpo,
+    "report": phase_report,
+}
+
+
+def run_phase_here(run_dir: Path, phase: str, rerun: bool) -> int:
+    """Run one phase in this process, recording its status; a completed phase is skipped unless rerun."""
     state = read_state(run_dir)
-    state["phases"][phase] = {**state["phases"].get(phase, {}), **fields}
-    write_json_atomic(run_dir / STATE_FILE, state)
-    return state
+    if state["phases"].get(phase, {}).get("status") == "completed" and not rerun:
+        print(
+            f"phase {phase}: already completed ({state['phases'][phase].get('elapsed_s', 0):.0f} s): skipped"
+        )
+        return EXIT_OK
+    cfg = read_config(run_dir)
+    start = time.time()
+    set_phase(run_dir, phase, status="running", started_at=time.strftime("%Y-%m-%d %H:%M:%S"), exit_code=None)
+    code = 1
+    try:
+        code = run_cli(lambda _argv: PHASE_FUNCTIONS[phase](cfg, run_dir), [])
+    finally:
+        status = "completed" if code == EXIT_OK else "failed"
+        set_phase(run_dir, phase, status=status, exit_code=code, elapsed_s=round(time.time() - start, 1))
+    return code
+
+
+def banner(text: str) -> None:
+    print("=" * 72 + f"\n{text}\n" + "=" * 72, flush=True)
+
+
+def pipeline_folder(config: str | None, run_dir: Path | None, overrides: list[str], job_id: str | None,
+                    command: str) -> Path:  # fmt: skip
+    """The folder to work in: an existing one (--run-dir), the one this SLURM job made before a requeue,
+    or a new one made from --config and the overrides."""
+    if run_dir:
+        if config or overrides:
+            raise UsageError(
+                "--run-dir resumes a pipeline with the config it was created with; --config and overrides "
+                "cannot change it.",
+                fix="drop --config and the overrides, or start a new pipeline without --run-dir.",
+            )
+        run_dir = run_dir if run_dir.is_absolute() else Path.cwd() / run_dir
+        read_state(run_dir)
+        return run_dir
+    if not config:
+        raise UsageError(
+            "nothing to run.", fix="pass --config FILE (a new pipeline) or --run-dir FOLDER (resume)."
+        )
+    cfg = resolve_config(config, overrides)
+    if not cfg["data"]["dataset_name"]:
+        raise UsageError("the pipeline needs data.dataset_name (the dataset it makes or uses).",
+                         fix="set data.dataset_name in the config or add data.dataset_name=NAME.")  # fmt: skip
+    found = find_job_run_dir(repo_path(cfg["pipeline"]["results_dir"]), job_id) if job_id else None
+    folder = found or create_run_dir(cfg, command, job_id)
+    print(f"{'resuming' if found else 'created'} pipeline folder {folder}", file=sys.stderr)
+    return folder
+
+
+def run_pipeline(run_dir: Path, phases: list[str], rerun: bool = False) -> int:
+    """Run the phases in order, each in its own process (`run_pipeline.py --phase NAME`); stop at the first
+    that fails and return its exit code."""
+    if len(phases) == 1:
+        return run_phase_here(run_dir, phases[0], rerun)
+    total = time.time()
+    for number, phase in enumerate(phases, 1):
+        banner(f"PHASE {number}/{len(phases)}: {phase}  (started {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        start = time.time()
+        command = [*_python("run_pipeline.py", "--run-dir", str(run_dir), "--phase", phase),
+                   *(["--rerun"] if rerun else [])]  # fmt: skip
+        code = subprocess.run(command, cwd=ROOT).returncode
+        print(f"phase {phase}: exit {code}, {time.time() - start:.0f} s", flush=True)
+        if code != EXIT_OK:
+            print(f"pipeline stopped at phase {phase} (exit {code}); resume with: "
+                  f"python scripts/run_pipeline.py --run-dir {run_dir}")  # fmt: skip
+            return code
+    print(f"pipeline completed in {time.time() - total:.0f} s: {run_dir}")
+    report = run_dir / "report.md"
+    if report.is_file():
+        print(f"report: {report}")
+    return EXIT_OK

@@ -1,69 +1,58 @@
-"""Supervised fine-tuning: prompt-completion records, loss on the completion only (TRL's SFTTrainer)."""
+"""Supervised fine-tuning: what SFT does differently from the other stages (TRL's SFTTrainer, prompt-completion
+records, loss on the completion only). The order of a stage is lib/llm/training.py, `train_stage`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 from lib.common.device import DeviceSetup
-from lib.common.distributed import Processes
-from lib.common.runs import StopOnSignal, mean_of_last
-from lib.llm.models import SCRATCH, load_start_model, start_model_name
-from lib.llm.stages import (
-    SFT_FIELDS,
-    attach_trainer,
-    check_lengths,
-    common_args,
-    dataset_styles,
-    finish_run,
-    last_checkpoint,
-    load_stage_records,
-    record_texts,
-    stage_callbacks,
-    start_run,
-)
+from lib.common.runs import mean_of_last
+
+FIELDS = ("prompt", "completion")  # the columns SFTTrainer reads
 
 
-def train_sft(
-    cfg: dict, setup: DeviceSetup, run_id: str, argv: Sequence[str], processes: Processes | None = None
-) -> tuple[Path, bool]:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+def check_config(cfg: dict) -> None:
+    """Nothing to check beyond the schema (GRPO checks its rewards here)."""
 
-    train, evaluation, info = load_stage_records(cfg, "sft")
-    base = start_model_name(cfg, record_texts(train))
-    model, tokenizer, peft_config = load_start_model(cfg, setup, None, base)
-    train = check_lengths(tokenizer, train, cfg, "sft")
-    extra = {"init_run": None, "base_model": base if cfg["model"]["name"] == SCRATCH else cfg["model"]["name"],
-             "train_records": len(train), **dataset_styles(info)}  # fmt: skip
-    run_dir = start_run(cfg, "sft", run_id, argv, setup, extra, processes)
-    fields = list(SFT_FIELDS)
-    args = SFTConfig(
-        **common_args(cfg["sft"], cfg, setup, run_dir),
+
+def arguments(cfg: dict, common: dict, setup: DeviceSetup):
+    """SFTConfig: the shared TrainingArguments (lib.llm.stages.common_args) plus SFT's own."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common,
         max_length=cfg["model"]["max_seq_length"],
         completion_only_loss=True,
         per_device_eval_batch_size=cfg["sft"]["per_device_train_batch_size"],
     )
-    with StopOnSignal() as stop:
-        callbacks = stage_callbacks(cfg, tokenizer, run_dir, stop)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list([{k: r[k] for k in fields} for r in train]),
-            eval_dataset=Dataset.from_list([{k: r[k] for k in fields} for r in evaluation])
-            if evaluation
-            else None,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
-        attach_trainer(trainer, callbacks)
-        output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
+
+
+def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], evaluation: list[dict],
+            callbacks: list):  # fmt: skip
+    """SFTTrainer over the train records, with the eval split for the final eval loss."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    def rows(records: list[dict]):
+        return Dataset.from_list([{k: r[k] for k in FIELDS} for r in records])
+
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows(train),
+        eval_dataset=rows(evaluation) if evaluation else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def final_metrics(cfg: dict, trainer, output, evaluation: list[dict], stopped: bool) -> dict:
+    """metrics.json of a finished run: the training loss, the mean of the last logged losses, and the eval
+    loss on the eval split (not when stopped by a signal: the run is resumed, not finished)."""
     metrics = {
         "train_loss": output.training_loss,
         "final_loss": mean_of_last(trainer.state.log_history, "loss"),
     }
-    if evaluation and not stop.signal_name:
+    if evaluation and not stopped:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["eval_records"] = len(evaluation)
-    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
+    return metrics

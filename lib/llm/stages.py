@@ -1,6 +1,6 @@
-"""What SFT and GRPO share: a stage's run folder, its records, the length check, TrainingArguments, the
-signal callback and the end of a run. The stages themselves: lib/llm/sft.py and lib/llm/grpo.py; the order
-they run in: lib/llm/training.py.
+"""What every training stage calls: a stage's run folder, its records, the length check, TrainingArguments,
+the start and the end of a run. What each stage does differently: lib/llm/sft.py and lib/llm/grpo.py; the
+order of a stage and of the stages: lib/llm/training.py; the trainer's callbacks: lib/llm/callbacks.py.
 
     models/<system or universal>/<sft|grpo>/<run_id>/
         config.json       the resolved config          command.txt   the command line
@@ -18,8 +18,6 @@ Run folders follow lib/common/runs.py (docs/ARCHITECTURE.md, "Run folders").
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,9 +26,8 @@ from lib.common.config import repo_path
 from lib.common.device import DeviceSetup
 from lib.common.distributed import Processes
 from lib.common.errors import UsageError
-from lib.common.runs import StopOnSignal, mark_completed, mark_interrupted, newest_run, start_run_folder
-from lib.control.dataset import read_info, read_split
-from lib.control.systems import get_system
+from lib.common.runs import mark_completed, mark_interrupted, newest_run, start_run_folder
+from lib.control.dataset_format import load_records
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,9 @@ def resumable_run_id(cfg: dict) -> str:
 
 
 def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], dict]:
-    """(train records, eval records, info) for a stage, filtered to data.system and capped."""
+    """(train records, eval records, info) for a stage (lib.control.dataset_format.load_records): filtered to
+    data.system, the train split capped at data.sft_max_samples or data.grpo_max_samples, the eval split (for
+    SFT's final eval loss) at data.eval_max_samples."""
     data = cfg["data"]
     if not data["dataset_name"]:
         raise UsageError(
@@ -62,27 +61,11 @@ def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], d
             "shows the datasets.",
         )
     path = repo_path(data["datasets_dir"]) / data["dataset_name"]
-    if not path.is_dir():
-        raise UsageError(
-            f"dataset '{data['dataset_name']}' not found in {path.parent}.",
-            fix="make it with `python scripts/generate_data.py --dataset-name NAME ...` (or `make data`); "
-            "`python scripts/generate_data.py --list` shows what exists.",
-        )
-    info = read_info(path)
-    train, evaluation = read_split(path, "train"), read_split(path, "eval")
-    if data["system"]:
-        get_system(data["system"])  # an unknown name fails with the valid ones
-        if data["system"] not in info.get("systems", {}):
-            raise UsageError(
-                f"dataset '{data['dataset_name']}' has no '{data['system']}' records "
-                f"(it has: {', '.join(info.get('systems', {}))}).",
-                fix="pick a system the dataset has, or generate one with --systems " + data["system"],
-            )
-        train = [r for r in train if r["system"] == data["system"]]
-        evaluation = [r for r in evaluation if r["system"] == data["system"]]
     cap = data["sft_max_samples"] if stage == "sft" else data["grpo_max_samples"]
-    train = train[:cap] if cap else train
-    evaluation = evaluation[: data["eval_max_samples"]]
+    train, info = load_records(path, "train", data["system"], cap or None)
+    evaluation = []
+    if stage == "sft" and data["eval_max_samples"]:
+        evaluation = load_records(path, "eval", data["system"], data["eval_max_samples"])[0]
     needed = SFT_FIELDS if stage == "sft" else GRPO_FIELDS
     for record in train[:1] + evaluation[:1]:
         missing = [f for f in needed if f not in record]
@@ -91,10 +74,6 @@ def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], d
                 f"dataset '{data['dataset_name']}' records lack {', '.join(missing)}, which {stage} needs.",
                 fix="regenerate the dataset with scripts/generate_data.py.",
             )
-    if not train:
-        raise UsageError(f"dataset '{data['dataset_name']}' has no train records to use for {stage}.")
-    for record in train:  # rewards need each system's J_floor, which info.json keeps per system
-        record["J_floor"] = info["systems"][record["system"]]["J_floor"]
     return train, evaluation, info
 
 
@@ -147,154 +126,10 @@ def check_lengths(tokenizer, records: list[dict], cfg: dict, stage: str) -> list
     return [r for i, r in enumerate(records) if i in keep]
 
 
-def stop_callback(stop: StopOnSignal):
-    """A TrainerCallback that, once `stop` caught a signal, saves a checkpoint at the end of the step and
-    stops the trainer."""
-    from transformers import TrainerCallback
-
-    class Callback(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if stop.signal_name:
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    return Callback()
-
-
-def watch_records(cfg: dict) -> list[dict]:
-    """The held-out problems the control-metrics callback answers: the first eval.watch_problems of the
-    dataset's eval split, picked as main_eval.py --num-samples picks them (round-robin over systems)."""
-    from lib.llm.evaluation import load_eval_records
-
-    data = cfg["data"]
-    path = repo_path(data["datasets_dir"]) / data["dataset_name"]
-    return load_eval_records(path, cfg["eval"]["watch_problems"], data["system"])[0]
-
-
-def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[str, float]:
-    """Greedy answers to `records`, scored by simulation exactly as main_eval.py scores them
-    (answer_records -> score_samples -> summarize); the finite ones of parsed, feasible, median_gap, mean_S, median_S, success@10%, keyed control/<name>."""
-    from lib.llm.evaluation import answer_records, score_samples, summarize
-    from lib.llm.generation import generate_completions
-
-    settings = cfg["eval"]
-    padding_side = tokenizer.padding_side  # generation pads on the left; training keeps its own side
-    try:
-        rows = answer_records(
-            records,
-            lambda prompts: generate_completions(
-                model,
-                tokenizer,
-                prompts,
-                settings["max_new_tokens"],
-                settings["batch_size"],
-                0.0,
-                cfg["seed"],
-            ),
-        )
-    finally:
-        tokenizer.padding_side = padding_side
-    summary = summarize(score_samples(records, rows), cfg["seed"])["all"]
-    values = {
-        "parsed": summary["parsed"]["rate"],
-        "feasible": summary["feasible"]["rate"],
-        "median_gap": summary["gap_feasible"]["median"],
-        "mean_S": summary["score_parsed"]["mean"],
-        "median_S": summary["score_parsed"]["median"],
-        "success@10%": summary["success@10%"]["rate"],
-    }
-    # a number that does not exist (no answer parsed) or is infinite is left out, not logged as 0
-    return {f"control/{k}": float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
-
-
-def control_metrics_callback(cfg: dict, tokenizer):
-    """A TrainerCallback that answers the watch problems before the first step, every eval.every_steps
-    steps and after the last, and logs control_metrics like any trainer log: into log_history (so
-    log_history.json and the training-curves figure), the console and run.report_to. Set its `trainer`
-    attribute after building the trainer. None when eval.every_steps is 0.
-
-    Runs on the main process only; it is skipped (with a warning) when the model is sharded (FSDP or
-    DeepSpeed), where one process cannot generate alone.
-    """
-    from transformers import TrainerCallback
-
-    every = cfg["eval"]["every_steps"]
-    if not every:
-        return None
-    records = watch_records(cfg)
-
-    class ControlMetrics(TrainerCallback):
-        trainer = None
-        last_step = -1
-
-        def _measure(self, args, state, model) -> None:
-            if not state.is_world_process_zero or state.global_step == self.last_step:
-                return
-            if args.fsdp or args.deepspeed:
-                if self.last_step == -1:
-                    log.warning(
-                        "control metrics during training are off: the model is sharded (FSDP/DeepSpeed)"
-                    )
-                self.last_step = state.global_step
-                return
-            self.last_step = state.global_step
-            started = time.perf_counter()
-            was_training = model.training
-            metrics = control_metrics(model, tokenizer, records, cfg)
-            model.train(was_training)
-            metrics["control/seconds"] = round(time.perf_counter() - started, 2)
-            # what Trainer.log does, without a subclass's log(), which would fold its own step metrics in;
-            # the handler's on_log clears should_log, which would drop this step's own loss log: keep it
-            state.log_history.append({**metrics, "step": state.global_step})
-            control = self.trainer.control
-            should_log = control.should_log
-            self.trainer.callback_handler.on_log(args, state, control, metrics)
-            control.should_log = should_log
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if state.global_step == 0:
-                self._measure(args, state, model)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every == 0:
-                self._measure(args, state, model)
-
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            self._measure(args, state, model)
-
-    return ControlMetrics()
-
-
-def stage_callbacks(cfg: dict, tokenizer, run_dir: Path, stop: StopOnSignal) -> list:
-    """Every callback a stage's trainer gets: the signal stop, TensorBoard (run.report_to) and the control
-    metrics (eval.every_steps); pass the trainer to `attach_trainer` once it is built."""
-    watch = control_metrics_callback(cfg, tokenizer)
-    return [stop_callback(stop), *report_callbacks(cfg, run_dir), *([watch] if watch else [])]
-
-
-def attach_trainer(trainer, callbacks: list) -> None:
-    """The control-metrics callback logs through the trainer's callback handler, so it needs the trainer."""
-    for callback in callbacks:
-        if hasattr(callback, "trainer"):
-            callback.trainer = trainer
-
-
 def dataset_styles(info: dict) -> dict:
     """How the dataset words its problems (info.json; datasets made before the styles existed are "full"),
     recorded in every run's run_info.json."""
     return {"prompt_style": info.get("prompt_style", "full"), "reasoning": info.get("reasoning", "full")}
-
-
-def report_callbacks(cfg: dict, run_dir: Path) -> list:
-    """With run.report_to tensorboard: a TensorBoard callback writing to <run>/tensorboard/ (transformers'
-    own would write under checkpoints/runs/<time_host>/)."""
-    if cfg["run"]["report_to"] != "tensorboard":
-        return []
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return [TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
 
 
 def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -> dict:

@@ -1,6 +1,9 @@
 """Training runs: the order of the stages (SFT then GRPO with TRL, on CUDA with Unsloth / vLLM when
-installed, Apple MPS or CPU). Each stage is lib/llm/sft.py or lib/llm/grpo.py; their run folders are described
-in lib/llm/stages.py.
+installed, Apple MPS or CPU) and the order within one stage (`train_stage`: records, model, lengths, run
+folder, arguments, callbacks, train, finish), written once. What a stage does differently (its arguments,
+trainer and final metrics) is lib/llm/sft.py or lib/llm/grpo.py; the helpers every stage calls (records,
+length check, TrainingArguments, run folder start and end) are lib/llm/stages.py, the callbacks
+lib/llm/callbacks.py.
 
 `training_type: both` runs SFT then GRPO from that SFT run, both under the same run_id, so `--resume`
 after a preemption finds both: a completed stage is kept, an unfinished one resumes from its last
@@ -20,13 +23,62 @@ from pathlib import Path
 from lib.common.device import DeviceSetup, settings_from_config, setup_device
 from lib.common.distributed import Processes
 from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
-from lib.common.runs import check_existing_run, new_run_id, read_run_info
-from lib.llm.grpo import grpo_init_run, train_grpo
-from lib.llm.models import EMBEDDED, resolve_model_name
-from lib.llm.sft import train_sft
-from lib.llm.stages import STAGES, last_checkpoint, resumable_run_id, stage_dir
+from lib.common.runs import StopOnSignal, check_existing_run, new_run_id, read_run_info
+from lib.llm import grpo, sft
+from lib.llm.callbacks import attach_trainer, stage_callbacks
+from lib.llm.grpo import grpo_init_run
+from lib.llm.models import EMBEDDED, SCRATCH, load_start_model, resolve_model_name, start_model_name
+from lib.llm.stages import (
+    STAGES,
+    check_lengths,
+    common_args,
+    dataset_styles,
+    finish_run,
+    last_checkpoint,
+    load_stage_records,
+    record_texts,
+    resumable_run_id,
+    stage_dir,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
+STAGE_MODULES = {"sft": sft, "grpo": grpo}  # what each stage does differently: check_config, arguments,
+# trainer, final_metrics
+
+
+def train_stage(
+    cfg: dict,
+    stage: str,
+    setup: DeviceSetup,
+    run_id: str,
+    argv: Sequence[str],
+    init_run: Path | None = None,
+    processes: Processes | None = None,
+) -> tuple[Path, bool]:
+    """One stage from its config to its finished run folder; (run folder, completed). Every stage runs in
+    this order; init_run is the finished run it starts from (GRPO after SFT), None for the base model."""
+    stage_module = STAGE_MODULES[stage]
+    stage_module.check_config(cfg)
+    train, evaluation, info = load_stage_records(cfg, stage)
+    base = start_model_name(cfg, record_texts(train)) if init_run is None else cfg["model"]["name"]
+    model, tokenizer, peft_config = load_start_model(cfg, setup, init_run, base)
+    train = check_lengths(tokenizer, train, cfg, stage)
+    recorded = {
+        "init_run": str(init_run) if init_run else None,
+        "base_model": base if cfg["model"]["name"] == SCRATCH else cfg["model"]["name"],
+        "train_records": len(train),
+        **dataset_styles(info),
+    }
+    run_dir = start_run(cfg, stage, run_id, argv, setup, recorded, processes)
+    args = stage_module.arguments(cfg, common_args(cfg[stage], cfg, setup, run_dir), setup)
+    with StopOnSignal() as stop:
+        callbacks = stage_callbacks(cfg, tokenizer, run_dir, stop)
+        trainer = stage_module.trainer(cfg, model, tokenizer, peft_config, args, train, evaluation, callbacks)
+        attach_trainer(trainer, callbacks)
+        output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
+    metrics = stage_module.final_metrics(cfg, trainer, output, evaluation, bool(stop.signal_name))
+    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
 
 
 def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: bool = False) -> int:
@@ -54,7 +106,7 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
         if status is not None:
             log.info("resuming %s run %s from %s", stage, run_dir, last_checkpoint(run_dir) or "the start")
         if stage == "sft":
-            run_dir, done = train_sft(cfg, setup, run_id, argv, processes)
+            run_dir, done = train_stage(cfg, "sft", setup, run_id, argv, None, processes)
             sft_run = run_dir
         else:
             if previous is not None:  # a resumed run keeps the start it had, whatever `latest` says now
@@ -62,7 +114,7 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
                 init = Path(recorded) if recorded else None
             else:
                 init = grpo_init_run(cfg, sft_run)
-            run_dir, done = train_grpo(cfg, setup, run_id, argv, init, processes)
+            run_dir, done = train_stage(cfg, "grpo", setup, run_id, argv, init, processes)
         if not done:
             if processes.is_main:
                 print(
@@ -80,7 +132,7 @@ def train_from_config(cfg: dict, argv: Sequence[str], resume: bool = False) -> i
     if cfg["model_type"] != "control":
         raise UsageError(
             f"model_type '{cfg['model_type']}' cannot be trained by main_trainer.py.",
-            fix="use a control config (configs/control/) or a blt config (configs/blt/).",
+            fix="use a control config (configs/smollm2/, configs/qwen2.5-1.5b/, configs/scratch/) or a blt config (configs/blt/).",
         )
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())

@@ -1,0 +1,158 @@
+"""The callbacks every stage's trainer gets: stop on a signal (save a checkpoint first), TensorBoard into
+the run folder, and the control metrics of eval.every_steps (the watch problems answered and scored as
+main_eval.py scores them, logged beside the trainer's own entries; docs/ARCHITECTURE.md, "Run folders")."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from lib.common.config import repo_path
+from lib.common.runs import StopOnSignal
+from lib.control.dataset_format import load_records
+
+log = logging.getLogger(__name__)
+
+
+def stop_callback(stop: StopOnSignal):
+    """A TrainerCallback that, once `stop` caught a signal, saves a checkpoint at the end of the step and
+    stops the trainer."""
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.signal_name:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return Callback()
+
+
+def watch_records(cfg: dict) -> list[dict]:
+    """The held-out problems the control-metrics callback answers: the first eval.watch_problems of the
+    dataset's eval split, picked as main_eval.py --num-samples picks them (round-robin over systems)."""
+    data = cfg["data"]
+    path = repo_path(data["datasets_dir"]) / data["dataset_name"]
+    return load_records(path, "eval", data["system"], cfg["eval"]["watch_problems"], round_robin=True)[0]
+
+
+def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[str, float]:
+    """Greedy answers to `records`, scored by simulation exactly as main_eval.py scores them
+    (answer_records -> score_samples -> summarize); the finite ones of parsed, feasible, median_gap, mean_S, median_S, success@10%, keyed control/<name>."""
+    from lib.llm.evaluation import answer_records, score_samples, summarize
+    from lib.llm.generation import generate_completions
+
+    settings = cfg["eval"]
+    padding_side = tokenizer.padding_side  # generation pads on the left; training keeps its own side
+    try:
+        rows = answer_records(
+            records,
+            lambda prompts: generate_completions(
+                model,
+                tokenizer,
+                prompts,
+                settings["max_new_tokens"],
+                settings["batch_size"],
+                0.0,
+                cfg["seed"],
+            ),
+        )
+    finally:
+        tokenizer.padding_side = padding_side
+    summary = summarize(score_samples(records, rows), cfg["seed"])["all"]
+    values = {
+        "parsed": summary["parsed"]["rate"],
+        "feasible": summary["feasible"]["rate"],
+        "median_gap": summary["gap_feasible"]["median"],
+        "mean_S": summary["score_parsed"]["mean"],
+        "median_S": summary["score_parsed"]["median"],
+        "success@10%": summary["success@10%"]["rate"],
+    }
+    # a number that does not exist (no answer parsed) or is infinite is left out, not logged as 0
+    return {f"control/{k}": float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def control_metrics_callback(cfg: dict, tokenizer):
+    """A TrainerCallback that answers the watch problems before the first step, every eval.every_steps
+    steps and after the last, and logs control_metrics like any trainer log: into log_history (so
+    log_history.json and the training-curves figure), the console and run.report_to. Set its `trainer`
+    attribute after building the trainer. None when eval.every_steps is 0.
+
+    Runs on the main process only; it is skipped (with a warning) when the model is sharded (FSDP or
+    DeepSpeed), where one process cannot generate alone.
+    """
+    from transformers import TrainerCallback
+
+    every = cfg["eval"]["every_steps"]
+    if not every:
+        return None
+    records = watch_records(cfg)
+
+    class ControlMetrics(TrainerCallback):
+        trainer = None
+        last_step = -1
+
+        def _measure(self, args, state, model) -> None:
+            if not state.is_world_process_zero or state.global_step == self.last_step:
+                return
+            if args.fsdp or args.deepspeed:
+                if self.last_step == -1:
+                    log.warning(
+                        "control metrics during training are off: the model is sharded (FSDP/DeepSpeed)"
+                    )
+                self.last_step = state.global_step
+                return
+            self.last_step = state.global_step
+            started = time.perf_counter()
+            was_training = model.training
+            metrics = control_metrics(model, tokenizer, records, cfg)
+            model.train(was_training)
+            metrics["control/seconds"] = round(time.perf_counter() - started, 2)
+            # what Trainer.log does, without a subclass's log(), which would fold its own step metrics in;
+            # the handler's on_log clears should_log, which would drop this step's own loss log: keep it
+            state.log_history.append({**metrics, "step": state.global_step})
+            control = self.trainer.control
+            should_log = control.should_log
+            self.trainer.callback_handler.on_log(args, state, control, metrics)
+            control.should_log = should_log
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                self._measure(args, state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                self._measure(args, state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._measure(args, state, model)
+
+    return ControlMetrics()
+
+
+def stage_callbacks(cfg: dict, tokenizer, run_dir: Path, stop: StopOnSignal) -> list:
+    """Every callback a stage's trainer gets: the signal stop, TensorBoard (run.report_to) and the control
+    metrics (eval.every_steps); pass the trainer to `attach_trainer` once it is built."""
+    watch = control_metrics_callback(cfg, tokenizer)
+    return [stop_callback(stop), *report_callbacks(cfg, run_dir), *([watch] if watch else [])]
+
+
+def attach_trainer(trainer, callbacks: list) -> None:
+    """The control-metrics callback logs through the trainer's callback handler, so it needs the trainer."""
+    for callback in callbacks:
+        if hasattr(callback, "trainer"):
+            callback.trainer = trainer
+
+
+def report_callbacks(cfg: dict, run_dir: Path) -> list:
+    """With run.report_to tensorboard: a TensorBoard callback writing to <run>/tensorboard/ (transformers'
+    own would write under checkpoints/runs/<time_host>/)."""
+    if cfg["run"]["report_to"] != "tensorboard":
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard")))]

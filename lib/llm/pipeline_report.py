@@ -1,0 +1,148 @@
+"""The pipeline's own report: base vs SFT vs GRPO side by side (from the evaluation phases' metrics.json),
+GRPO - SFT paired on the same problems, the reference rows, and each phase's time (the folder's format:
+lib/llm/pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lib.common.atomic import write_json_atomic, write_text_atomic
+from lib.llm.pipeline_folder import read_state
+from lib.llm.report import REFERENCE_NAMES, SUCCESS_KEYS, systems_to_show, table_lines
+
+
+def _first_samples(path: Path, model: str) -> dict[str, dict]:
+    """record id -> the model's first sample, from an evaluation's samples.jsonl."""
+    samples = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("model") == model and entry.get("sample", 0) == 0 and "id" in entry:
+            samples[entry["id"]] = entry
+    return samples
+
+
+def grpo_vs_sft(run_dir: Path) -> dict | None:
+    """GRPO - SFT on the same held-out problems (paired by record id, first sample of each): gap and score
+    S with bootstrap intervals (lib.llm.evaluation.paired_difference); None without both evaluations."""
+    from lib.llm.evaluation import paired_difference
+
+    sft_path, grpo_path = (
+        run_dir / "sft_evaluation" / "samples.jsonl",
+        run_dir / "grpo_evaluation" / "samples.jsonl",
+    )
+    if not (sft_path.is_file() and grpo_path.is_file()):
+        return None
+    sft, grpo = _first_samples(sft_path, "sft"), _first_samples(grpo_path, "grpo")
+    ids = [i for i in sft if i in grpo]
+    if not ids:
+        return None
+
+    def column(samples: dict, key: str) -> np.ndarray:
+        return np.array(
+            [np.nan if samples[i].get(key) is None else samples[i][key] for i in ids], dtype=float
+        )
+
+    return {
+        "problems": len(ids),
+        "gap": paired_difference(column(sft, "gap"), column(grpo, "gap")),
+        "score": paired_difference(column(sft, "score"), column(grpo, "score")),
+    }
+
+
+def paired_lines(paired: Mapping) -> list[str]:
+    def number(value) -> str:
+        return "-" if value is None else f"{value:+.3g}"
+
+    def interval(pair) -> str:
+        return f"[{number(pair[0])}, {number(pair[1])}]"
+
+    lines = [
+        "## GRPO - SFT on the same problems (paired)",
+        "",
+        f"{paired['problems']} problems answered by both; a difference counts the problems where both answers "
+        "parsed. Negative gap differences and positive S differences mean GRPO did better.",
+        "",
+        "| metric | problems | mean difference | median difference | median GRPO / median SFT - 1 |",
+        "|---|---:|---|---|---|",
+    ]
+    for key, name in (("gap", "gap (J - J*) / J*"), ("score", "score S")):
+        d = paired[key]
+        lines.append(
+            f"| {name} | {d['n']} | {number(d['mean_diff'])} {interval(d['mean_diff_ci'])} | "
+            f"{number(d['median_diff'])} {interval(d['median_diff_ci'])} | "
+            f"{number(d['median_change'])} {interval(d['median_change_ci'])} |"
+        )
+    return lines
+
+
+def write_pipeline_report(run_dir: Path) -> Path:
+    """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
+    the evaluation phases' metrics.json), the reference rows, and how long each phase took (its state.json,
+    lib.llm.pipeline)."""
+    from lib.llm import plots
+
+    state = read_state(run_dir)
+    models: dict[str, Mapping] = {}
+    references: Mapping = {}
+    context: Mapping = {}
+    sources = []
+    for folder in ("sft_evaluation", "grpo_evaluation"):
+        path = run_dir / folder / "metrics.json"
+        if not path.is_file():
+            continue
+        document = json.loads(path.read_text())
+        sources.append(folder)
+        context = context or document["context"]
+        references = references or document["references"]
+        for label, entry in document["models"].items():
+            models[label] = entry
+    out = [f"# Pipeline {run_dir.name}", ""]
+    paired = None
+    if not models:
+        out.append("No evaluation phase has completed: nothing to compare yet.")
+    else:
+        out += [
+            f"Dataset `{context['dataset']}`, {context['records']} held-out eval problems, mode {context['eval_mode']}, "
+            f"temperature {context['temperature']}, at most {context['max_new_tokens']} new tokens. "
+            f"Sources: {', '.join(f'[{s}]({s}/report.md)' for s in sources)}. Brackets: 95% bootstrap intervals.",
+        ]
+        systems = systems_to_show(next(iter(models.values()))["summary"])
+        for system in systems:
+            rows = {label: entry["summary"][system] for label, entry in models.items()}
+            rows.update({REFERENCE_NAMES[name]: references[name][system] for name in references})
+            out += [
+                "",
+                f"## {'All systems' if system == 'all' else system}",
+                "",
+                *table_lines(rows, context["samples_per_prompt"]),
+            ]
+        plots.plot_comparison(
+            {label: entry["summary"]["all"] for label, entry in models.items()},
+            SUCCESS_KEYS,
+            f"{run_dir.name}: {' vs '.join(models)} on {context['dataset']}",
+            run_dir / "comparison.png",
+        )
+        out += ["", "![model comparison](comparison.png)"]
+        paired = grpo_vs_sft(run_dir)
+        if paired:
+            out += ["", *paired_lines(paired)]
+    out += ["", "## Phases", "", "| phase | status | exit | elapsed |", "|---|---|---:|---:|"]
+    for phase, entry in state["phases"].items():
+        if phase == "report" and entry.get("status") == "running":
+            continue  # this phase, writing the report now
+        elapsed = entry.get("elapsed_s")
+        code = entry.get("exit_code")
+        out.append(f"| {phase} | {entry.get('status')} | {'' if code is None else code} | "
+                   f"{'' if elapsed is None else f'{elapsed:.0f} s'} |")  # fmt: skip
+    document = {"pipeline": run_dir.name, "context": context, "models": models, "references": references,
+                "phases": state["phases"]}  # fmt: skip
+    if paired:
+        document["grpo_minus_sft"] = paired
+    write_json_atomic(run_dir / "metrics.json", document)
+    report = run_dir / "report.md"
+    write_text_atomic(report, "\n".join(out) + "\n")
+    return report
