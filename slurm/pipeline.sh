@@ -2,8 +2,8 @@
 # The whole pipeline as SLURM steps: data -> sft -> eval_sft -> grpo -> eval_grpo -> report.
 #
 #   sbatch slurm/pipeline.sh                                   # CONFIG below, one GPU
-#   sbatch --export=ALL,CONFIG=configs/pipeline/qwen2.5-1.5b_cuda.yaml slurm/pipeline.sh
-#   CONFIG=configs/pipeline/demo_cpu.yaml bash slurm/pipeline.sh   # the same, without SLURM
+#   sbatch --export=ALL,CONFIG=configs/qwen2.5-1.5b/cuda.yaml slurm/pipeline.sh
+#   CONFIG=configs/smollm2/demo_cpu.yaml bash slurm/pipeline.sh   # the same, without SLURM
 #   sbatch --export=ALL,RUN_DIR=results/pipeline_X slurm/pipeline.sh # resume a pipeline folder
 #
 # Cluster specifics (partition, account, modules, environment) live in slurm/site.sh (or the file that

@@ -15,7 +15,7 @@ if [ ! -x "$PYTHON" ]; then
 fi
 
 # The experiment when CONFIG is not given.
-PIPELINE_DEFAULT_CONFIG="${PIPELINE_DEFAULT_CONFIG:-configs/pipeline/qwen2.5-1.5b_cuda.yaml}"
+PIPELINE_DEFAULT_CONFIG="${PIPELINE_DEFAULT_CONFIG:-configs/qwen2.5-1.5b/cuda.yaml}"
 
 # key=value overrides applied when the pipeline folder is created (e.g. "seed=1 sft.learning_rate=5e-5").
 PIPELINE_OVERRIDES="${PIPELINE_OVERRIDES:-}"

@@ -3,7 +3,7 @@
 # with that line's key=value overrides on top of CONFIG. Blank lines and lines starting with # are skipped.
 #
 #   bash slurm/sweep.sh sweeps/lr.txt                      # CONFIG from slurm/site.sh
-#   CONFIG=configs/pipeline/qwen2.5-1.5b_cuda.yaml bash slurm/sweep.sh sweeps/lr.txt --partition=gpu
+#   CONFIG=configs/qwen2.5-1.5b/cuda.yaml bash slurm/sweep.sh sweeps/lr.txt --partition=gpu
 #
 # where sweeps/lr.txt holds, for example:
 #   sft.learning_rate=5e-5 seed=1
