@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-CONFIG ?= configs/control/smollm2_cpu.yaml
+CONFIG ?= configs/smollm2/cpu.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-cuda test test-slow lint format validate data bench bench-train train verify-grpo eval bench-eval
@@ -18,11 +18,11 @@ install: ## create .venv with the pinned dependencies (a no-op when nothing chan
 install-cuda: ## add Unsloth + vLLM (requirements-cuda.txt); Linux with an NVIDIA GPU only
 	@$(PYTHON) scripts/setup_env.py --venv $(VENV) --cuda
 
-test: install ## the fast test suite (what CI runs)
+test: install ## the fast test suite (docs/commands.md gives its time)
 	$(PY) -m pytest
 
-test-slow: install ## the slow tests too (minutes); GPU tests run only where CUDA is available
-	$(PY) -m pytest -m ""
+test-slow: install ## the slow tests only: SLURM, model training, documented recipes (CI runs it after make test)
+	$(PY) -m pytest -m "slow and not gpu"
 
 lint: install ## ruff: lint and formatting check
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
@@ -36,13 +36,13 @@ validate: install ## validate every config under configs/ against its schema
 data: install ## datasets/di_vdp: 2,000 double-integrator + Van der Pol problems (~25 s; ARGS=--overwrite to redo)
 	$(PY) scripts/generate_data.py --systems double_integrator van_der_pol --total-samples 2000 --dataset-name di_vdp --seed 0 $(ARGS)
 
-bench: install ## benchmark data generation vs the old clipped-LQR labels, the GRPO rewards, tokens per record -> results/bench/ (ARGS: bench.py counts)
-	$(PY) scripts/bench.py $(ARGS)
-	$(PY) scripts/bench_rewards.py
-	$(PY) scripts/bench_tokens.py
+bench: install ## benchmark data generation vs the old clipped-LQR labels, the GRPO rewards, tokens per record -> results/bench/ (ARGS: scripts/bench/data.py counts)
+	$(PY) scripts/bench/data.py $(ARGS)
+	$(PY) scripts/bench/rewards.py
+	$(PY) scripts/bench/tokens.py
 
 bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tokens/s, GRPO s/step, memory, loss curve)
-	$(PY) scripts/bench_training.py $(ARGS)
+	$(PY) scripts/bench/training.py $(ARGS)
 
 train: install ## SFT and/or GRPO from a config (CONFIG=..., default the embedded model on CPU; ARGS for key=value)
 	$(PY) scripts/main_trainer.py --config $(CONFIG) $(ARGS)
@@ -55,31 +55,32 @@ train-mps: install ## train with an Apple MPS profile (default configs/blt/entro
 	$(PY) scripts/main_trainer.py --config $(if $(filter file,$(origin CONFIG)),$(MPS_CONFIG),$(CONFIG)) $(ARGS)
 
 bench-blt: install ## byte-level model training bytes/s: CPU, and CUDA fp32 + mixed precision where present -> results/bench/blt.{json,md}
-	$(PY) scripts/bench_blt.py $(ARGS)
+	$(PY) scripts/bench/blt.py $(ARGS)
 
-verify-grpo: install ## check the answer format of the newest GRPO run with real generation (ARGS for flags)
-	$(PY) scripts/verify_grpo_format.py $(ARGS)
+verify-grpo: install ## check the answer format of the newest GRPO run on fresh double-integrator problems (ARGS for flags)
+	$(PY) scripts/verify_grpo_format.py --system double_integrator --output-dir results/verify_grpo $(ARGS)
 
 eval: install ## evaluate models by simulating their answers (ARGS="--model-path ... --dataset ..."; see docs/evaluation.md)
 	$(PY) scripts/main_eval.py $(ARGS)
 
 bench-eval: install ## evaluation throughput, batched vs one at a time, SmolLM2-135M -> results/bench/eval.{json,md}
-	$(PY) scripts/bench_eval.py $(ARGS)
+	$(PY) scripts/bench/eval.py $(ARGS)
 
 # pipeline: CONFIG defaults to the pipeline recipe here (the global default is a training-only config).
-PIPELINE_CONFIG := configs/pipeline/smollm2_cpu.yaml
+PIPELINE_CONFIG := configs/smollm2/cpu.yaml
 .PHONY: pipeline demo
-pipeline: install ## data -> SFT -> eval -> GRPO -> eval -> report (CONFIG=configs/pipeline/..., ARGS for key=value)
+pipeline: install ## data -> SFT -> eval -> GRPO -> eval -> report (CONFIG=configs/<model>/..., ARGS for key=value)
 	$(PY) scripts/run_pipeline.py --config $(if $(filter file,$(origin CONFIG)),$(PIPELINE_CONFIG),$(CONFIG)) $(ARGS)
 
 demo: install ## the whole pipeline on the embedded model on this CPU (~15 min on 2 cores); prints the report's path
-	$(PY) scripts/run_pipeline.py --config configs/pipeline/demo_cpu.yaml $(ARGS)
+	$(PY) scripts/run_pipeline.py --config configs/smollm2/demo_cpu.yaml $(ARGS)
 
 .PHONY: demo-scratch
 demo-scratch: install ## the pipeline with a from-scratch 0.6 M-parameter model that learns the control law on a CPU (~15 min)
-	$(PY) scripts/run_pipeline.py --config configs/pipeline/demo_scratch_cpu.yaml $(ARGS)
+	$(PY) scripts/run_pipeline.py --config configs/scratch/demo_cpu.yaml $(ARGS)
 
-# clean-cache needs no .venv (scripts/cleanup_cache.py uses the standard library only), so it installs nothing.
+# clean-cache needs no .venv: lib/common/cleanup.py uses the standard library only, so the system python3 runs it
+# with this checkout on PYTHONPATH (-B: a dry run writes no bytecode), before `make install` as after.
 .PHONY: clean-cache
 clean-cache: ## remove caches, temp training outputs, wandb/, *.tmp, logs (never models/ datasets/ results/ figures/ or source); DRY=1 lists only
-	@$(PYTHON) scripts/cleanup_cache.py $(if $(filter 1 yes true,$(DRY)),--dry-run) $(ARGS)
+	@PYTHONPATH="$(CURDIR)" $(PYTHON) -B scripts/cleanup_cache.py $(if $(filter 1 yes true,$(DRY)),--dry-run) $(ARGS)
