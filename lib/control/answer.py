@@ -11,7 +11,7 @@ reach and their cost next to J*. Nothing in it is fixed boilerplate.
 Two prompt styles (PROMPT_STYLES) state the same problem: "full" explains the system in words (the default,
 ~470 tokens for the double integrator), "compact" puts dynamics, bounds and cost in one system message of
 symbols and the user message is only the initial state (~170 tokens); both state everything needed to solve
-it (tests/test_answer.py rebuilds the problem from the compact text). Three reasoning styles
+it (tests/control/test_answer.py rebuilds the problem from the compact text). Three reasoning styles
 (REASONING_STYLES) fill <REASONING>: "full" (the facts above), "brief" (where the controls saturate and how
 they start) and "none" (an empty block, so the contract and its parser stay the same). The controls are the
 same in all of them.

@@ -290,7 +290,7 @@ def _pendulum() -> System:
         # 4 s. An open-loop answer cannot hold the unstable upright for long: each second spent balancing
         # multiplies the effect of a control error by e^{sqrt(g/l)} = e^3.13 ~ 23, so a 2-decimal label that
         # arrives early and balances for 3 s is off by ~1e4 x its rounding. With 4 s and the boxes below the
-        # optimal swing-up arrives near the end, and labels stay within 1e-6 of J* (tests/test_references.py).
+        # optimal swing-up arrives near the end, and labels stay within 1e-6 of J* (tests/control/test_references.py).
         steps=40,
         u_min=-4.0,  # below m g l = 9.81 N m: the swing-up needs at least one pump
         u_max=4.0,

@@ -15,7 +15,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 # Folders that hold another tool's config files, not experiment configs: `find_configs` does not walk
 # into a folder with one of these names (nor takes a file inside one), and `validate` lists what it
 # skipped and why. The name is the rule, wherever the folder sits, so configs/accelerate/ and a copy of
-# it elsewhere behave the same; each tool's own test checks its files (tests/test_accelerate.py).
+# it elsewhere behave the same; each tool's own test checks its files (tests/llm/test_accelerate.py).
 OTHER_TOOL_DIRS: dict[str, str] = {
     "accelerate": "accelerate launch configs (accelerate's format; use with --config_file)",
 }

@@ -343,11 +343,22 @@ def test_a_name_with_a_newline_is_listed_quoted_on_one_line(tmp_path):
 
 
 def _as_nobody(tree: Path, *args: str) -> subprocess.CompletedProcess:
-    """cleanup_cache.py run by an unprivileged user (uid 65534): from root through setpriv."""
-    command = [sys.executable, str(ROOT / "scripts" / "cleanup_cache.py"), *args]
+    """cleanup_cache.py run by an unprivileged user (uid 65534), from root through setpriv. That user may not
+    be able to enter this checkout (a home folder of mode 0700) nor the .venv in it, so what it runs is
+    copied into tree (the script and the stdlib-only modules it imports) and run by the base interpreter."""
+    code = tree / "code"
+    for name in ("scripts/cleanup_cache.py", "lib/__init__.py", "lib/common/__init__.py",
+                 "lib/common/cleanup.py", "lib/common/errors.py"):  # fmt: skip
+        (code / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, code / name)
+    for path in [code, *code.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    python = os.path.realpath(sys.executable)  # the venv's python is a link into the checkout's .venv
+    command = [python, "-B", str(code / "scripts" / "cleanup_cache.py"), *args]
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *command]
-    return subprocess.run(command, capture_output=True, text=True, cwd=tree, timeout=HANG_GUARD_S)
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    return subprocess.run(command, capture_output=True, text=True, cwd=tree, timeout=HANG_GUARD_S, env=env)
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv to drop root")
@@ -386,22 +397,34 @@ def test_a_root_that_is_not_a_repository_is_a_usage_error(tmp_path):
     assert (tmp_path / "x.log").is_file()
 
 
-# ---------------------------------------------------------------- make clean-cache
+# ---------------------------------------------------------------- make clean-cache, as typed
 
 
-def make(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), *args, f"PYTHON={sys.executable}"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        env=env,
-    )
+def checkout_copy(folder: Path) -> Path:
+    """The repository's files (tracked and new, not ignored) copied into folder: a fresh clone, no .venv."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for name in listed:
+        if (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    return folder
+
+
+def make(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`make ARGS` typed in root, in a user's environment: nothing set for the test (no PYTHON, no
+    PYTHONPATH: the Makefile must find lib/ by itself)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON", "VIRTUAL_ENV", "MAKEFLAGS")
+    }
+    return subprocess.run(["make", *args], cwd=root, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                          env=env)  # fmt: skip
 
 
 def test_make_clean_cache_dry_lists_and_removes_nothing_then_removes_exactly_that(tmp_path):
-    root = repo(tmp_path)
+    """In a fresh clone, before `make install` (no .venv): the system python3 runs it."""
+    root = checkout_copy(tmp_path / "clone")
+    assert not (root / ".venv").exists()
     write(root / "lib/__pycache__/a.cpython-311.pyc", 30)
     write(root / ".pytest_cache/v/cache/nodeids", 12)
     write(root / "temp_grpo_output/checkpoint-1/model.safetensors", 400)
@@ -412,10 +435,9 @@ def test_make_clean_cache_dry_lists_and_removes_nothing_then_removes_exactly_tha
     write(root / "datasets/di/train.jsonl", 50)
     write(root / "results/pipeline_1/report.md", 6)
     write(root / "figures/a.png", 6)
-    write(root / "lib/x.py", 3)
     before = snapshot(root)
 
-    dry = make("clean-cache", "DRY=1", f"ARGS=--root {root}")
+    dry = make(root, "clean-cache", "DRY=1")
     assert dry.returncode == 0, dry.stderr
     would = listed(dry.stdout)
     assert set(would) == {
@@ -426,16 +448,16 @@ def test_make_clean_cache_dry_lists_and_removes_nothing_then_removes_exactly_tha
         "notebooks/.ipynb_checkpoints",
         "logs/job.log",
     }
-    assert "would free 464 bytes" in dry.stdout and snapshot(root) == before
+    assert "would free 464 bytes" in dry.stdout and snapshot(root) == before  # not even bytecode written
 
-    real = make("clean-cache", f"ARGS=--root {root}")
+    real = make(root, "clean-cache")
     assert real.returncode == 0, real.stderr
     assert listed(real.stdout) == would and "freed 464 bytes" in real.stdout
     gone = {rel for rel in before if any(rel == r or rel.startswith(r + "/") for r in would)}
     assert snapshot(root) == {rel: v for rel, v in before.items() if rel not in gone}
-    assert listed(make("clean-cache", "DRY=1", f"ARGS=--root {root}").stdout) == {}
+    assert listed(make(root, "clean-cache", "DRY=1").stdout) == {}
 
 
 def test_make_help_lists_clean_cache():
-    result = make("help")
+    result = make(ROOT, "help")
     assert re.search(r"make clean-cache +remove caches", result.stdout)

@@ -21,6 +21,7 @@ from test_pipeline import PHASES, build_tiny, failing_launcher, tiny_pipeline_co
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.slow,  # a real SLURM pipeline: minutes (make test-slow)
     pytest.mark.skipif(
         shutil.which("slurmctld") is None or shutil.which("sbatch") is None, reason="SLURM not installed"
     ),
