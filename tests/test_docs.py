@@ -140,8 +140,16 @@ def test_nothing_cites_files_outside_the_repository():
             assert word not in text, f"{path.relative_to(ROOT)} cites {word}, which is not in the repository"
 
 
-@pytest.mark.parametrize("command", [c for c in doc_commands() if c not in RUN_ELSEWHERE])
-def test_documented_command_succeeds(command, scratch_repo):
+# Commands that load or train a model, or solve thousands of problems, take from 10 s to a minute each here
+# (pytest --durations): they run with `make test-slow`.
+SLOW_COMMANDS = re.compile(
+    r"^make (train|train-mps|eval|data)\b"
+    r"|scripts/(main_trainer|main_eval|verify_grpo_format|train_single_system)\.py(?!.*--list-datasets)"
+)
+RUNNABLE = [c for c in doc_commands() if c not in RUN_ELSEWHERE]
+
+
+def run_documented(command: str, scratch_repo: Path) -> subprocess.CompletedProcess:
     args = shlex.split(command)
     if args[0] == "python":
         args[0] = str(VENV / "bin" / "python")
@@ -151,5 +159,24 @@ def test_documented_command_succeeds(command, scratch_repo):
         "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(scratch_repo),
     }
-    result = run(args, cwd=scratch_repo, env=env)  # helpers.HANG_GUARD_S: a busy machine is slow, not broken
+    return run(args, cwd=scratch_repo, env=env)  # helpers.HANG_GUARD_S: a busy machine is slow, not broken
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, marks=pytest.mark.slow) if SLOW_COMMANDS.search(c) else c for c in RUNNABLE],
+)
+def test_documented_command_succeeds(command, scratch_repo):
+    """Each command runs after the fast ones the docs show before it (its prerequisites, such as making a
+    dataset): those not run yet in this session (as under `make test-slow`, which selects only the slow
+    ones) run first, in order; the slow ones run in their own order, after the fast ones before them."""
+    done = scratch_repo / ".docs_commands_done"
+    ran = set(done.read_text().splitlines()) if done.exists() else set()
+    for earlier in RUNNABLE[: RUNNABLE.index(command)]:
+        if earlier not in ran and not SLOW_COMMANDS.search(earlier):
+            result = run_documented(earlier, scratch_repo)
+            assert result.returncode == 0, f"prerequisite `{earlier}` failed:\n{result.stderr[-2000:]}"
+            ran.add(earlier)
+    result = run_documented(command, scratch_repo)
     assert result.returncode == 0, f"`{command}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    done.write_text("\n".join([*ran, command]) + "\n")

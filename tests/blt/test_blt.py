@@ -291,6 +291,7 @@ def test_legacy_config_trains_after_migration_with_a_warning_per_key(root, tmp_p
     assert (model["n_embd"], model["n_layer"], model["n_head"]) == (32, 1, 2)
 
 
+@pytest.mark.slow  # trains a model in a subprocess: 10-45 s here (make test-slow)
 def test_make_train_mps_falls_back_to_cpu_with_the_reason_and_trains(root):
     args = " ".join(tiny(root, "max_steps=20", "eval_steps=10", "run_id=mps1"))
     result = run(["make", "train-mps", f"ARGS={args}"], env={"OMP_NUM_THREADS": "1"})

@@ -1,4 +1,4 @@
-"""scripts/cleanup_cache.py and `make clean-cache`: only targets go, dry runs change nothing, nothing outside
+"""lib/common/cleanup.py (scripts/cleanup_cache.py) and `make clean-cache`: only targets go, dry runs change nothing, nothing outside
 the root changes, and the bytes reported are exact.
 
 The property test builds random trees from a pool of names whose fate is written out below (SPEC), an
@@ -20,13 +20,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import HANG_GUARD_S, ROOT, load_script
+from helpers import HANG_GUARD_S, ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-cleanup = load_script("cleanup_cache")
+from lib.common import cleanup
 
-# What each name in the pool is, per the rules in the script's docstring (written out, not imported).
+# What each name in the pool is, per the rules in lib/common/cleanup.py's docstring (written out, not imported).
 SPEC = {
     # folders that go whole (as a folder), or as a link when a link has the name
     "target-dir": [
@@ -173,7 +173,7 @@ def snapshot(top: Path) -> dict[str, tuple]:
 def run_main(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cleanup.main(list(args))
+        code = cleanup.clean_cache(list(args))
     return code, out.getvalue(), err.getvalue()
 
 
@@ -392,8 +392,8 @@ def test_a_root_that_is_not_a_repository_is_a_usage_error(tmp_path):
     from lib.common.errors import EXIT_USAGE, run_cli
 
     write(tmp_path / "x.log", 1)
-    assert run_cli(cleanup.main, ["--root", str(tmp_path)]) == EXIT_USAGE
-    assert run_cli(cleanup.main, ["--root", str(tmp_path / "missing")]) == EXIT_USAGE
+    assert run_cli(cleanup.clean_cache, ["--root", str(tmp_path)]) == EXIT_USAGE
+    assert run_cli(cleanup.clean_cache, ["--root", str(tmp_path / "missing")]) == EXIT_USAGE
     assert (tmp_path / "x.log").is_file()
 
 

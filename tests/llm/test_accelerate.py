@@ -169,6 +169,7 @@ def test_several_processes_on_mps_or_a_bad_world_size_are_usage_errors(monkeypat
 # ---------------------------------------------------------------- SFT in two processes
 
 
+@pytest.mark.slow  # trains a model in a subprocess: 10-45 s here (make test-slow)
 def test_sft_then_grpo_in_two_processes_train_on_both_ranks_and_write_one_run(workspace):  # noqa: F811
     models = workspace / "models_2proc"
     args = [

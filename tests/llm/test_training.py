@@ -133,6 +133,7 @@ def test_grpo_starts_from_latest_sft_and_an_existing_run_id_is_refused(workspace
     assert trainer_main(args) == EXIT_USAGE  # same run id again, without --resume
 
 
+@pytest.mark.slow  # trains a model in a subprocess: 10-45 s here (make test-slow)
 def test_sigterm_leaves_a_resumable_run_that_finishes_at_the_same_step(workspace):
     args = [
         sys.executable,
@@ -170,6 +171,7 @@ def test_sigterm_leaves_a_resumable_run_that_finishes_at_the_same_step(workspace
     assert (run_dir.parent / "latest").read_text().strip() == "k1"
 
 
+@pytest.mark.slow  # trains a model in a subprocess: 10-45 s here (make test-slow)
 def test_a_trainer_whose_reader_goes_away_still_completes_its_run(workspace):
     """`main_trainer.py ... 2>&1 | head -c 300`: the console is lost after 300 bytes; the run must still
     train to its last step, save its model and move `latest` (not exit 0 half-way with status 'running')."""
@@ -396,6 +398,7 @@ def lean(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # trains a model in a subprocess: 10-45 s here (make test-slow)
 def test_sft_learns_to_end_the_answer_with_the_chat_end_token_and_generation_stops_there(lean):
     """model.name=scratch: a small model from random weights learns the answer's format, its control
     metrics show it (parsed 0 -> 1), and its answers stop on <|im_end|> well before max_new_tokens."""
