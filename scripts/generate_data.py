@@ -45,6 +45,8 @@ FLAG_KEYS = {
     "decimals": "generate.decimals",
     "workers": "generate.workers",
     "wide": "generate.wide",
+    "split": "generate.split",
+    "sparse_fraction": "generate.sparse_fraction",
     "prompt_style": "generate.prompt_style",
     "reasoning": "generate.reasoning",
 }
@@ -79,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--prompt-style",
         help="full (default: the problem in words) or compact (in symbols); generate.prompt_style",
     )
+    add("--split", help="random (default), extrapolation or sparse: what held out means; generate.split")
+    add("--sparse-fraction", type=float, help="--split sparse: train at most this fraction of the grid (0.1)")
     add("--reasoning", help="the labels' reasoning: full (default), brief or none; generate.reasoning")
     add("--overwrite", action="store_true", help="replace an existing dataset of that name")
     add("--list", action="store_true", help="list the datasets in --output-dir")

@@ -17,7 +17,8 @@ Each phase runs in its own process (`--phase NAME`, what slurm/pipeline.sh calls
 is returned between phases. A phase is a script run with the folder's config.json (`--config`), plus the few
 `key=value` overrides that are the phase's own (the run id, the models to evaluate, the output folder):
 generate_data.py reads the generate section, main_trainer.py the training ones, main_eval.py the eval section.
-The phases are lib/llm/pipeline.py; the folder's format (config.json, state.json) lib/llm/pipeline_folder.py. A phase that completed is skipped when the pipeline runs again, so a re-run after
+The phases are lib/llm/pipeline.py; the folder's format (config.json, state.json) lib/llm/pipeline_folder.py.
+A phase that completed is skipped when the pipeline runs again, so a re-run after
 a failure (or a SLURM requeue, `--job-id`) resumes at the phase that failed; training phases resume from
 their last checkpoint. `--rerun` runs the named phases again. Training phases are started through
 $TRAIN_LAUNCHER when it is set (e.g. `accelerate launch --config_file configs/accelerate/ddp.yaml`).

@@ -34,46 +34,124 @@ from lib.control.systems import SYSTEMS, System, get_system, simulate
 # Building
 
 
+def _grid(box, decimals: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k_low, sizes): the printed grid k / 10^decimals inside a box, as integer cells."""
+    q = 10**decimals
+    k_low = np.array([int(np.ceil(lo * q - 1e-9)) for lo, _ in box])
+    return k_low, np.array([int(np.floor(hi * q + 1e-9)) for _, hi in box]) - k_low + 1
+
+
+def grid_problems(system: System, decimals: int, box=None, inside=None) -> int:
+    """How many distinct initial states the printed grid holds in `box` (default: the system's default box),
+    leaving out those in `inside` (a smaller box: the ring between them) and the target (a trivial problem)."""
+    box = system.x0_box if box is None else box
+    q = 10**decimals
+
+    def cells(b) -> int:
+        return int(np.prod(_grid(b, decimals)[1].astype(object)))
+
+    def holds(b, x) -> bool:
+        return all(lo - 1e-12 <= v <= hi + 1e-12 for (lo, hi), v in zip(b, x, strict=True))
+
+    target_k = np.round(system.x_target * q)
+    on_grid = bool(np.all(np.abs(system.x_target * q - target_k) < 1e-9))
+    target = target_k / q
+    count = cells(box) - (on_grid and holds(box, target))
+    if inside is not None:
+        count -= cells(inside) - (on_grid and holds(inside, target))
+    return count
+
+
 def sample_initial_states(
-    system: System, count: int, seed: int, decimals: int = 2, wide: bool = False
+    system: System, count: int, seed: int, decimals: int = 2, wide: bool = False, outside=None
 ) -> np.ndarray:
-    """`count` distinct initial states [count, n] on the printed grid k / 10^decimals inside the box.
+    """`count` distinct initial states [count, n] on the printed grid k / 10^decimals inside the box (the
+    wide one with `wide`), none inside the box `outside` when given (the ring between two boxes).
 
     Distinct states keep train and eval apart; the target itself (a trivial problem) is never drawn.
     """
     q = 10**decimals
     box = system.x0_box_wide if wide else system.x0_box
-    k_low = np.array([int(np.ceil(lo * q - 1e-9)) for lo, _ in box])
-    sizes = np.array([int(np.floor(hi * q + 1e-9)) for _, hi in box]) - k_low + 1
+    k_low, sizes = _grid(box, decimals)
     capacity = int(np.prod(sizes.astype(object)))  # exact integer, may exceed int64 for fine grids
     target_k = np.round(system.x_target * q)
     target_on_grid = bool(np.all(np.abs(system.x_target * q - target_k) < 1e-9)) and bool(
         np.all((target_k >= k_low) & (target_k < k_low + sizes))
     )
-    if count > capacity - target_on_grid:
-        which = "wide" if wide else "default"
+    available = grid_problems(system, decimals, box, outside)
+    if count > available:
+        which = ("wide" if wide else "default") + (
+            " (outside the default box)" if outside is not None else ""
+        )
         raise UsageError(
-            f"{system.name}'s {which} initial-state box {list(box)} holds only {capacity - target_on_grid} "
+            f"{system.name}'s {which} initial-state box {list(box)} holds only {available} "
             f"distinct states at {decimals} decimals, fewer than the {count} samples asked for.",
             fix="ask for fewer samples, raise --decimals, or use --wide for the wider box.",
         )
+    excluded = None
+    if outside is not None:  # cells of the inner box, in this grid's coordinates
+        inner_low, inner_sizes = _grid(outside, decimals)
+        excluded = (inner_low - k_low, inner_low - k_low + inner_sizes)
+
+    def allowed(cell: tuple) -> bool:
+        if cell == target:
+            return False
+        return excluded is None or not all(lo <= c < hi for c, lo, hi in zip(cell, *excluded, strict=True))
+
     rng = np.random.default_rng([seed, zlib.crc32(system.name.encode())])
     target = tuple(int(t) for t in target_k - k_low) if target_on_grid else None
     if capacity <= 2 * count + 1:  # dense request: a permutation of the whole (small) grid
         codes = rng.permutation(capacity)
         cells = np.stack(np.unravel_index(codes, sizes), axis=1)
-        chosen = [cell for cell in map(tuple, cells.tolist()) if cell != target][:count]
+        chosen = [cell for cell in map(tuple, cells.tolist()) if allowed(cell)][:count]
     else:  # sparse: draw grid cells per coordinate, keep first occurrences, top up until enough
         seen: dict[tuple, None] = {}  # insertion-ordered set
         while len(seen) < count:
             for cell in map(
                 tuple, rng.integers(0, sizes, size=(2 * (count - len(seen)) + 8, len(sizes))).tolist()
             ):
-                if cell != target and len(seen) < count:
+                if allowed(cell) and len(seen) < count:
                     seen[cell] = None
         chosen = list(seen)
     k = np.array(chosen, dtype=np.int64).reshape(count, len(sizes)) + k_low
     return k / q  # k / q is the double nearest the decimal, the one float() gives for the printed text
+
+
+SPLIT_KINDS = ("random", "extrapolation", "sparse")
+
+
+def split_initial_states(
+    system: System, n_train: int, n_eval: int, seed: int, decimals: int, wide: bool, split: str,
+    sparse_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, dict]:  # fmt: skip
+    """(train x0, eval x0, coverage) for a split (docs/datasets.md, "Splits"): `random` draws both from one
+    box; `extrapolation` draws train from the default box and eval from the ring between it and the wide
+    box; `sparse` is random with the train split at most `sparse_fraction` of the grid. Train and eval never
+    share a state. coverage: the distinct problems the training region holds and the fraction taken."""
+    if split == "extrapolation":
+        train = sample_initial_states(system, n_train, seed, decimals)
+        evaluation = sample_initial_states(
+            system, n_eval, seed + 1, decimals, wide=True, outside=system.x0_box
+        )
+        problems = grid_problems(system, decimals)
+        region = {"train_region": "default box", "eval_region": "wide box minus the default box",
+                  "eval_problems": grid_problems(system, decimals, system.x0_box_wide, system.x0_box)}  # fmt: skip
+    else:
+        box = system.x0_box_wide if wide else system.x0_box
+        problems = grid_problems(system, decimals, box)
+        if split == "sparse" and n_train > sparse_fraction * problems:
+            raise UsageError(
+                f"--split sparse keeps the train split to at most {sparse_fraction:.0%} of {system.name}'s "
+                f"{problems} grid states ({int(sparse_fraction * problems)}), fewer than the {n_train} train "
+                "samples asked for.",
+                fix=f"ask for at most {int(sparse_fraction * problems)} train samples per system, or raise "
+                "--sparse-fraction (generate.sparse_fraction).",
+            )
+        x0 = sample_initial_states(system, n_train + n_eval, seed, decimals, wide)
+        train, evaluation = x0[:n_train], x0[n_train:]
+        region = {"train_region": f"{'wide' if wide else 'default'} box", "eval_region": "the same box"}
+    coverage = {"problems": problems, "train_fraction": n_train / problems, **region}
+    return train, evaluation, coverage
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -133,8 +211,11 @@ def build_dataset(
     on_system: Callable[[str], None] | None = None,
     prompt_style: str = "full",
     reasoning: str = "full",
+    split: str = "random",
+    sparse_fraction: float = 0.1,
 ) -> tuple[dict[str, list[str]], dict]:
-    """({split: json lines}, info without files/created_at): samples split evenly over the systems."""
+    """({split: json lines}, info without files/created_at): samples split evenly over the systems, train
+    and eval states drawn as `split` says (split_initial_states)."""
     systems = [get_system(name) for name in system_names]
     if not systems:
         raise UsageError(
@@ -154,7 +235,10 @@ def build_dataset(
     for system, n_tr, n_ev in zip(systems, train_counts, eval_counts, strict=True):
         if on_system is not None:
             on_system(system.name)
-        x0 = sample_initial_states(system, n_tr + n_ev, seed, decimals, wide)
+        train_x0, eval_x0, coverage = split_initial_states(
+            system, n_tr, n_ev, seed, decimals, wide, split, sparse_fraction
+        )
+        x0 = np.concatenate([train_x0, eval_x0])
         ref = solve_reference(system, x0, decimals=decimals, seed=seed, workers=workers, progress=progress)
         system_lines = record_lines(system, x0, ref, decimals, prompt_style, reasoning)
         lines["train"] += system_lines[:n_tr]
@@ -172,6 +256,7 @@ def build_dataset(
             "median_J_opt": float(np.median(ref.J)),
             "J_floor": floor,
             "worst_label_gap": float(np.max(label_gap)),
+            "coverage": coverage,
         }
     info = {
         "generator_version": GENERATOR_VERSION,
@@ -180,6 +265,7 @@ def build_dataset(
         "prompt_style": prompt_style,
         "reasoning": reasoning,
         "box": "wide" if wide else "default",
+        "split": {"kind": split, **({"sparse_fraction": sparse_fraction} if split == "sparse" else {})},
         "counts": {"train": n_train, "eval": n_eval},
         "cost": "J = sum_{k=0}^{N-1} [(x_k - x*)' Q (x_k - x*) + R u_k^2] + (x_N - x*)' Qf (x_N - x*)",
         "systems": info_systems,

@@ -20,7 +20,7 @@ import numpy as np
 from lib.common.atomic import check_writable_folder
 from lib.common.errors import UsageError
 from lib.control.answer import parse_controls
-from lib.control.dataset import split_evenly
+from lib.control.dataset import grid_problems, split_evenly
 from lib.control.dataset_format import (
     SPLITS,
     parse_record_line,
@@ -131,7 +131,7 @@ def check_size(names: list[str], n_train: int, n_eval: int, settings: dict, outp
 
 def check_existing_dataset(path: Path, settings: dict) -> None:
     """An existing dataset is used only if it was made with the pipeline's generate settings: the same
-    systems (when generate.systems is set), decimals, box, prompt style, reasoning and counts (train and eval
+    systems (when generate.systems is set), decimals, box, split, prompt style, reasoning and counts (train and eval
     when set, else the total)."""
     info = read_info(path)
     counts = info["counts"]
@@ -139,10 +139,14 @@ def check_existing_dataset(path: Path, settings: dict) -> None:
         "systems": list(info["systems"]),
         "decimals": info["decimals"],
         "wide": info.get("box") == "wide",
+        "split": info.get("split", {"kind": "random"}),
         "prompt_style": info.get("prompt_style", "full"),
         "reasoning": info.get("reasoning", "full"),
     }
     wanted = {key: settings[key] for key in ("systems", "decimals", "wide", "prompt_style", "reasoning")}
+    wanted["split"] = {"kind": settings["split"]} | (
+        {"sparse_fraction": settings["sparse_fraction"]} if settings["split"] == "sparse" else {}
+    )
     if settings["train_samples"] is not None and settings["eval_samples"] is not None:
         found |= {"train_samples": counts["train"], "eval_samples": counts["eval"]}
         wanted |= {"train_samples": settings["train_samples"], "eval_samples": settings["eval_samples"]}
@@ -225,7 +229,40 @@ def validate_dataset(path: Path) -> dict:
             if shared:
                 raise unusable_dataset(path, f"train and eval share {len(shared)} initial states of {name}.")
             seen_states[name] |= states
+            _check_split(path, file, info, split, get_system(name), states)
     return summary
+
+
+def _inside(box, x) -> bool:
+    return all(lo - 1e-12 <= v <= hi + 1e-12 for (lo, hi), v in zip(box, x, strict=True))
+
+
+def _check_split(path: Path, file: Path, info: dict, split: str, system, states: set) -> None:
+    """The split's promise (docs/datasets.md, "Splits"): where each state lies, how much of the grid the
+    train split takes; and info.json's coverage against a fresh count of the grid."""
+    kind = info.get("split", {}).get("kind", "random")
+    wide = info.get("box") == "wide"
+    if kind == "extrapolation":
+        if split == "train":
+            region, ok = "the default box", [_inside(system.x0_box, x) for x in states]
+        else:
+            region = "the ring between the default and the wide box"
+            ok = [_inside(system.x0_box_wide, x) and not _inside(system.x0_box, x) for x in states]
+        if not all(ok):
+            raise unusable_dataset(path, f"{file}: {ok.count(False)} {system.name} states lie outside {region}, "
+                                   "where an extrapolation split draws them.")  # fmt: skip
+    coverage = info["systems"][system.name].get("coverage")
+    if coverage is None:  # a dataset made before splits existed
+        return
+    box = system.x0_box_wide if wide and kind != "extrapolation" else system.x0_box
+    problems = grid_problems(system, info["decimals"], box)
+    if coverage.get("problems") != problems:
+        raise unusable_dataset(path, f"info.json's coverage of {system.name} says {coverage.get('problems')} "
+                               f"grid states; its box holds {problems}.")  # fmt: skip
+    fraction = info["split"].get("sparse_fraction")
+    if split == "train" and kind == "sparse" and len(states) > fraction * problems:
+        raise unusable_dataset(path, f"{file}: {len(states)} {system.name} train states, more than the sparse "
+                               f"split's {fraction:.0%} of {problems}.")  # fmt: skip
 
 
 def _check_prompt(path: Path, where: str, record: dict, decimals: int) -> None:

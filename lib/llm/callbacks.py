@@ -75,9 +75,32 @@ def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[st
     return {f"control/{k}": float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
+def baseline_metrics(cfg: dict, records: list[dict]) -> dict[str, float]:
+    """Each baseline's median gap and success@10% on the watch problems (fitted on the dataset's train split,
+    cached: lib/control/baselines.py), keyed control/baseline/<name>/<metric>: the bar the curves draw."""
+    from lib.control.baselines import BASELINES, dataset_baselines
+    from lib.control.dataset_format import read_info
+    from lib.llm.evaluation import summarize
+    from lib.llm.verdict import baseline_rows
+
+    path = repo_path(cfg["data"]["datasets_dir"]) / cfg["data"]["dataset_name"]
+    fitted = dataset_baselines(path, read_info(path), [r["system"] for r in records])
+    values = {}
+    for name in BASELINES:
+        if all(name in model.missing for model in fitted.values()):
+            continue
+        summary = summarize(baseline_rows(records, fitted, name), cfg["seed"])["all"]
+        for metric, value in (("median_gap", summary["gap_feasible"]["median"]),
+                              ("success@10%", summary["success@10%"]["rate"])):  # fmt: skip
+            if value is not None and math.isfinite(value):
+                values[f"control/baseline/{name}/{metric}"] = float(value)
+    return values
+
+
 def control_metrics_callback(cfg: dict, tokenizer):
     """A TrainerCallback that answers the watch problems before the first step, every eval.every_steps
-    steps and after the last, and logs control_metrics like any trainer log: into log_history (so
+    steps and after the last (with the baselines' numbers on the same problems once, at the first), and logs
+    control_metrics like any trainer log: into log_history (so
     log_history.json and the training-curves figure), the console and run.report_to. Set its `trainer`
     attribute after building the trainer. None when eval.every_steps is 0.
 
@@ -110,6 +133,8 @@ def control_metrics_callback(cfg: dict, tokenizer):
             was_training = model.training
             metrics = control_metrics(model, tokenizer, records, cfg)
             model.train(was_training)
+            if not any(key.startswith("control/baseline/") for entry in state.log_history for key in entry):
+                metrics |= baseline_metrics(cfg, records)  # the baselines' bar, once (a resumed run has it)
             metrics["control/seconds"] = round(time.perf_counter() - started, 2)
             # what Trainer.log does, without a subclass's log(), which would fold its own step metrics in;
             # the handler's on_log clears should_log, which would drop this step's own loss log: keep it

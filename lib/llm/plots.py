@@ -22,7 +22,9 @@ from lib.control.systems import System, simulate  # noqa: E402
 
 OPTIMAL_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.5, "label": "optimal"}
 BOUND_STYLE = {"color": "tab:red", "linestyle": ":", "linewidth": 1.2}
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+# ten distinct colours: models, the three references and the four baselines share one figure
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+          "tab:gray", "tab:red")  # fmt: skip
 
 
 def _rollouts(
@@ -230,12 +232,29 @@ CONTROL_PANELS = {  # control-metrics callback keys -> (panel, y label)
 }
 
 
+LINE_STYLES = ("--", ":", "-.", (0, (5, 1)))
+BASELINE_PREFIX = "control/baseline/"
+
+
+def baseline_bars(history: Sequence[Mapping]) -> dict[tuple[str, str], float]:
+    """{(baseline, metric): value} from the entry the control-metrics callback logs once: each baseline's
+    median gap and success@10% on the same watch problems."""
+    bars = {}
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith(BASELINE_PREFIX) and isinstance(value, (int, float)):
+                name, metric = key[len(BASELINE_PREFIX) :].split("/", 1)
+                bars[(name, metric)] = float(value)
+    return bars
+
+
 def plot_training_curves(
     history: Sequence[Mapping], title: str, path: Path, beta: float = 0.0
 ) -> Path | None:
     """Loss, each reward function's mean (GRPO), the KL (only when beta > 0) and the control metrics of the
-    held-out watch problems (eval.every_steps: gap, S, rates) against the optimiser step, from a run's
-    log_history.json. None when the history has no logged step."""
+    held-out watch problems (eval.every_steps: gap, S, rates) against the optimiser step, with the baselines'
+    median gap and success@10% on the same problems as horizontal lines, from a run's log_history.json. None
+    when the history has no logged step."""
     logged = [h for h in history if "step" in h]
     series: dict[str, list[tuple[int, float]]] = {}
     for entry in logged:
@@ -255,6 +274,7 @@ def plot_training_curves(
         control.setdefault(panel, []).append(key)
     panels = [p for p in (["loss", "eval_loss"], ["reward"] + sorted(k for k in series if k.startswith("rewards/")),
                           ["kl"], *control.values()) if any(k in series for k in p)]  # fmt: skip
+    bars = baseline_bars(history)
     labels = {"loss": "loss [nats/token]", "reward": "reward (mean)", "kl": "KL to start model [nats]"}
     labels.update({key: label for key, (_, label) in CONTROL_PANELS.items()})
     columns = min(3, len(panels))
@@ -265,6 +285,12 @@ def plot_training_curves(
             if key in series:
                 steps, values = zip(*series[key], strict=True)
                 ax.plot(steps, values, marker="o", markersize=3, label=key)
+        for (name, metric), value in bars.items():  # the baselines on the same watch problems: the bar
+            if (metric, keys[0]) in (("median_gap", "control/median_gap"), ("success@10%", "control/parsed")):
+                style = LINE_STYLES[list(dict.fromkeys(n for n, _ in bars)).index(name) % len(LINE_STYLES)]
+                ax.axhline(
+                    value, color="grey", linestyle=style, linewidth=1, label=f"{name} baseline ({metric})"
+                )
         if keys[0] == "control/median_gap":
             ax.set_yscale("log")  # gaps span 1e-3 (near optimal) to 1e2 (far worse than J*)
         if keys[0] == "control/mean_S":

@@ -57,9 +57,14 @@ def sample_lines(results: Sequence[Mapping]) -> str:
 
 
 def metrics_document(
-    context: Mapping, results: Sequence[Mapping], summaries: Mapping, ref_summaries: Mapping
+    context: Mapping,
+    results: Sequence[Mapping],
+    summaries: Mapping,
+    ref_summaries: Mapping,
+    baselines: Mapping,
 ) -> dict:
-    """metrics.json: the context, each model's summary per system and timing, and the reference rows."""
+    """metrics.json: the context, each model's summary per system and timing, the reference rows, and (with a
+    train split) the baselines, each model's verdict against the best of them, and the coverage."""
     models = {}
     for result in results:
         calls = result["calls"]
@@ -73,7 +78,59 @@ def metrics_document(
                 "answers_per_second": per_second,
             },
         }
-    return {"context": dict(context), "models": models, "references": dict(ref_summaries)}
+    document = {"context": dict(context), "models": models, "references": dict(ref_summaries)}
+    if baselines:
+        document["baselines"] = {name: {**baselines["about"][name], "summary": summary}
+                                 for name, summary in baselines["summaries"].items()}  # fmt: skip
+        document["vs_best_baseline"] = baselines["verdicts"]
+        document["coverage"] = baselines["coverage"]
+    else:
+        document["baselines"] = {"missing": "no train split: the problems were sampled fresh, or format mode"}
+    return document
+
+
+def _signed_pct(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{100 * value:+.{digits}f}"
+
+
+def verdict_lines(verdicts: Mapping) -> list[str]:
+    """One line per model: its median gap and success@10% against the best baseline's, the paired comparison
+    and whether it beats it (lib/llm/verdict.py)."""
+    lines = []
+    for label, v in verdicts.items():
+        low, high = v["median_log_gap_ratio_ci"]
+        ratio = v["median_log_gap_ratio"]
+        times = "infinitely many times (it failed)" if ratio is None else f"x{np.exp(ratio):.3g}"
+        bounds = ", ".join(
+            empty if b is None else f"x{np.exp(b):.3g}" for b, empty in ((low, "x0"), (high, "inf"))
+        )
+        dlow, dhigh = v["success@10%_difference_ci"]
+        lines.append(
+            f"- **{label}** beats the best baseline (**{v['best_baseline']}**): **{v['beats_best_baseline']}**. "
+            f"Median gap {_gap_pct(v['median_gap'])} vs {_gap_pct(v['baseline_median_gap'])}; per problem the "
+            f"model's gap is {times} the baseline's (median, 95% CI [{bounds}]); success@10% "
+            f"{100 * v['success@10%']:.1f}% vs {100 * v['baseline_success@10%']:.1f}% "
+            f"({_signed_pct(v['success@10%_difference'], 1)} points [{_signed_pct(dlow)}, {_signed_pct(dhigh)}]); "
+            f"{v['problems']} problems."
+        )
+    return lines
+
+
+def _gap_pct(value: float | None) -> str:
+    return "infinite (most answers failed)" if value is None else f"{100 * value:.3g}%"
+
+
+def coverage_lines(coverage: Mapping) -> list[str]:
+    lines = []
+    for system, c in coverage.items():
+        grid = c.get("problems")
+        held = (f"the sampled region holds {grid:,} distinct problems at the printed precision, training took "
+                f"{100 * c['train_fraction']:.2g}% of them; " if isinstance(grid, int) else "")  # fmt: skip
+        far = c["nearest_train_distance"]
+        lines.append(f"- {system}: {held}{c['train_records']} train records; an evaluated problem lies "
+                     f"{far['median']:.3g} (median) to {far['max']:.3g} (max) from the nearest training "
+                     "problem, in standardized units of the features.")  # fmt: skip
+    return lines
 
 
 def _pct(entry: Mapping) -> str:
@@ -121,9 +178,11 @@ def render_report(
     summaries: Mapping,
     ref_summaries: Mapping,
     figures: Sequence[tuple[str, str]],
+    baselines: Mapping,
 ) -> str:
-    """report.md: what was evaluated, one table per system (models, then the reference controllers), the parse
-    failures by reason, generation speed, and the figures."""
+    """report.md: the verdict against the best baseline first, what was evaluated, one table per system
+    (models, the reference controllers, the baselines), coverage, the parse failures by reason, generation
+    speed, and the figures."""
     k = context["samples_per_prompt"]
     mode = context["eval_mode"] + (
         f" (re-plan every {context['replan_every']} steps)" if context["replan_every"] else ""
@@ -139,13 +198,32 @@ def render_report(
         "Rates are over all answers (an answer that does not parse is a failure, never padded); the gap "
         "(J - J*)/J* is over feasible answers, the score S = (J0 - J)/(J0 - J*) (1 = optimal, 0 = doing nothing) "
         "and the terminal error ||x_N - x*|| over parsed answers. Brackets: 95% bootstrap intervals. "
-        "Reference rows: the exact optimum, the printed label the model is trained on, and u = 0.",
+        "Reference rows: the exact optimum, the printed label the model is trained on, and u = 0. Baseline rows: "
+        "controllers fitted on the dataset's train split in seconds (nearest label, k-NN, affine least squares, "
+        "a small MLP), rounded like a label; one answer per problem, so their pass@k is their pass@1.",
     ]
+    if baselines:
+        out[1:1] = ["", "## Verdict", "", *verdict_lines(baselines["verdicts"])]
+    else:
+        out += ["", "No baseline rows: there is no train split to fit them on (fresh problems)."]
     systems = systems_to_show(next(iter(summaries.values())))
     for system in systems:
         rows = {r["label"]: summaries[r["label"]][system] for r in results}
         rows.update({REFERENCE_NAMES[name]: ref_summaries[name][system] for name in ref_summaries})
+        for name, summary in (baselines.get("summaries") or {}).items():
+            if system in summary:
+                rows[f"baseline: {name}"] = summary[system]
         out += ["", f"## {'All systems' if system == 'all' else system}", "", *table_lines(rows, k)]
+    if baselines:
+        out += ["", "## Baselines and coverage", ""]
+        for name, about in baselines["about"].items():
+            details = "; ".join(f"{system}: " + ", ".join(f"{k} {v}" for k, v in d.items())
+                                for system, d in about.get("systems", {}).items())  # fmt: skip
+            missing = "; ".join(
+                f"not fitted for {system}: {why}" for system, why in about.get("missing", {}).items()
+            )
+            out.append(f"- **{name}**: {about['what']} ({'; '.join(x for x in (details, missing) if x)}).")
+        out += ["", *coverage_lines(baselines["coverage"])]
     out += ["", "## Parse failures", ""]
     for r in results:
         failures = summaries[r["label"]]["all"]["parse_failures"]
@@ -192,6 +270,7 @@ def render_figures(
     ref_summaries: Mapping,
     context: Mapping,
     plot_instances: int,
+    baselines: Mapping,
 ) -> list[tuple[str, str]]:
     """Draw every figure into folder; returns (file name, title) pairs in report order. context: main_eval's
     (dataset, eval_mode, samples_per_prompt); plot_instances: instances per system with trajectory figures."""
@@ -205,6 +284,10 @@ def render_figures(
     gaps[REFERENCE_NAMES["label"]] = references["label"].metrics["gap"][
         references["label"].metrics["feasible"]
     ]
+    for name, rows in (baselines.get("rows") or {}).items():
+        label = f"baseline: {name}"
+        all_rows[label] = baselines["summaries"][name]["all"]
+        gaps[label] = rows.metrics["gap"][rows.metrics["feasible"]]
     title = f"{context_title(context)}: {', '.join(labels)}"
     plots.plot_performance_summary(
         {**model_rows, **all_rows}, gaps, SUCCESS_KEYS, title, folder / "performance_summary.png"

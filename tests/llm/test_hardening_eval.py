@@ -152,7 +152,7 @@ def test_a_non_finite_temperature_is_refused_before_any_model_loads(
     workspace, tmp_path, capsys, no_model_load, value
 ):
     """Before: everything was evaluated, then writing metrics.json raised ValueError (NaN is not JSON).
-    The config loader now refuses non-finite numbers anywhere (lib/common/config.py)."""
+    The config loader now refuses non-finite numbers anywhere (lib/common/config/files.py)."""
     out = tmp_path / "eval"
     refused(
         capsys, "main_eval", eval_argv(workspace, out, f"--temperature={value}"), "eval.temperature", value

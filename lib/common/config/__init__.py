@@ -68,6 +68,7 @@ from lib.common.config.paths import (
     other_tool_config,
     repo_path,
     skipped_configs,
+    user_cache_dir,
 )
 from lib.common.config.schema import (
     DEFAULT_SCHEMA,
@@ -108,6 +109,7 @@ __all__ = [
     "parse_override",
     "read_config_file",
     "repo_path",
+    "user_cache_dir",
     "resolve_cli",
     "resolve_config",
     "schema_defaults",

@@ -6,6 +6,7 @@ config files, leaving out other tools' configs (OTHER_TOOL_DIRS); `skipped_confi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,12 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 OTHER_TOOL_DIRS: dict[str, str] = {
     "accelerate": "accelerate launch configs (accelerate's format; use with --config_file)",
 }
+
+
+def user_cache_dir() -> Path:
+    """What the toolkit caches outside the repository (converted models, from-scratch initial weights,
+    fitted baselines): $CONTROL_LLM_CACHE, else ~/.cache/control-llm."""
+    return Path(os.environ.get("CONTROL_LLM_CACHE", Path.home() / ".cache" / "control-llm"))
 
 
 def repo_path(path: str | Path) -> Path:
