@@ -101,8 +101,8 @@ def write_pipeline_report(run_dir: Path) -> Path:
         sources.append(folder)
         context = context or document["context"]
         references = references or document["references"]
-        if not baselines and "summary" in next(iter(document.get("baselines", {}).values()), {}):
-            baselines = document["baselines"]
+        if not baselines and any("summary" in b for b in document.get("baselines", {}).values()):
+            baselines = {name: b for name, b in document["baselines"].items() if "summary" in b}
         verdicts |= document.get("vs_best_baseline", {})
         for label, entry in document["models"].items():
             models[label] = entry

@@ -80,8 +80,9 @@ def metrics_document(
         }
     document = {"context": dict(context), "models": models, "references": dict(ref_summaries)}
     if baselines:
-        document["baselines"] = {name: {**baselines["about"][name], "summary": summary}
-                                 for name, summary in baselines["summaries"].items()}  # fmt: skip
+        summaries_of = baselines["summaries"]
+        document["baselines"] = {name: {**about, **({"summary": summaries_of[name]} if name in summaries_of else {})}
+                                 for name, about in baselines["about"].items()}  # fmt: skip
         document["vs_best_baseline"] = baselines["verdicts"]
         document["coverage"] = baselines["coverage"]
     else:

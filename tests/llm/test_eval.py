@@ -226,6 +226,13 @@ def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp
     assert all((out / p).stat().st_size > 10_000 for p in pngs)
     report = (out / "report.md").read_text()
     assert "## double_integrator" in report and "optimal (exact)" in report and "u = 0" in report
+    # the verdict opens the report; 2 train records a system fit nearest and affine, and say why not the others
+    assert report.split("\n")[2] == "## Verdict" and "beats the best baseline" in report
+    assert metrics["vs_best_baseline"]["tiny"]["beats_best_baseline"] == "no"  # it parses nothing
+    assert set(metrics["baselines"]) == {"nearest", "affine", "knn", "mlp"}
+    assert "at least 10 train records" in metrics["baselines"]["knn"]["missing"]["van_der_pol"]
+    assert "baseline: affine" in report and "baseline: knn" not in report
+    assert set(metrics["coverage"]) == {"double_integrator", "van_der_pol"}
     assert all(f"]({p})" in report for p in pngs)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(s["reason"] for s in samples)

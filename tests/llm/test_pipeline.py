@@ -104,7 +104,12 @@ def test_a_failed_phase_stops_the_pipeline_then_a_rerun_resumes_and_reports(work
     ):
         assert row in report
     assert "## GRPO - SFT on the same problems (paired)" in report
-    paired = json.loads((run_dir / "metrics.json").read_text())["grpo_minus_sft"]
+    # the verdict of every model against the best baseline opens the report, as in each evaluation's
+    assert report.split("\n")[2] == "## Verdict"
+    assert all(f"- **{label}** beats the best baseline" in report for label in ("base", "sft", "grpo"))
+    document = json.loads((run_dir / "metrics.json").read_text())
+    assert set(document["vs_best_baseline"]) == {"base", "sft", "grpo"} and "| baseline: nearest |" in report
+    paired = document["grpo_minus_sft"]
     assert paired["problems"] == 3 and set(paired) == {"problems", "gap", "score"}
     assert (run_dir / "comparison.png").stat().st_size > 10_000
     assert (run_dir / "sft_evaluation" / "performance_summary.png").is_file()

@@ -115,6 +115,10 @@ def test_both_stages_write_runs_and_move_latest(workspace):
         scalars = EventAccumulator(str(run / "tensorboard")).Reload()
         parsed = [(e.step, e.value) for e in scalars.Scalars("train/control/parsed")]
         assert parsed == [(h["step"], pytest.approx(h["control/parsed"])) for h in watched]
+        # the baselines' bar on the same watch problems: logged once, at the first measurement
+        bar = [h for h in history if "control/baseline/nearest/success@10%" in h]
+        assert [h["step"] for h in bar] == [0]
+        assert len(scalars.Scalars("train/control/baseline/nearest/success@10%")) == 1
         assert (run / "training_curves.png").stat().st_size > 10_000
         info = json.loads((run / "run_info.json").read_text())
         assert (info["prompt_style"], info["reasoning"]) == ("full", "full")
