@@ -141,6 +141,11 @@ def _neighbour_mean(train_x: np.ndarray, train_u: np.ndarray, x: np.ndarray, k: 
 
 def fit_system(system: str, records: Sequence[dict], decimals: int) -> FittedBaselines:
     """Fit every baseline on one system's train records (each where it applies; `missing` says why not)."""
+    if not records:
+        empty = np.zeros((0, 0))
+        fitted = FittedBaselines(system, decimals, np.zeros(0), np.ones(0), empty, empty)
+        fitted.missing = {name: f"the train split has no records of {system}" for name in BASELINES}
+        return fitted
     features, labels = problem_features(records), label_controls(records)
     mean = features.mean(axis=0)
     scale = features.std(axis=0)

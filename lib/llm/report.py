@@ -97,6 +97,10 @@ def _signed_pct(value, digits: int = 0) -> str:
 def verdict_lines(verdicts: Mapping) -> list[str]:
     """One line per model: its median gap and success@10% against the best baseline's, the paired comparison
     and whether it beats it (lib/llm/verdict.py)."""
+    if not verdicts:
+        return [
+            'No baseline could be fitted on this train split ("Baselines and coverage" says why): no verdict.'
+        ]
     lines = []
     for label, v in verdicts.items():
         low, high = v["median_log_gap_ratio_ci"]

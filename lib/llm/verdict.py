@@ -157,7 +157,7 @@ def coverage(dataset_dir, records: Sequence[dict], fitted: dict[str, FittedBasel
     out = {}
     for system, model in fitted.items():
         group = [r for r in records if r["system"] == system]
-        if not group:
+        if not group or not len(model.train_x):
             continue
         distances = model.nearest_distances(problem_features(group))
         entry = dict(info["systems"][system].get("coverage", {}))
