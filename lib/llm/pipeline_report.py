@@ -117,7 +117,7 @@ def write_pipeline_report(run_dir: Path) -> Path:
             f"Sources: {', '.join(f'[{s}]({s}/report.md)' for s in sources)}. Brackets: 95% bootstrap intervals.",
         ]
         if verdicts:
-            out[1:1] = ["## Verdict", "", *verdict_lines(verdicts), ""]
+            out[2:2] = ["## Verdict", "", *verdict_lines(verdicts), ""]
         systems = systems_to_show(next(iter(models.values()))["summary"])
         for system in systems:
             rows = {label: entry["summary"][system] for label, entry in models.items()}
