@@ -233,6 +233,7 @@ CONTROL_PANELS = {  # control-metrics callback keys -> (panel, y label)
 
 
 LINE_STYLES = ("--", ":", "-.", (0, (5, 1)))
+BAR_COLORS = ("tab:gray", "tab:olive", "tab:cyan", "tab:red")  # one per baseline, apart from the curves' own
 BASELINE_PREFIX = "control/baseline/"
 
 
@@ -275,6 +276,7 @@ def plot_training_curves(
     panels = [p for p in (["loss", "eval_loss"], ["reward"] + sorted(k for k in series if k.startswith("rewards/")),
                           ["kl"], *control.values()) if any(k in series for k in p)]  # fmt: skip
     bars = baseline_bars(history)
+    watched = [h["step"] for h in logged if "control/parsed" in h]
     labels = {"loss": "loss [nats/token]", "reward": "reward (mean)", "kl": "KL to start model [nats]"}
     labels.update({key: label for key, (_, label) in CONTROL_PANELS.items()})
     columns = min(3, len(panels))
@@ -287,10 +289,12 @@ def plot_training_curves(
                 ax.plot(steps, values, marker="o", markersize=3, label=key)
         for (name, metric), value in bars.items():  # the baselines on the same watch problems: the bar
             if (metric, keys[0]) in (("median_gap", "control/median_gap"), ("success@10%", "control/parsed")):
-                style = LINE_STYLES[list(dict.fromkeys(n for n, _ in bars)).index(name) % len(LINE_STYLES)]
-                ax.axhline(
-                    value, color="grey", linestyle=style, linewidth=1, label=f"{name} baseline ({metric})"
-                )
+                i = list(dict.fromkeys(n for n, _ in bars)).index(name)
+                ax.axhline(value, color=BAR_COLORS[i % len(BAR_COLORS)], linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+                           linewidth=1.2, label=f"{name} baseline ({metric})")  # fmt: skip
+        if keys[0] in CONTROL_PANELS and watched:  # every measurement's step, even where a value is missing
+            pad = max(1, (max(watched) - min(watched)) // 20)
+            ax.set_xlim(min(watched) - pad, max(watched) + pad)
         if keys[0] == "control/median_gap":
             ax.set_yscale("log")  # gaps span 1e-3 (near optimal) to 1e2 (far worse than J*)
         if keys[0] == "control/mean_S":
