@@ -237,16 +237,16 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
         )
     else:  # the format check of sampled problems (check_control_settings allows it only there)
         records, info = fresh_problems(cfg), {}
-    # The baselines are fitted (or read from their cache) before any model runs: seconds, not an hour later.
-    fitted = {}
-    if data["dataset_name"] and mode != "format":
-        fitted = dataset_baselines(dataset_dir, info, [r["system"] for r in records])
     # Everything that can be refused is refused before any model is loaded (non-finite numbers: the loader).
     save_plots = settings["save_plots"] and mode != "format"
     planned = planned_files(records, len(settings["model_path"]), save_plots, settings["plot_instances"])
     check_output_folder(output_dir, planned, save_plots)
     for reference in settings["model_path"]:
         check_model_reference(reference, cfg)
+    # The baselines are fitted (or read from their cache) before any model runs: seconds, not an hour later.
+    fitted = {}
+    if data["dataset_name"] and mode != "format":
+        fitted = dataset_baselines(dataset_dir, info, [r["system"] for r in records])
     staged = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)
     try:
