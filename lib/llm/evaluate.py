@@ -180,7 +180,7 @@ def format_document(context: dict, results: list[dict], min_score: float) -> dic
     return {"context": {**context, "min_format_score": min_score}, "models": models}
 
 
-def score_baselines(cfg: dict, records: list[dict], dataset_dir: Path | None, fitted: dict) -> dict:
+def score_baselines(cfg: dict, records: list[dict], info: dict, fitted: dict) -> dict:
     """The baselines' rows, summaries and description, the models' verdicts come later (`verdicts`); {} in
     format mode or without a dataset (fresh problems have no train split)."""
     if not fitted:
@@ -191,7 +191,7 @@ def score_baselines(cfg: dict, records: list[dict], dataset_dir: Path | None, fi
         if any(name not in model.missing for model in fitted.values()):
             rows[name] = baseline_rows(records, fitted, name, settings["mode"], settings["replan_every"])
     return {"rows": rows, "summaries": {name: summarize(r, cfg["seed"]) for name, r in rows.items()},
-            "about": baselines_about(fitted), "coverage": coverage(dataset_dir, records, fitted)}  # fmt: skip
+            "about": baselines_about(fitted), "coverage": coverage(info, records, fitted)}  # fmt: skip
 
 
 def write_evaluation(folder: Path, cfg: dict, records: list[dict], results: list[dict], context: dict,
@@ -266,7 +266,7 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
             "command": " ".join(command), "git_commit": git_commit(),
             "created_at": time.strftime("%Y-%m-%d %H:%M:%S"), "config": cfg,
         }  # fmt: skip
-        baselines = score_baselines(cfg, records, dataset_dir if data["dataset_name"] else None, fitted)
+        baselines = score_baselines(cfg, records, info, fitted)
         document, report, files = write_evaluation(staged, cfg, records, results, context, baselines)
         for name in replace_outputs(output_dir, staged, files):
             log.info("removed %s of the previous evaluation", output_dir / name)

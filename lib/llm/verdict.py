@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from lib.control.baselines import ABOUT, BASELINES, FittedBaselines, problem_features
-from lib.control.dataset_format import read_info
 from lib.control.systems import get_system
 from lib.llm.evaluation import BOOTSTRAP_RESAMPLES, SampleRows, closed_loop, score_samples
 
@@ -149,11 +148,10 @@ def verdicts(models: dict[str, SampleRows], baselines: dict[str, SampleRows], se
     }
 
 
-def coverage(dataset_dir, records: Sequence[dict], fitted: dict[str, FittedBaselines]) -> dict:
+def coverage(info: dict, records: Sequence[dict], fitted: dict[str, FittedBaselines]) -> dict:
     """Per system: how much of the problem space training covered (info.json's count of distinct problems
-    and train fraction) and how far the evaluated problems lie from the nearest training problem, in the
+    and train fraction, from the dataset's info.json as loaded) and how far the evaluated problems lie from the nearest training problem, in the
     standardized units of `nearest` (median and max)."""
-    info = read_info(dataset_dir)
     out = {}
     for system, model in fitted.items():
         group = [r for r in records if r["system"] == system]
