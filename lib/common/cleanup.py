@@ -22,8 +22,13 @@ everything in it (wandb/models/ and wandb/run-1/files/config.yaml go with wandb/
 own cache or temporary output is that tool's, not the project's models or configs). A folder name is
 matched only against folders and a file pattern only against files (a folder called x.log stays).
 Symbolic links are never followed: a link whose own name is a target is removed as a link (its target
-stays), any other link is left alone, and no link is ever entered. A target folder holding another
-mounted file system is refused rather than emptied.
+stays), any other link is left alone, and no link is ever entered.
+
+Mounts: nothing that is a mount point (a bind mount included, even of a folder of the same file system) or
+lies on another device than the folder it was found in is ever removed or entered. Such a target (wandb/
+mounted from elsewhere), or a target folder with one anywhere below it, is refused and reported (exit 1);
+any other such folder is kept, never entered. One function (`mount_problem`) decides, for the scan that
+both the dry run and the real run list from, and again just before each removal.
 
 Bytes are the apparent sizes (lstat st_size) of the files and links removed, each inode counted once;
 folders count 0. A dry run scans the same way and removes nothing. Exit codes: 0 done, 1 something could
@@ -36,6 +41,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -82,6 +88,42 @@ PRESERVED_FILES = (
     "dockerfile",
 )
 ROOT_MARKERS = (".git", "pyproject.toml")
+
+
+def mount_points() -> frozenset[str]:
+    """Every mount point this process sees, from /proc/self/mountinfo (Linux); empty where that table does not
+    exist (macOS: the device numbers and os.path.ismount decide alone). Only this table shows a bind mount of
+    a folder of the same file system: its st_dev is its parent's, and os.path.ismount misses it."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(_unescape(line.split(" ")[4]) for line in lines if line.count(" ") >= 4)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field: space, tab, newline and backslash are written as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_problem(path: Path, folder_dev: int, mounts: frozenset[str], whole: bool = False) -> str | None:
+    """Why `path` may be neither removed nor entered: it is a mount point or lies on another device than the
+    folder it was found in (`folder_dev`), or, to be removed `whole`, it has a mount point anywhere below it;
+    None when none of these. The one test of mounts: the scan, and each removal just before it, use it."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return None  # a link is never entered nor followed, and a mount cannot sit on one
+    if info.st_dev != folder_dev:
+        return "it is on another file system (a mount): never removed nor entered"
+    text = str(path)
+    if text in mounts or os.path.ismount(path):
+        return "it is a mount point: never removed nor entered (unmount it first)"
+    below = sorted(m for m in mounts if m.startswith(text + "/")) if whole else []
+    if below and stat.S_ISDIR(info.st_mode):
+        shown = shown_name(f"{path.name}/{below[0][len(text) + 1 :]}")
+        return f"{shown} below it is a mount point: never removed nor entered (unmount it first)"
+    return None
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -139,6 +181,7 @@ def removable(path: Path) -> bool:
 @dataclass
 class Plan:
     root: Path
+    mounts: frozenset[str] = frozenset()  # the mount points seen when the scan started
     items: list[Item] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why), for --verbose
     errors: list[tuple[str, str]] = field(default_factory=list)  # (relative path, what went wrong)
@@ -157,8 +200,9 @@ def _entries(directory: Path) -> Iterator[os.DirEntry]:
         yield from sorted(it, key=lambda e: e.name)
 
 
-def _measure(item: Item, seen: set[tuple[int, int]]) -> None:
-    """Sizes of everything under a target folder, links not followed, each inode once (hard links)."""
+def _measure(item: Item, seen: set[tuple[int, int]], mounts: frozenset[str]) -> None:
+    """Sizes of everything under a target folder, links not followed, each inode once (hard links); a mount
+    anywhere below makes it a problem (mount_problem), found before any size is taken."""
     top = item.path.lstat()
     if not stat.S_ISDIR(top.st_mode):  # never list a folder through a link
         raise NotADirectoryError(20, "not a folder", str(item.path))
@@ -171,12 +215,13 @@ def _measure(item: Item, seen: set[tuple[int, int]]) -> None:
             return
         for entry in entries:
             info = entry.stat(follow_symlinks=False)
+            problem = (
+                None if stat.S_ISLNK(info.st_mode) else mount_problem(Path(entry.path), top.st_dev, mounts)
+            )
+            if problem:
+                item.problem = f"{shown_name(_rel(Path(entry.path), item.path.parent))}: {problem}"
+                return
             if stat.S_ISDIR(info.st_mode):
-                if info.st_dev != top.st_dev:
-                    item.problem = (
-                        f"{_rel(Path(entry.path), item.path.parent)} is another mounted file system"
-                    )
-                    return
                 stack.append(Path(entry.path))
                 continue
             key = (info.st_dev, info.st_ino)
@@ -189,12 +234,13 @@ def _measure(item: Item, seen: set[tuple[int, int]]) -> None:
 def plan_cleanup(root: Path) -> Plan:
     """What a cleanup of `root` removes (see the module docstring for the rules); touches nothing."""
     root = root.resolve()
-    plan = Plan(root)
+    plan = Plan(root, mount_points())
     seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         directory = stack.pop()
         try:
+            folder_dev = directory.lstat().st_dev
             entries = list(_entries(directory))
         except OSError as exc:
             plan.errors.append((_rel(directory, root) or ".", f"cannot read the folder: {exc.strerror}"))
@@ -209,13 +255,28 @@ def plan_cleanup(root: Path) -> Plan:
                     seen.add((info.st_dev, info.st_ino))
                     found.append(Item(path, rel, "link", info.st_size))
                 continue
-            if entry.is_dir(follow_symlinks=False):
-                if is_preserved_dir(path):
-                    plan.kept.append((rel + "/", "preserved: never entered"))
-                elif is_target_dir_name(entry.name):
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir and is_preserved_dir(path):
+                plan.kept.append((rel + "/", "preserved: never entered"))
+                continue
+            target = is_target_dir_name(entry.name) if is_dir else is_target_file_name(entry.name)
+            if not (is_dir or target):
+                continue  # a file that is not a target is never touched
+            try:
+                mounted = mount_problem(path, folder_dev, plan.mounts, whole=target)
+            except OSError as exc:
+                mounted = f"cannot read it: {exc.strerror}"
+            if mounted:  # never removed nor entered: an error when it was to go, else simply kept
+                if target:
+                    plan.errors.append((rel + ("/" if is_dir else ""), mounted))
+                else:
+                    plan.kept.append((rel + "/", mounted))
+                continue
+            if is_dir:
+                if target:
                     item = Item(path, rel, "dir")
                     try:
-                        _measure(item, seen)
+                        _measure(item, seen, plan.mounts)
                     except OSError as exc:
                         item.problem = f"cannot read it: {exc.strerror}"
                     if item.problem:
@@ -224,7 +285,7 @@ def plan_cleanup(root: Path) -> Plan:
                         found.append(item)
                 else:
                     stack.append(path)
-            elif entry.is_file(follow_symlinks=False) and is_target_file_name(entry.name):
+            elif target and entry.is_file(follow_symlinks=False):
                 info = entry.stat(follow_symlinks=False)
                 key = (info.st_dev, info.st_ino)
                 found.append(Item(path, rel, "file", 0 if key in seen else info.st_size))
@@ -253,6 +314,16 @@ def _remove(item: Item, root: Path) -> str | None:
     except FileNotFoundError:
         return None  # already gone
     is_link = stat.S_ISLNK(info.st_mode)
+    try:  # mounted since the scan? (the mount table read again now)
+        mounted = (
+            None
+            if is_link
+            else mount_problem(item.path, item.path.parent.lstat().st_dev, mount_points(), whole=True)
+        )
+    except OSError as exc:
+        mounted = f"cannot read it: {exc.strerror}"
+    if mounted:
+        return mounted
     if item.kind == "dir":
         if is_link or not stat.S_ISDIR(info.st_mode):
             return "it changed since the scan (no longer a folder)"
@@ -288,7 +359,7 @@ def _remaining_bytes(item: Item) -> int:
         return 0
     left = Item(item.path, item.rel, "dir")
     try:
-        _measure(left, set())
+        _measure(left, set(), frozenset())
     except OSError:
         return item.bytes
     return left.bytes

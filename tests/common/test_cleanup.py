@@ -397,6 +397,57 @@ def test_a_root_that_is_not_a_repository_is_a_usage_error(tmp_path):
     assert (tmp_path / "x.log").is_file()
 
 
+@pytest.fixture
+def bind_mount():
+    """mount --bind SOURCE TARGET for a test (unmounted at its end, before its folder is removed); skipped
+    where mounting is not permitted (not root, or a container without the capability)."""
+    mounted: list[Path] = []
+
+    def bind(source: Path, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot make a bind mount here: {result.stderr.strip() or result.returncode}")
+        mounted.append(target)
+
+    yield bind
+    for target in reversed(mounted):
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+@pytest.mark.parametrize(
+    "mount, expected",
+    [
+        ("wandb", "wandb/: it is a mount point"),  # a target that is a mount point
+        ("wandb/run-1", "wandb/: wandb/run-1 below it is a mount point"),  # a mount below a target
+        ("src/data", None),  # a mount in a plain folder: never entered, nothing in it listed
+    ],
+)
+def test_a_mount_is_never_removed_nor_entered_and_the_dry_run_lists_exactly_what_goes(
+    tmp_path, bind_mount, mount, expected
+):
+    root = repo(tmp_path)
+    outside = tmp_path / "outside"
+    write(outside / "keep.log", 11)  # a target name, on the other side of the mount
+    write(outside / "__pycache__" / "o.pyc", 7)
+    write(root / "wandb/run-1/files/x.bin", 3)
+    write(root / "a.log", 5)
+    bind_mount(outside, root / mount)
+    before = snapshot(outside)
+    dry_code, dry, dry_err = run_main("--dry-run", "--root", str(root))
+    code, out, err = run_main("--root", str(root))
+    assert snapshot(outside) == before  # nothing across the mount changed
+    goes = {"a.log": 5} if expected else {"a.log": 5, "wandb": 3}
+    assert listed(dry) == goes and listed(out) == goes  # the dry run lists exactly what the real run removed
+    if expected:
+        assert dry_code == code == 1
+        for stderr in (dry_err, err):
+            assert f"error: could not remove {expected}" in stderr
+    else:
+        assert dry_code == code == 0 and (root / mount / "keep.log").is_file()
+
+
 # ---------------------------------------------------------------- make clean-cache, as typed
 
 
