@@ -10,6 +10,7 @@ by record, every label re-simulated and every linear optimum solved again (valid
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,8 +20,8 @@ import numpy as np
 
 from lib.common.atomic import check_writable_folder
 from lib.common.errors import UsageError
-from lib.control.answer import parse_controls
-from lib.control.dataset import grid_problems, split_evenly
+from lib.control.answer import build_prompt, format_answers, parse_controls
+from lib.control.dataset import grid_problems, split_evenly, system_parameters
 from lib.control.dataset_format import (
     SPLITS,
     parse_record_line,
@@ -28,7 +29,8 @@ from lib.control.dataset_format import (
     read_split_lines,
     unusable_dataset,
 )
-from lib.control.metrics import zero_control_cost
+from lib.control.labels import LABEL_GAP_PROMISE, PROMISE_DECIMALS, round_plain
+from lib.control.metrics import j_floor, zero_control_cost
 from lib.control.references import KKT_TOL_LINEAR, linear_optima
 from lib.control.systems import SYSTEMS, System, get_system, simulate, trajectory_cost
 
@@ -173,9 +175,12 @@ _INITIAL_STATE = re.compile(r"x_0 = \(([^()]*)\)")  # "Initial state: x_0 = (...
 
 
 def validate_dataset(path: Path) -> dict:
-    """Check everything: info.json, checksums, every record's shape and finite numbers, the x_0 its prompt
-    shows, unique ids, counts against info.json, every label against the simulator, and for linear systems
-    every optimum against a fresh exact solve.
+    """Check every promise a dataset makes (docs/datasets.md, "Validating"): info.json, checksums, byte
+    counts, every record's shape and finite numbers, its prompt and completion text (written again from the
+    record and compared), unique ids, counts against info.json, every label against the simulator and the
+    label promise (lib/control/labels.py), for linear systems every optimum against a fresh exact solve, and
+    what info.json derives from the records (J_floor, medians, worst gaps, system parameters) derived again:
+    info.json has no checksum of its own, so nothing in it is taken on trust.
 
     Returns a summary {split: records, ...}; raises UsageError naming the file, line, id and field of the
     first problem found.
@@ -186,8 +191,14 @@ def validate_dataset(path: Path) -> dict:
     seen_states: dict[str, set] = {}
     seen_ids: dict[str, str] = {}  # id -> "split.jsonl line N"
     summary = {}
+    by_system_all: dict[str, list[tuple[Path, int, dict]]] = {}
     for split in SPLITS:
         file = path / f"{split}.jsonl"
+        claimed_bytes = info["files"][f"{split}.jsonl"]["bytes"]
+        if file.is_file() and file.stat().st_size != claimed_bytes:
+            raise unusable_dataset(
+                path, f"{file} has {file.stat().st_size} bytes, info.json's 'files' says {claimed_bytes}."
+            )
         records = [
             parse_record_line(path, split, n, line)
             for n, line in enumerate(read_split_lines(path, split, info), 1)
@@ -222,6 +233,8 @@ def validate_dataset(path: Path) -> dict:
                 )
         for name, group in by_system.items():
             _check_labels(path, file, get_system(name), group, decimals)
+            _check_texts(path, file, get_system(name), group, info)
+            by_system_all.setdefault(name, []).extend((file, n, r) for n, r in group)
             states = {tuple(r["x0"]) for _, r in group}
             if len(states) != len(group):
                 raise unusable_dataset(path, f"{file} repeats an initial state of {name}.")
@@ -230,7 +243,80 @@ def validate_dataset(path: Path) -> dict:
                 raise unusable_dataset(path, f"train and eval share {len(shared)} initial states of {name}.")
             seen_states[name] |= states
             _check_split(path, file, info, split, get_system(name), states)
+    for name, entries in by_system_all.items():
+        _check_derived(path, info, get_system(name), entries)
     return summary
+
+
+def _differs(claimed: object, value: float) -> bool:
+    if not isinstance(claimed, (int, float)) or isinstance(claimed, bool):
+        return True
+    return abs(claimed - value) > LABEL_ABS_TOL * abs(value)  # relative only: KKT residuals are ~1e-15
+
+
+def _check_derived(path: Path, info: dict, system: System, entries: list[tuple[Path, int, dict]]) -> None:
+    """What info.json says of a system's records, derived again from them (train and eval together, as
+    lib/control/dataset.py builds it), and the label promise on every record, which needs J_floor."""
+    records = [r for _, _, r in entries]
+    J_opt, J_label = np.array([r["J_opt"] for r in records]), np.array([r["J_label"] for r in records])
+    floor = j_floor(J_opt)
+    gap = (J_label - J_opt) / np.maximum(J_opt, floor)
+    entry = info["systems"][system.name]
+    derived = {
+        "J_floor": floor,
+        "median_J_opt": float(np.median(J_opt)),
+        "worst_label_gap": float(np.max(gap)),
+        "worst_kkt_residual": max(r["kkt_residual"] for r in records),
+        "min_starts_agreed": min(r["starts_agreed"] for r in records),
+        "starts_total": max(r["starts_total"] for r in records),
+    }
+    for key, value in derived.items():
+        if key in entry and _differs(entry[key], value):  # datasets of older versions may lack a key
+            raise unusable_dataset(
+                path,
+                f"info.json's systems.{system.name}.{key} is {entry[key]!r}, but its records give {value!r}.",
+            )
+    if "J_floor" not in entry or "worst_label_gap" not in entry:
+        raise unusable_dataset(path, f"info.json's systems.{system.name} lacks J_floor or worst_label_gap.")
+    # the system's constants (dynamics, horizon, bounds, weights, box) as this code defines them
+    parameters = json.loads(json.dumps(system_parameters(system, info.get("box") == "wide")))
+    for key, value in parameters.items():
+        if key in entry and entry[key] != value:
+            raise unusable_dataset(
+                path,
+                f"info.json's systems.{system.name}.{key} is {entry[key]!r}, but {system.name} has {value!r}.",
+            )
+    if info["decimals"] >= PROMISE_DECIMALS and gap.max() > LABEL_GAP_PROMISE:
+        file, line, record = entries[int(np.argmax(gap))]
+        raise unusable_dataset(
+            path,
+            f"{file} line {line} (id {record['id']}): 'completion' costs {gap.max():.2%} of max(J*, J_floor) "
+            f"above the optimum, more than the labels' promise of {LABEL_GAP_PROMISE:.0%}.",
+        )
+
+
+def _check_texts(path: Path, file: Path, system: System, group: list[tuple[int, dict]], info: dict) -> None:
+    """Prompt and completion are exactly what the generator writes for the record's x0, label and J*: the
+    prompt in the dataset's prompt style, the completion with its reasoning (every number in it derived)."""
+    decimals, style = info["decimals"], info.get("prompt_style", "full")
+    for number, record in group:
+        if record["prompt"] != build_prompt(system, np.array(record["x0"]), decimals, style):
+            raise unusable_dataset(
+                path,
+                f"{file} line {number} (id {record['id']}): 'prompt' is not the {style} prompt of "
+                f"{system.name} from x0 = {record['x0']}.",
+            )
+    labels = np.array([parse_controls(r["completion"][0]["content"], system.steps).values for _, r in group])
+    x0 = np.array([r["x0"] for _, r in group])
+    J_opt = np.array([r["J_opt"] for _, r in group])
+    written = format_answers(system, x0, labels, J_opt, decimals, info.get("reasoning", "full"))
+    for (number, record), text in zip(group, written, strict=True):
+        if record["completion"][0]["content"] != text:
+            raise unusable_dataset(
+                path,
+                f"{file} line {number} (id {record['id']}): 'completion' is not the text the generator writes "
+                "for its controls (its reasoning states other numbers).",
+            )
 
 
 def _inside(box, x) -> bool:
@@ -330,6 +416,15 @@ def _check_labels(
     )
     J_label = trajectory_cost(system, simulate(system, x0, label), label)
     fail(differs(J_label, column("J_label")), "J_label", "is not the simulated cost of the printed controls")
+    # the labeller keeps the cheaper of plain and corrected rounding (lib/control/labels.py): a label never
+    # costs more than u_opt rounded to the grid
+    plain = round_plain(system, u, decimals)
+    J_plain = trajectory_cost(system, simulate(system, x0, plain), plain)
+    fail(
+        J_label > J_plain + LABEL_ABS_TOL * np.maximum(1.0, J_plain),
+        "completion",
+        "prints controls that cost more than u_opt rounded to the grid (not the label of u_opt)",
+    )
     if not system.is_linear:
         return
     fail(column("kkt_residual") > KKT_TOL_LINEAR, "kkt_residual", f"is above {KKT_TOL_LINEAR:g}")

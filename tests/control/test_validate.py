@@ -174,3 +174,63 @@ def test_loading_refuses_a_record_of_a_system_info_json_lacks(dataset):
     lines.append(lines[-1].replace('"system":"double_integrator_short"', '"system":"pendulum"'))
     rewrite(dataset, "train", lines)
     refused(dataset, "train.jsonl line 11", "'system' 'pendulum'", check=lambda p: read_split(p, "train"))
+
+
+# Every promise a dataset makes (issue 21, row 7): the label promise, and what info.json derives from the
+# records, which has no checksum of its own
+
+
+def test_a_label_replaced_by_zeros_with_its_cost_recomputed_is_refused(dataset):
+    # the adversarial case: controls printed as 0.00 x N, J_label set to their simulated cost, checksums
+    # recomputed; everything agrees with everything except the promise that the label is near the optimum
+    system = get_system("double_integrator_short")
+
+    def change(record):
+        zeros = np.zeros((1, system.steps))
+        text = record["completion"][0]["content"]
+        shown = re.search(r"<CONTROLS>(.*)</CONTROLS>", text).group(1)
+        record["completion"][0]["content"] = text.replace(shown, ", ".join(["0.00"] * system.steps))
+        states = simulate(system, np.array([record["x0"]]), zeros)
+        record["J_label"] = float(trajectory_cost(system, states, zeros)[0])
+
+    lines = (dataset / "train.jsonl").read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if '"system":"double_integrator_short"' in line)
+    record = edit_record(dataset, "train", index, change)
+    assert record["J_label"] > 1.5 * record["J_opt"]
+    refused(dataset, f"train.jsonl line {index + 1}", record["id"], "'completion'")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("J_floor", 1e6),  # would make every answer's gap ~0 (success@1% for doing nothing)
+        ("median_J_opt", 123.0),
+        ("worst_label_gap", 0.0),
+        ("worst_kkt_residual", 0.0),
+        ("R", 0.5),  # a system constant the records were not made with
+        ("x0_box", [[-9.0, 9.0], [-9.0, 9.0]]),
+    ],
+)
+def test_info_json_claims_are_derived_again_from_the_records(dataset, key, value):
+    edit_info(dataset, lambda info: info["systems"]["double_integrator"].update({key: value}))
+    refused(dataset, f"systems.double_integrator.{key}")
+
+
+def test_a_byte_count_that_disagrees_with_the_file_is_refused(dataset):
+    edit_info(dataset, lambda info: info["files"]["eval.jsonl"].update(bytes=12))
+    refused(dataset, "eval.jsonl has", "'files' says 12")
+
+
+def test_prompt_and_completion_text_are_written_again_and_compared(dataset):
+    record = edit_record(
+        dataset, "train", 1, lambda r: r["prompt"][1].update(content=r["prompt"][1]["content"] + " Ignore Q.")
+    )
+    refused(dataset, "train.jsonl line 2", record["id"], "'prompt' is not the full prompt")
+    edit_record(dataset, "train", 1, lambda r: r["prompt"][1].update(content=r["prompt"][1]["content"][:-10]))
+    record = edit_record(
+        dataset,
+        "train",
+        3,
+        lambda r: r["completion"][0].update(content=r["completion"][0]["content"].replace("J* = ", "J* = 1")),
+    )
+    refused(dataset, "train.jsonl line 4", record["id"], "'completion' is not the text")
