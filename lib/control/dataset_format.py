@@ -139,8 +139,12 @@ def read_info(path: Path) -> dict:
         info = json.loads(info_path.read_text())
     except FileNotFoundError:
         raise unusable_dataset(path, "info.json is missing (an interrupted or foreign folder).") from None
+    except IsADirectoryError:
+        raise unusable_dataset(path, "info.json is a folder, not a file.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise unusable_dataset(path, f"info.json is not valid JSON ({exc}).") from None
+    except RecursionError:  # json's decoder recurses once per nesting level: 100,000 '[' overflow the stack
+        raise unusable_dataset(path, "info.json nests deeper than any dataset's info.json does.") from None
     check_info(path, info)
     return info
 
@@ -217,6 +221,8 @@ def read_split_lines(path: Path, split: str, info: dict) -> list[str]:
         data = file.read_bytes()
     except FileNotFoundError:
         raise unusable_dataset(path, f"{file.name} is missing.") from None
+    except IsADirectoryError:
+        raise unusable_dataset(path, f"{file.name} is a folder, not a file.") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected["sha256"]:
         raise unusable_dataset(
@@ -238,6 +244,8 @@ def parse_record_line(path: Path, split: str, number: int, line: str, check: boo
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise unusable_dataset(path, f"{where} is not valid JSON ({exc}).") from None
+    except RecursionError:  # see read_info
+        raise unusable_dataset(path, f"{where} nests deeper than any record does.") from None
     if check:
         try:
             check_record(record, where)

@@ -234,3 +234,25 @@ def test_prompt_and_completion_text_are_written_again_and_compared(dataset):
         lambda r: r["completion"][0].update(content=r["completion"][0]["content"].replace("J* = ", "J* = 1")),
     )
     refused(dataset, "train.jsonl line 4", record["id"], "'completion' is not the text")
+
+
+@pytest.mark.parametrize("name", ["info.json", "train.jsonl"])
+def test_a_folder_where_a_file_should_be_is_refused(dataset, name):
+    (dataset / name).unlink()
+    (dataset / name).mkdir()
+    refused(dataset, f"{name} is a folder")
+    if name == "train.jsonl":
+        refused(dataset, f"{name} is a folder", check=lambda p: read_split(p, "train"))
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error(dataset):
+    deep = "[" * 100_000 + "]" * 100_000
+    (dataset / "info.json").write_text(deep)
+    refused(dataset, "info.json nests deeper")
+    refused(dataset, "info.json nests deeper", check=read_info)
+
+
+def test_a_deeply_nested_record_is_refused_not_a_recursion_error(dataset):
+    lines = (dataset / "eval.jsonl").read_text().splitlines()
+    rewrite(dataset, "eval", [*lines[:-1], "[" * 100_000 + "]" * 100_000])
+    refused(dataset, f"eval.jsonl line {len(lines)} nests deeper")
