@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -61,12 +62,36 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             old = final.with_name(f".{final.name}.{os.getpid()}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)  # the previous version stays rather than none
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# the temporary names above: .<name>.<pid>.tmp (or .tmp<suffix>), .<name>.<pid>.partial and .<name>.<pid>.old
+LEFTOVER = re.compile(r"^\..+\.\d+\.(tmp|partial|old)(\.[^.]+)?$")
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders of writes that never finished in `folder` (a process killed
+    with kill -9 cannot clean up); the removed paths. Call it only where no other process writes now (a run
+    folder whose lock we hold): a live writer's temporary name looks the same."""
+    removed = []
+    folder = Path(folder)
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if LEFTOVER.match(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:

@@ -8,8 +8,10 @@ exits with its code and a one-line fix; an unknown exception is a bug and keeps 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,10 +49,60 @@ def _text(exc: BaseException) -> str:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError without importing torch here
+    # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError without importing torch here; on the CPU torch
+    # raises a plain RuntimeError "[enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate
+    # memory: you tried to allocate N bytes", and Python itself MemoryError
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in _text(exc)
+    text = _text(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def _disk_full(exc: BaseException) -> BaseException | None:
+    """The OSError ENOSPC / EDQUOT behind exc (itself or a cause or context: libraries re-raise it as their
+    own error), or exc when its text alone says so (safetensors and torch.save report the OS error only
+    in their message); None when the disk is not full."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc if any(text in _text(exc) for text in DISK_FULL_TEXT) else None
+
+
+def _free_space(path: str | None) -> str:
+    """' (N MB free there now)' for path's nearest existing folder, or '' when it cannot be told."""
+    if not path:
+        return ""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" ({free / 2**20:.1f} MB free there now)"
+
+
+def _disk_full_failure(cause: BaseException) -> Failure:
+    path = getattr(cause, "filename", None)
+    where = f"writing {path}" if path else "writing to disk"
+    quota = (isinstance(cause, OSError) and cause.errno == errno.EDQUOT) or "quota" in _text(cause)
+    full = "the disk quota is used up" if quota else "the disk is full"
+    return Failure(
+        "disk-full",
+        EXIT_FAILED,
+        f"{full} while {where}{_free_space(path)}. Nothing half-written was kept: every file is written "
+        "under a temporary name and renamed only when whole, and a temporary file of a failed write is "
+        "removed; a training run keeps its last complete checkpoint and run_info.json says 'failed'.",
+        "free space on that disk (`make clean-cache DRY=1` lists caches that can go, old runs under models/ "
+        "and checkpoints take the most), or point the output to another disk (run.models_dir, output_dir, "
+        "--output-dir); then run the same command again, with --resume for a training run.",
+    )
 
 
 def _is_mps_watermark(exc: BaseException) -> bool:
@@ -93,10 +145,13 @@ def describe_failure(exc: BaseException) -> Failure | None:
             "out-of-memory",
             EXIT_FAILED,
             f"ran out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            "lower the batch size or max sequence length (raise gradient_accumulation_steps to keep the "
-            "effective batch), use LoRA instead of full fine-tuning, or on MPS lower "
-            "device.mps_high_watermark_ratio; then resume with --resume.",
+            "lower the batch size or max sequence length (the byte-level model: batch_size or block_size; "
+            "raise gradient_accumulation_steps to keep the effective batch), use LoRA instead of full "
+            "fine-tuning, or on MPS lower device.mps_high_watermark_ratio; then resume with --resume.",
         )
+    full = _disk_full(exc)
+    if full is not None:
+        return _disk_full_failure(full)
     backend = _missing_backend(exc)
     if backend:
         return Failure(

@@ -117,3 +117,47 @@ def test_a_reader_closing_the_pipe_is_not_a_failure():
         raise BrokenPipeError(32, "Broken pipe")
 
     assert run_cli(print_to_closed_pipe) == 0
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+            "to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        MemoryError("Unable to allocate 37.3 GiB for an array"),
+    ],
+)
+def test_cpu_out_of_memory_names_the_block_and_batch_size(exc):
+    failure = describe_failure(exc)
+    assert (failure.kind, failure.exit_code) == ("out-of-memory", EXIT_FAILED)
+    assert "block_size" in failure.fix and "batch" in failure.fix
+
+
+def test_a_full_disk_names_the_path_the_free_space_and_the_fix(tmp_path):
+    import errno
+
+    target = tmp_path / "models" / "run_info.json"  # its folder does not exist: free space is still told
+    for exc in (
+        OSError(errno.ENOSPC, "No space left on device", str(target)),
+        OSError(errno.EDQUOT, "Disk quota exceeded", str(target)),
+    ):
+        failure = describe_failure(exc)
+        assert (failure.kind, failure.exit_code) == ("disk-full", EXIT_FAILED)
+        assert str(target) in failure.message and "MB free" in failure.message
+        assert "free space" in failure.fix and "--resume" in failure.fix
+    assert "quota" in describe_failure(OSError(errno.EDQUOT, "Disk quota exceeded")).message
+    # a library that re-raises the OS error as its own, keeping it as the cause, or only in its text
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        except OSError as inner:
+            raise RuntimeError("could not save the checkpoint") from inner
+    except RuntimeError as outer:
+        assert describe_failure(outer).kind == "disk-full"
+    text_only = RuntimeError(
+        'Error while serializing: IoError(Os { code: 28, message: "No space left on device" })'
+    )
+    assert describe_failure(text_only).kind == "disk-full"
+    assert describe_failure(OSError(errno.EACCES, "Permission denied")) is None
