@@ -15,15 +15,13 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from lib.common.config import repo_path
 from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError
-from lib.common.outputs import check_output_folder, replace_outputs
+from lib.common.outputs import MAIN_EVAL, check_output_folder, replace_outputs, staging
 from lib.common.runs import git_commit
 from lib.control.answer import build_prompt
 from lib.control.baselines import BASELINES, dataset_baselines
@@ -240,23 +238,14 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
     # Everything that can be refused is refused before any model is loaded (non-finite numbers: the loader).
     save_plots = settings["save_plots"] and mode != "format"
     planned = planned_files(records, len(settings["model_path"]), save_plots, settings["plot_instances"])
-    check_output_folder(output_dir, planned, save_plots)
+    check_output_folder(output_dir, planned, MAIN_EVAL, ["training_curves_*.png"] if save_plots else [])
     for reference in settings["model_path"]:
         check_model_reference(reference, cfg)
     # The baselines are fitted (or read from their cache) before any model runs: seconds, not an hour later.
     fitted = {}
     if data["dataset_name"] and mode != "format":
         fitted = dataset_baselines(dataset_dir, info, [r["system"] for r in records])
-    staged = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staged, ignore_errors=True)
-    try:
-        staged.mkdir(parents=True)
-    except OSError as exc:
-        raise UsageError(
-            f"--output-dir {output_dir}: cannot create {staged.parent}/ ({exc.strerror or exc}).",
-            fix="pass a folder you can write to as --output-dir (eval.output_dir), e.g. results/eval.",
-        ) from None
-    try:
+    with staging(output_dir, MAIN_EVAL) as staged:
         results = evaluate_models(cfg, records, staged)
         context = {
             "dataset": data["dataset_name"] or f"fresh {data['system']} problems", "dataset_seed": info.get("seed"),
@@ -268,10 +257,8 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
         }  # fmt: skip
         baselines = score_baselines(cfg, records, info, fitted)
         document, report, files = write_evaluation(staged, cfg, records, results, context, baselines)
-        for name in replace_outputs(output_dir, staged, files):
+        for name in replace_outputs(output_dir, staged, files, MAIN_EVAL):
             log.info("removed %s of the previous evaluation", output_dir / name)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     print(report.split("\n## Figures")[0])
     print(f"metrics: {output_dir / 'metrics.json'}; report: {output_dir / 'report.md'}")
     if mode == "format" and not all(entry["passed"] for entry in document["models"].values()):
