@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.common.atomic import check_writable_folder
+from lib.common.config.schema import shared_schema
 from lib.common.errors import UsageError
 from lib.control.answer import build_prompt, format_answers, parse_controls
 from lib.control.dataset import grid_problems, split_evenly, system_parameters
@@ -69,13 +70,17 @@ def system_names(systems: list[str] | None) -> list[str]:
     return names
 
 
-def check_dataset_name(name: str) -> None:
-    """A dataset name is one plain folder name: not empty, not '.' or '..', no path separator, not hidden."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+def check_dataset_name(name: str, flag: str = "--dataset-name") -> None:
+    """A dataset name is one plain folder name, the pattern of schemas/shared/dataset_name.json (which the
+    config loader applies to data.dataset_name): checked wherever a name is read or written, so no flag can
+    reach a folder outside data.datasets_dir."""
+    rule = shared_schema("dataset_name")
+    if not isinstance(name, str) or len(name) > rule["maxLength"] or not re.fullmatch(rule["pattern"], name):
         raise UsageError(
-            f"--dataset-name {name!r} (data.dataset_name) is not a plain folder name: it must be non-empty, contain "
-            "no '/' or '\\', and not start with '.' (so not '.' or '..').",
-            fix="pick a name such as di_vdp or test_di; --output-dir (data.datasets_dir) says where it goes.",
+            f"{flag} {name!r} (data.dataset_name) is not a dataset name: a plain name of letters, digits, '.', "
+            f"'_' and '-' that starts with a letter or digit (at most {rule['maxLength']} characters), never a path.",
+            fix="pick a name such as di_vdp or test_di; --output-dir (data.datasets_dir) says where datasets are "
+            "(`python scripts/generate_data.py --list` shows them).",
         )
 
 

@@ -47,8 +47,10 @@ def generate_from_config(
     if list_only:
         return show_list(datasets_dir)
     if validate:
+        check_dataset_name(validate, "--validate")  # a name under datasets_dir, never a path elsewhere
         return show_validation(datasets_dir, validate)
     if preview:
+        check_dataset_name(preview, "--preview")
         return show_preview(datasets_dir, preview)
     return generate(cfg, command, overwrite)
 

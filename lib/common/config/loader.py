@@ -26,16 +26,27 @@ from lib.common.config.schema import (
     schema_defaults,
     schema_node,
 )
-from lib.common.config.validation import unknown_key_error, validate_config
+from lib.common.config.validation import check_relations, unknown_key_error, validate_config
 from lib.common.errors import ConfigError
+
+# the configs here chain at most 2 files (a recipe extends one profile); 1,500 files would overflow Python's
+# stack, so the loader stops long before, with a message
+MAX_EXTENDS_DEPTH = 32
 
 
 def _read_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
-    """The file merged over its `extends:` parents (in order), with cycles reported."""
+    """The file merged over its `extends:` parents (in order), with cycles and overlong chains reported."""
     path = path.resolve()
     if path in stack:
         cycle = " -> ".join(display_path(p) for p in (*stack, path))
         raise ConfigError(f"config inheritance cycle: {cycle}", fix="remove one of the `extends:` links.")
+    if len(stack) >= MAX_EXTENDS_DEPTH:
+        raise ConfigError(
+            f"{display_path(stack[0])}: its `extends:` chain is more than {MAX_EXTENDS_DEPTH} files deep (it "
+            f"reaches {display_path(path)}).",
+            fix="merge the chain into fewer files: a config normally extends one device profile "
+            "(configs/profiles/), docs/configs.md.",
+        )
     raw = migrate_legacy_keys(read_config_file(path), display_path(path))
     parents = raw.pop("extends", [])
     if isinstance(parents, str):
@@ -87,6 +98,7 @@ def resolve_config(
     cfg = whole_numbers_to_int(cfg, schema)
     cli_keys = [k for k in (override_key(text) for text in overrides) if k]
     validate_config(cfg, schema, source, [*cli_keys, *(values or {})])
+    check_relations(cfg, name, source)
     return cfg
 
 

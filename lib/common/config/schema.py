@@ -24,10 +24,10 @@ DEFAULT_SCHEMA = "control"
 @functools.cache
 def load_schema(name: str) -> dict:
     path = SCHEMA_DIR / f"{name}.schema.json"
-    if not path.is_file():
+    if name not in available_schemas():  # a name, never a path: `../../x` must not read a file elsewhere
         valid = ", ".join(sorted(available_schemas()))
         raise ConfigError(
-            f"no schema for model_type '{name}' (looked for {path.relative_to(ROOT)}).",
+            f"no schema for model_type {name!r}: the known ones are {valid} (schemas/<model_type>.schema.json).",
             fix=f"set model_type to one of: {valid}.",
         )
     return _require_defaults(_inline_refs(json.loads(path.read_text())))
@@ -46,6 +46,12 @@ def _require_defaults(node: Any) -> Any:
         needed = [k for k, p in props.items() if "default" in p or "properties" in p]
         node["required"] = sorted(set(node.get("required", [])) | set(needed), key=list(props).index)
     return node
+
+
+@functools.cache
+def shared_schema(name: str) -> dict:
+    """schemas/shared/<name>.json: a rule (a plain name, ...) that code outside the loader applies too."""
+    return json.loads((SCHEMA_DIR / "shared" / f"{name}.json").read_text())
 
 
 def _inline_refs(node: Any) -> Any:

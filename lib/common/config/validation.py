@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Mapping, Sequence
 
 import jsonschema
@@ -87,3 +88,25 @@ def validate_config(
         message = f"{source}: key '{path}': {error.message}."
     more = f" ({len(errors) - 1} more problem(s) after this one.)" if len(errors) > 1 else ""
     raise ConfigError(message + more, fix=f"'{path}': {description}" if description else "")
+
+
+def check_relations(cfg: Mapping, schema_name: str, source: str) -> None:
+    """What one key's schema cannot say because it ties keys together, checked when the config is resolved,
+    before any model loads (a late failure costs the minutes spent loading)."""
+    if schema_name != "control":
+        return
+    grpo = cfg["grpo"]
+    # TRL groups the completions of one prompt within one generation batch: per-device batch x processes x
+    # accumulation steps completions, which must hold whole groups of num_generations. WORLD_SIZE is set by
+    # torchrun / accelerate launch in each process (one process when it is absent).
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    batch = grpo["per_device_train_batch_size"] * processes * grpo["gradient_accumulation_steps"]
+    if batch % grpo["num_generations"]:
+        raise ConfigError(
+            f"{source}: grpo.per_device_train_batch_size x processes x grpo.gradient_accumulation_steps = "
+            f"{grpo['per_device_train_batch_size']} x {processes} x {grpo['gradient_accumulation_steps']} = {batch} "
+            f"completions a step, which is not a whole number of groups of grpo.num_generations = "
+            f"{grpo['num_generations']} (TRL would stop with a ValueError after the model loaded).",
+            fix=f"make grpo.per_device_train_batch_size a multiple of {grpo['num_generations']} (e.g. "
+            f"grpo.per_device_train_batch_size={grpo['num_generations'] * 2}), or change grpo.num_generations.",
+        )
