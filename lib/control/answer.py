@@ -17,7 +17,8 @@ they start) and "none" (an empty block, so the contract and its parser stay the 
 same in all of them.
 
 `parse_controls` is strict and total: for any input it returns ParsedControls and never raises, never pads,
-never truncates.
+never truncates. It and `format_checks` are bounded: an answer longer than MAX_ANSWER_CHARS fails at once, so
+a runaway completion (5 million commas) costs microseconds, not seconds, in a reward or an evaluation.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ PROMPT_STYLES = ("full", "compact")
 REASONING_STYLES = ("full", "brief", "none")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 _NON_FINITE_WORDS = {"inf", "infinity", "nan"}
+# The longest answer a label holds is 830 characters (full reasoning, 50 controls, 2 decimals; 6 decimals add
+# 200), and generation stops at eval.max_new_tokens / grpo.max_completion_length (512 tokens, about 2,500
+# characters, by default): 20,000 characters is 24x the longest label, a length no real answer reaches.
+MAX_ANSWER_CHARS = 20_000
+
+
+def too_long(text: str) -> bool:
+    """More than MAX_ANSWER_CHARS characters: scored as a failure without being read."""
+    return len(text) > MAX_ANSWER_CHARS
 
 
 def _num(value: float, spec: str) -> str:
@@ -244,6 +254,8 @@ def parse_controls(text: str, expected_count: int) -> ParsedControls:
     """The N controls of an answer, or the reason it breaks the contract (module docstring). Never raises."""
     if not isinstance(text, str):
         return _fail(f"not a string: got {type(text).__name__}")
+    if too_long(text):
+        return _fail(f"too long: {len(text)} characters, more than any answer ({MAX_ANSWER_CHARS})")
     positions = []
     for tag in TAGS:
         count = text.count(tag)
@@ -294,11 +306,12 @@ def format_checks(text: str, system: System) -> dict[str, bool]:
     reasoning_tags / control_tags: each pair present once, opening before closing; proper_order: the
     reasoning block before the controls block; parses_as_numbers: every comma-separated entry in <CONTROLS>
     is a finite number; exact_control_count: exactly N of them; controls_within_bounds: all within the
-    system's bounds (to 1e-6, as lib.control.metrics). A check that cannot be judged (no controls block) is False.
+    system's bounds (to 1e-6, as lib.control.metrics). A check that cannot be judged (no controls block) is False;
+    an answer longer than MAX_ANSWER_CHARS fails every check.
     """
 
     result = dict.fromkeys(FORMAT_CHECKS, False)
-    if not isinstance(text, str):
+    if not isinstance(text, str) or too_long(text):
         return result
 
     def pair(open_tag: str, close_tag: str) -> bool:

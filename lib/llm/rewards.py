@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lib.control.answer import TAGS, parse_controls
+from lib.control.answer import TAGS, parse_controls, too_long
 from lib.control.metrics import SUCCESS_EPS, ControlMetrics, evaluate_controls
 from lib.control.systems import get_system
 
@@ -49,7 +49,10 @@ def completion_text(completion: object) -> str:
 
 
 def tags_in_order(text: str) -> bool:
-    """The four tags are each there, in order (what earns the format reward's 0.25)."""
+    """The four tags are each there, in order (what earns the format reward's 0.25), in an answer of a
+    possible length (lib/control/answer.py, MAX_ANSWER_CHARS)."""
+    if too_long(text):
+        return False
     positions = [text.find(tag) for tag in TAGS]
     return all(p >= 0 for p in positions) and positions == sorted(positions)
 

@@ -266,3 +266,27 @@ def test_every_reasoning_style_carries_the_same_controls(labelled):
     assert all(a.startswith("<REASONING></REASONING><CONTROLS>") for a in none)
     assert all(len(b) < len(f) for b, f in zip(brief, full, strict=True))
     assert all(("bound" in b) and ("They start at u_0" in b) for b in brief)
+
+
+def test_answers_longer_than_any_label_fail_at_once_naming_the_length():
+    from lib.control.answer import MAX_ANSWER_CHARS, format_checks
+
+    system = get_system("double_integrator")
+    zeros = format_controls(np.zeros(system.steps))
+    padded = f"<REASONING>{' ' * MAX_ANSWER_CHARS}</REASONING><CONTROLS>{zeros}</CONTROLS>"
+    parsed = parse_controls(padded, system.steps)
+    assert not parsed.ok and parsed.reason.startswith("too long") and str(MAX_ANSWER_CHARS) in parsed.reason
+    assert not any(format_checks(padded, system).values())
+    # the same answer with a reasoning a label could have is fine
+    assert parse_controls(padded.replace(" " * MAX_ANSWER_CHARS, "short"), system.steps).ok
+
+
+@pytest.mark.parametrize("name", list(SYSTEMS))
+def test_the_longest_labels_are_far_below_the_length_bound(name):
+    from lib.control.answer import MAX_ANSWER_CHARS
+
+    system = get_system(name)
+    x0 = sample_initial_states(system, 2, seed=3, wide=True)
+    u = np.full((2, system.steps), system.u_min + 0.123456)  # 6 decimals, the most the schema allows
+    answers = format_answers(system, x0, np.round(u, 6), np.ones(2), decimals=6)
+    assert max(map(len, answers)) * 10 < MAX_ANSWER_CHARS

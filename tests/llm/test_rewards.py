@@ -256,3 +256,13 @@ def test_every_function_keeps_its_name():
     every = [f"grpo.rewards.{name}=1" for name in REWARDS]
     functions, _ = reward_functions(resolve_config(None, every)["grpo"])
     assert [f.__name__ for f in functions] == [f"{name}_reward" for name in REWARDS]
+
+
+def test_a_runaway_completion_is_a_failure_for_every_reward(instances):
+    # the adversarial case (issue 21, row 10): 5,000,045 characters, mostly commas, inside valid tags; parse,
+    # format checks and the optimality reward read it in full before (2.4 s, 6.9 s, 21.8 s for 8 of them)
+    runaway = "<REASONING>r</REASONING><CONTROLS>" + "," * 5_000_000 + "</CONTROLS>"
+    di = instances[0]
+    assert call("format", [runaway], [di]) == [0.0]  # not even the 0.25 for tags in order
+    for name in REWARDS:
+        assert call(name, [runaway] * 8, [di] * 8) == [0.0] * 8, name
