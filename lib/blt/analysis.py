@@ -12,7 +12,10 @@ The patching rules (threshold, rise) are in lib/blt/patches.py, the figures in l
 
 Writes into output_dir: metrics.json, report.md and, with save_plots, entropy_trace.png,
 patch_length_hist.png, bits_per_byte.png (from the run's log_history.json) and
-patch_length_vs_threshold.png. Every file is written to a temporary name and renamed.
+patch_length_vs_threshold.png. That folder is shared with the user (default figures/, main_eval.py's): the
+files are written into a hidden folder beside it and moved in at the end, replacing only files main_eval.py
+wrote there itself (lib/common/outputs.py, MAIN_EVAL: its manifest); a file of one of these names that it
+did not write stops the analysis before the model loads (exit 2).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from lib.common.atomic import write_text_atomic
 from lib.common.config import repo_path
 from lib.common.device import settings_from_config, setup_device
 from lib.common.errors import EXIT_OK, UsageError
+from lib.common.outputs import MAIN_EVAL, check_output_folder, replace_outputs, staging
 from lib.common.runs import latest_run
 
 log = logging.getLogger(__name__)
@@ -194,10 +198,11 @@ def analyze_blt(
             f"max_bytes={max_bytes} is too small.", fix="pass at least 2, or leave it unset for all."
         )
     model_dir, run_dir = resolve_blt_model(model_path, cfg)
+    history, run_metrics = _run_record(run_dir)
+    output_dir = Path(output_dir)
+    check_output_folder(output_dir, planned_files(save_plots, bool(history)), MAIN_EVAL)
     ensure_default_corpus(cfg["eval_data_dir"])
     data = load_byte_data(cfg["eval_data_dir"], cfg["cache_dir"], "eval_data_dir")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     tokens = np.asarray(data.tokens)
     if max_bytes is not None:
@@ -238,61 +243,73 @@ def analyze_blt(
             "note": "64 = 64 or more",
         }
 
-    history = []
-    run_metrics = {}
+    sample = _sample(docs, seed)
+    with staging(output_dir, MAIN_EVAL) as staged:
+        figures = {}
+        if save_plots:
+            figures["entropy_trace"] = plot_entropy_trace(sample, threshold, staged / "entropy_trace.png")
+            figures["patch_length_hist"] = plot_patch_histogram(
+                at_threshold, threshold, staged / "patch_length_hist.png"
+            )
+            if history:
+                figures["bits_per_byte"] = plot_bits_per_byte(history, staged / "bits_per_byte.png")
+            figures["patch_length_vs_threshold"] = plot_length_vs_threshold(
+                sweep, staged / "patch_length_vs_threshold.png"
+            )
+        metrics = {
+            "model_type": "blt",
+            "model": str(model_dir),
+            "run": str(run_dir) if run_dir else None,
+            "eval_data_dir": str(data.directory),
+            "eval_files": len(docs),
+            "bytes": n_bytes,
+            "context": f"windows of {block} bytes overlapping by half: each byte sees >= {block - max(block // 2, 1)} bytes of context past the first window of the stream",
+            "bits_per_byte": bits_per_byte,
+            "entropy_unit": "bits",
+            "entropy": {
+                "mean": float(byte_entropy.mean()),
+                "max_possible": MAX_ENTROPY_BITS,
+                "quantiles": {f"p{round(q * 100)}": float(np.quantile(byte_entropy, q)) for q in QUANTILES},
+            },
+            "entropy_threshold": threshold,
+            "patches": {rule: next(r for r in sweep[rule] if r["threshold"] == threshold) for rule in RULES},
+            "patch_length_histogram": histogram,
+            "sweep": sweep,
+            "training": {
+                "eval_bits_per_byte": run_metrics.get("eval_bits_per_byte"),
+                "global_step": run_metrics.get("global_step"),
+                "eval_points": [h for h in history if "eval_bits_per_byte" in h],
+            },
+            "sample": {k: sample[k] for k in ("file", "offset")}
+            | {"text": bytes(sample["bytes"]).decode("utf-8", "replace")},
+            "figures": figures,
+            "device": setup.summary(),
+            "max_bytes": max_bytes,
+            "seed": seed,
+        }
+        write_text_atomic(staged / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(staged / "report.md", report_markdown(metrics))
+        replace_outputs(output_dir, staged, ["metrics.json", "report.md", *figures.values()], MAIN_EVAL)
+    log.info("blt analysis: %.3f bits per byte over %d bytes; wrote %s", bits_per_byte, n_bytes, output_dir)
+    return metrics
+
+
+def _run_record(run_dir: Path | None) -> tuple[list, dict]:
+    """(log history, final metrics) of the run behind the model; empty for a bare model folder."""
+    history, run_metrics = [], {}
     if run_dir is not None:
         if (run_dir / "log_history.json").is_file():
             history = json.loads((run_dir / "log_history.json").read_text())
         if (run_dir / "metrics.json").is_file():
             run_metrics = json.loads((run_dir / "metrics.json").read_text())
-    sample = _sample(docs, seed)
-    figures = {}
-    if save_plots:
-        figures["entropy_trace"] = plot_entropy_trace(sample, threshold, output_dir / "entropy_trace.png")
-        figures["patch_length_hist"] = plot_patch_histogram(
-            at_threshold, threshold, output_dir / "patch_length_hist.png"
-        )
-        if history:
-            figures["bits_per_byte"] = plot_bits_per_byte(history, output_dir / "bits_per_byte.png")
-        figures["patch_length_vs_threshold"] = plot_length_vs_threshold(
-            sweep, output_dir / "patch_length_vs_threshold.png"
-        )
+    return history, run_metrics
 
-    metrics = {
-        "model_type": "blt",
-        "model": str(model_dir),
-        "run": str(run_dir) if run_dir else None,
-        "eval_data_dir": str(data.directory),
-        "eval_files": len(docs),
-        "bytes": n_bytes,
-        "context": f"windows of {block} bytes overlapping by half: each byte sees >= {block - max(block // 2, 1)} bytes of context past the first window of the stream",
-        "bits_per_byte": bits_per_byte,
-        "entropy_unit": "bits",
-        "entropy": {
-            "mean": float(byte_entropy.mean()),
-            "max_possible": MAX_ENTROPY_BITS,
-            "quantiles": {f"p{round(q * 100)}": float(np.quantile(byte_entropy, q)) for q in QUANTILES},
-        },
-        "entropy_threshold": threshold,
-        "patches": {rule: next(r for r in sweep[rule] if r["threshold"] == threshold) for rule in RULES},
-        "patch_length_histogram": histogram,
-        "sweep": sweep,
-        "training": {
-            "eval_bits_per_byte": run_metrics.get("eval_bits_per_byte"),
-            "global_step": run_metrics.get("global_step"),
-            "eval_points": [h for h in history if "eval_bits_per_byte" in h],
-        },
-        "sample": {k: sample[k] for k in ("file", "offset")}
-        | {"text": bytes(sample["bytes"]).decode("utf-8", "replace")},
-        "figures": figures,
-        "device": setup.summary(),
-        "max_bytes": max_bytes,
-        "seed": seed,
-    }
-    write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_text_atomic(output_dir / "report.md", report_markdown(metrics))
-    log.info("blt analysis: %.3f bits per byte over %d bytes; wrote %s", bits_per_byte, n_bytes, output_dir)
-    return metrics
+
+def planned_files(save_plots: bool, history: bool) -> list[str]:
+    """The files an analysis writes, known before the model loads (bits_per_byte.png needs a log history)."""
+    figures = ["entropy_trace.png", "patch_length_hist.png", "patch_length_vs_threshold.png"]
+    figures += ["bits_per_byte.png"] if history else []
+    return ["metrics.json", "report.md", *(figures if save_plots else [])]
 
 
 def report_markdown(m: dict) -> str:
