@@ -1,6 +1,7 @@
-"""The callbacks every stage's trainer gets: stop on a signal (save a checkpoint first), TensorBoard into
-the run folder, and the control metrics of eval.every_steps (the watch problems answered and scored as
-main_eval.py scores them, logged beside the trainer's own entries; docs/ARCHITECTURE.md, "Run folders")."""
+"""The callbacks every stage's trainer gets: stop on a signal (save a checkpoint first), mark each saved
+checkpoint complete (then prune old ones), TensorBoard into the run folder, and the control metrics of
+eval.every_steps (the watch problems answered and scored as main_eval.py scores them, logged beside the
+trainer's own entries; docs/ARCHITECTURE.md, "Run folders")."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import math
 import time
 from pathlib import Path
 
+from lib.common.atomic import write_json_atomic
 from lib.common.config import repo_path
-from lib.common.runs import StopOnSignal
+from lib.common.distributed import Processes
+from lib.common.runs import StopOnSignal, now
 from lib.control.dataset_format import load_records
+from lib.llm.stages import CHECKPOINT_DONE, prune_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,26 @@ def stop_callback(stop: StopOnSignal):
             if stop.signal_name:
                 control.should_save = True
                 control.should_training_stop = True
+            return control
+
+    return Callback()
+
+
+def checkpoint_done_callback(run_dir: Path, keep: int, processes: Processes):
+    """A TrainerCallback that, once the trainer has saved checkpoint-N (on_save comes after the whole save,
+    and after every process wrote its part), writes CHECKPOINT_DONE into it, then keeps the newest `keep`
+    complete checkpoints (lib.llm.stages.prune_checkpoints)."""
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            processes.barrier()  # a sharded save (FSDP / DeepSpeed): every rank has written its shard
+            if processes.is_main:
+                checkpoint = run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+                write_json_atomic(
+                    checkpoint / CHECKPOINT_DONE, {"step": state.global_step, "saved_at": now()}
+                )
+                prune_checkpoints(run_dir, keep)
             return control
 
     return Callback()
@@ -158,11 +182,15 @@ def control_metrics_callback(cfg: dict, tokenizer):
     return ControlMetrics()
 
 
-def stage_callbacks(cfg: dict, tokenizer, run_dir: Path, stop: StopOnSignal) -> list:
-    """Every callback a stage's trainer gets: the signal stop, TensorBoard (run.report_to) and the control
-    metrics (eval.every_steps); pass the trainer to `attach_trainer` once it is built."""
+def stage_callbacks(
+    cfg: dict, stage: str, tokenizer, run_dir: Path, stop: StopOnSignal, processes: Processes
+) -> list:
+    """Every callback a stage's trainer gets: the signal stop, the checkpoint marker, TensorBoard
+    (run.report_to) and the control metrics (eval.every_steps); pass the trainer to `attach_trainer` once it
+    is built."""
     watch = control_metrics_callback(cfg, tokenizer)
-    return [stop_callback(stop), *report_callbacks(cfg, run_dir), *([watch] if watch else [])]
+    done = checkpoint_done_callback(run_dir, cfg[stage]["save_total_limit"], processes)
+    return [stop_callback(stop), done, *report_callbacks(cfg, run_dir), *([watch] if watch else [])]
 
 
 def attach_trainer(trainer, callbacks: list) -> None:

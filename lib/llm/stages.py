@@ -6,7 +6,7 @@ order of a stage and of the stages: lib/llm/training.py; the trainer's callbacks
         config.json       the resolved config          command.txt   the command line
         run_info.json     status, git commit, package versions, device line, dataset, base model, init run
         model/            the LoRA adapter (or the full model) and the tokenizer, written at the end
-        checkpoints/      checkpoint-N every save_steps (resumable)
+        checkpoints/      checkpoint-N every save_steps (resumable once it holds CHECKPOINT_DONE)
         log_history.json  trainer_state.json  metrics.json
         training_curves.png   loss, rewards and the control metrics of eval.every_steps against step
         tensorboard/      event files (run.report_to: tensorboard)
@@ -18,6 +18,7 @@ Run folders follow lib/common/runs.py (docs/ARCHITECTURE.md, "Run folders").
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,13 @@ from lib.common.config import repo_path
 from lib.common.device import DeviceSetup
 from lib.common.distributed import Processes
 from lib.common.errors import UsageError
-from lib.common.runs import mark_completed, mark_interrupted, newest_run, start_run_folder
+from lib.common.runs import (
+    is_run_folder,
+    mark_completed,
+    mark_interrupted,
+    newest_run,
+    start_run_folder,
+)
 from lib.control.dataset_format import load_records
 
 log = logging.getLogger(__name__)
@@ -147,7 +154,10 @@ def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -
         "logging_steps": stage_cfg["logging_steps"],
         "save_strategy": "steps",
         "save_steps": stage_cfg["save_steps"],
-        "save_total_limit": stage_cfg["save_total_limit"],
+        # the trainer's own rotation counts checkpoints by number, complete or not, so it could delete the
+        # last complete one while a newer one is unfinished: prune_checkpoints (after CHECKPOINT_DONE) keeps
+        # save_total_limit complete ones instead
+        "save_total_limit": None,
         "seed": cfg["seed"],
         "bf16": setup.precision == "bf16",
         "fp16": setup.precision == "fp16",
@@ -182,6 +192,7 @@ def start_run(
             **extra,
         }
         start_run_folder(run_dir, cfg, argv, fields)
+        discard_incomplete_checkpoints(run_dir)
     return run_dir
 
 
@@ -228,8 +239,58 @@ def _write_run_end(run_dir: Path, trainer, tokenizer, metrics: dict, stopped_by:
     )
 
 
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+# The trainer writes checkpoint-N in place, file by file, so a run killed (kill -9, a full disk, a node
+# lost) while saving leaves a folder that looks like the newest checkpoint and cannot be loaded. A checkpoint
+# counts only once this file is in it: callbacks.checkpoint_done_callback writes it after the trainer saved.
+CHECKPOINT_DONE = "checkpoint_complete.json"
 
-    checkpoints = run_dir / "checkpoints"
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+def numbered_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoints/checkpoint-N folders, oldest (lowest N) first, complete or not."""
+    folder = run_dir / "checkpoints"
+    found = [p for p in folder.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()]
+    return sorted((p for p in found if p.is_dir()), key=lambda p: int(p.name.removeprefix("checkpoint-")))
+
+
+def is_complete_checkpoint(checkpoint: Path) -> bool:
+    return (checkpoint / CHECKPOINT_DONE).is_file()
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    """The newest COMPLETE checkpoint (with CHECKPOINT_DONE) to resume from, or None; newer unfinished ones
+    are skipped, and logged."""
+    checkpoints = numbered_checkpoints(run_dir)
+    complete = [p for p in checkpoints if is_complete_checkpoint(p)]
+    newest = complete[-1] if complete else None
+    skipped = [p.name for p in checkpoints[checkpoints.index(newest) + 1 if newest else 0 :]]
+    if skipped:
+        log.warning(
+            "%s: skipping unfinished checkpoint(s) %s (the run stopped while saving); resuming from %s",
+            run_dir,
+            ", ".join(skipped),
+            newest.name if newest else "the start",
+        )
+    return str(newest) if newest else None
+
+
+def discard_incomplete_checkpoints(run_dir: Path) -> None:
+    """Remove the checkpoints without CHECKPOINT_DONE (never resumed from; left, the trainer would write
+    into them again) from a run folder of ours. The caller holds the run's lock (lib.common.runs.run_lock),
+    so no trainer is writing one of them now."""
+    if not is_run_folder(run_dir):
+        return
+    for checkpoint in numbered_checkpoints(run_dir):
+        if not is_complete_checkpoint(checkpoint):
+            log.warning("removing %s: unfinished (the run stopped while saving it)", checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints of a run folder of ours; older complete ones go. Called
+    only after a checkpoint got CHECKPOINT_DONE, so the one to resume from is never removed."""
+    if not is_run_folder(run_dir):
+        return
+    complete = [p for p in numbered_checkpoints(run_dir) if is_complete_checkpoint(p)]
+    for old in complete[: max(len(complete) - keep, 0)]:
+        (old / CHECKPOINT_DONE).unlink()  # first: a removal cut short leaves an unfinished checkpoint
+        shutil.rmtree(old, ignore_errors=True)

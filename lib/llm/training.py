@@ -7,7 +7,9 @@ lib/llm/callbacks.py.
 
 `training_type: both` runs SFT then GRPO from that SFT run, both under the same run_id, so `--resume`
 after a preemption finds both: a completed stage is kept, an unfinished one resumes from its last
-checkpoint. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits 130, resumable.
+checkpoint. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits 130, resumable. One trainer
+per run: a second one on the same run_id exits 2 (lib.common.runs.run_lock). A stage that fails with an
+exception is marked 'failed' in run_info.json with the reason, and resumes from its last complete checkpoint.
 
 Under `accelerate launch` (several processes, lib/common/distributed.py) every process trains, all agree on rank
 0's run_id, and only the main process writes the run folder and `latest`; run_info.json records
@@ -20,10 +22,19 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from lib.common.atomic import check_writable_folder
+from lib.common.config import repo_path
 from lib.common.device import DeviceSetup, settings_from_config, setup_device
 from lib.common.distributed import Processes
 from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
-from lib.common.runs import StopOnSignal, check_existing_run, new_run_id, read_run_info
+from lib.common.runs import (
+    StopOnSignal,
+    check_existing_run,
+    mark_failed,
+    new_run_id,
+    read_run_info,
+    run_lock,
+)
 from lib.llm import grpo, sft
 from lib.llm.callbacks import attach_trainer, stage_callbacks
 from lib.llm.grpo import grpo_init_run
@@ -33,6 +44,7 @@ from lib.llm.stages import (
     check_lengths,
     common_args,
     dataset_styles,
+    discard_incomplete_checkpoints,
     finish_run,
     last_checkpoint,
     load_stage_records,
@@ -70,15 +82,26 @@ def train_stage(
         "train_records": len(train),
         **dataset_styles(info),
     }
+    processes = processes or Processes()
     run_dir = start_run(cfg, stage, run_id, argv, setup, recorded, processes)
-    args = stage_module.arguments(cfg, common_args(cfg[stage], cfg, setup, run_dir), setup)
-    with StopOnSignal() as stop:
-        callbacks = stage_callbacks(cfg, tokenizer, run_dir, stop)
-        trainer = stage_module.trainer(cfg, model, tokenizer, peft_config, args, train, evaluation, callbacks)
-        attach_trainer(trainer, callbacks)
-        output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
-    metrics = stage_module.final_metrics(cfg, trainer, output, evaluation, bool(stop.signal_name))
-    return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
+    try:
+        args = stage_module.arguments(cfg, common_args(cfg[stage], cfg, setup, run_dir), setup)
+        with StopOnSignal() as stop:
+            callbacks = stage_callbacks(cfg, stage, tokenizer, run_dir, stop, processes)
+            trainer = stage_module.trainer(
+                cfg, model, tokenizer, peft_config, args, train, evaluation, callbacks
+            )
+            attach_trainer(trainer, callbacks)
+            output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir))
+        metrics = stage_module.final_metrics(cfg, trainer, output, evaluation, bool(stop.signal_name))
+        return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
+    except Exception as exc:  # any failure: run_info.json says so (a second Ctrl-C leaves it 'running')
+        if processes.is_main:
+            # a save cut short (a full disk) is never resumed from; removing it first also frees the room
+            # that run_info.json needs on a full disk
+            discard_incomplete_checkpoints(run_dir)
+            mark_failed(run_dir, exc)
+        raise
 
 
 def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: bool = False) -> int:
@@ -94,36 +117,53 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
     stages = STAGES if cfg["training_type"] == "both" else (cfg["training_type"],)
     sft_run = None
     for stage in stages:
-        run_dir = stage_dir(cfg, stage) / run_id
-        status = check_existing_run(run_dir, resume)
-        previous = read_run_info(run_dir) if status is not None else None
-        # every rank looks before rank 0 starts the folder (which would make it "exist" to a late rank)
-        processes.barrier()
-        if status == "completed":
-            log.info("%s run %s already completed: kept", stage, run_dir)
-            sft_run = run_dir if stage == "sft" else sft_run
-            continue
-        if status is not None:
-            log.info("resuming %s run %s from %s", stage, run_dir, last_checkpoint(run_dir) or "the start")
-        if stage == "sft":
-            run_dir, done = train_stage(cfg, "sft", setup, run_id, argv, None, processes)
-            sft_run = run_dir
-        else:
-            if previous is not None:  # a resumed run keeps the start it had, whatever `latest` says now
-                recorded = previous["init_run"]
-                init = Path(recorded) if recorded else None
-            else:
-                init = grpo_init_run(cfg, sft_run)
-            run_dir, done = train_stage(cfg, "grpo", setup, run_id, argv, init, processes)
-        if not done:
-            if processes.is_main:
-                print(
-                    f"stopped: {stage} run {run_dir} saved a checkpoint; continue with --resume --run-id {run_id}"
-                )
-            return EXIT_INTERRUPTED
-        if processes.is_main:
-            print(f"{stage} run completed: {run_dir}")
+        with run_lock(stage_dir(cfg, stage) / run_id, processes):
+            sft_run, code = _run_stage(cfg, stage, setup, run_id, argv, resume, sft_run, processes)
+        if code != EXIT_OK:
+            return code
     return EXIT_OK
+
+
+def _run_stage(
+    cfg: dict,
+    stage: str,
+    setup: DeviceSetup,
+    run_id: str,
+    argv: Sequence[str],
+    resume: bool,
+    sft_run: Path | None,
+    processes: Processes,
+) -> tuple[Path | None, int]:
+    """One stage of run_training, under its run lock: (the SFT run GRPO starts from, exit code)."""
+    run_dir = stage_dir(cfg, stage) / run_id
+    status = check_existing_run(run_dir, resume)
+    previous = read_run_info(run_dir) if status is not None else None
+    # every rank looks before rank 0 starts the folder (which would make it "exist" to a late rank)
+    processes.barrier()
+    if status == "completed":
+        log.info("%s run %s already completed: kept", stage, run_dir)
+        return (run_dir if stage == "sft" else sft_run), EXIT_OK
+    if status is not None:
+        log.info("resuming %s run %s from %s", stage, run_dir, last_checkpoint(run_dir) or "the start")
+    if stage == "sft":
+        run_dir, done = train_stage(cfg, "sft", setup, run_id, argv, None, processes)
+        sft_run = run_dir
+    else:
+        if previous is not None:  # a resumed run keeps the start it had, whatever `latest` says now
+            recorded = previous["init_run"]
+            init = Path(recorded) if recorded else None
+        else:
+            init = grpo_init_run(cfg, sft_run)
+        run_dir, done = train_stage(cfg, "grpo", setup, run_id, argv, init, processes)
+    if not done:
+        if processes.is_main:
+            print(
+                f"stopped: {stage} run {run_dir} saved a checkpoint; continue with --resume --run-id {run_id}"
+            )
+        return sft_run, EXIT_INTERRUPTED
+    if processes.is_main:
+        print(f"{stage} run completed: {run_dir}")
+    return sft_run, EXIT_OK
 
 
 def train_from_config(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
@@ -134,6 +174,11 @@ def train_from_config(cfg: dict, argv: Sequence[str], resume: bool = False) -> i
             f"model_type '{cfg['model_type']}' cannot be trained by main_trainer.py.",
             fix="use a control config (configs/smollm2/, configs/qwen2.5-1.5b/, configs/scratch/) or a blt config (configs/blt/).",
         )
+    check_writable_folder(
+        repo_path(cfg["run"]["models_dir"]),
+        "run.models_dir",
+        fix="set run.models_dir to a folder (it is created if missing), e.g. run.models_dir=models.",
+    )
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
     return run_training(cfg, setup, argv, resume=resume)

@@ -439,3 +439,134 @@ def test_sft_learns_to_end_the_answer_with_the_chat_end_token_and_generation_sto
         assert out[-1] == tokenizer.eos_token_id and len(out) < 96  # it stopped on <|im_end|> by itself
         answer = tokenizer.decode(out, skip_special_tokens=True)
         assert answer.startswith("<REASONING></REASONING><CONTROLS>") and answer.endswith("</CONTROLS>")
+
+
+# ---------------------------------------------------------------- checkpoints, locks, full disks (issue 21)
+
+
+def _checkpoint(run_dir: Path, step: int, complete: bool) -> Path:
+    """A hand-made checkpoint-<step>: a trainer's files, and the marker only when the save completed."""
+    from lib.llm.stages import CHECKPOINT_DONE
+
+    folder = run_dir / "checkpoints" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    if complete:
+        (folder / CHECKPOINT_DONE).write_text("{}")
+    return folder
+
+
+def test_resume_picks_the_newest_complete_checkpoint_and_drops_unfinished_ones(tmp_path, caplog):
+    from lib.common.runs import start_run_folder
+    from lib.llm.stages import discard_incomplete_checkpoints, last_checkpoint, prune_checkpoints
+
+    run_dir = tmp_path / "sft" / "k1"
+    start_run_folder(run_dir, {}, ["train"], {})
+    assert last_checkpoint(run_dir) is None
+    for step, complete in ((2, True), (4, True), (6, False), (10, False)):  # killed while saving 6 and 10
+        _checkpoint(run_dir, step, complete)
+    (run_dir / "checkpoints" / "checkpoint-x").mkdir()  # not a numbered checkpoint: ignored
+    assert last_checkpoint(run_dir) == str(run_dir / "checkpoints" / "checkpoint-4")
+    assert "skipping unfinished checkpoint(s) checkpoint-6, checkpoint-10" in caplog.text
+    discard_incomplete_checkpoints(run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-x",
+    ]
+    _checkpoint(run_dir, 8, True)
+    prune_checkpoints(run_dir, keep=2)  # the trainer's own rotation is off: it counts unfinished ones too
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "checkpoint-4",
+        "checkpoint-8",
+        "checkpoint-x",
+    ]
+
+    user = tmp_path / "mine"  # not a run folder of ours: nothing is removed there
+    _checkpoint(user, 3, False)
+    discard_incomplete_checkpoints(user)
+    prune_checkpoints(user, keep=0)
+    assert (user / "checkpoints" / "checkpoint-3").is_dir()
+
+
+def test_a_second_trainer_on_a_locked_run_exits_2_naming_the_first(tmp_path, capsys):
+    """The first trainer is a process that holds the run's lock (lib.common.runs.run_lock, as a trainer
+    takes it before any work); the second, started on the same run_id, exits 2 naming its pid."""
+    models = tmp_path / "models"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from lib.common.runs import run_lock\n"
+         f"with run_lock(Path({str(models / 'universal/sft/dup')!r})):\n print('held', flush=True); sys.stdin.read()"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code = trainer_main(["--config", "configs/profiles/cpu.yaml", "training_type=sft", "run.run_id=dup",
+                             f"run.models_dir={models}", "data.dataset_name=none"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == EXIT_USAGE, err
+        assert f"is being trained by another trainer: pid {holder.pid} on host" in err and "fix:" in err
+        assert "Traceback" not in err and not (models / "universal/sft/dup").exists()
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not list((models / "universal/sft").iterdir())  # released
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("models_dir_file", "run.models_dir"), ("latest_file", "did not write"), ("latest_dir", "is a folder")],
+)
+def test_a_bad_output_place_is_refused_before_any_work(workspace, tmp_path, capsys, setting, message):
+    """run.models_dir that is a file, or a `latest` that is not ours (a user's file, a folder): exit 2 at
+    the start, and the user's file stays as it was."""
+    models = tmp_path / "models"
+    latest = models / "universal/sft/latest"
+    latest.parent.mkdir(parents=True)
+    if setting == "models_dir_file":
+        models = tmp_path / "a_file"
+        models.write_text("mine")
+    elif setting == "latest_file":
+        latest.write_text("my own notes\n")
+    else:
+        latest.mkdir()
+    args = overrides(workspace, "training_type=sft", "run.run_id=b1", f"run.models_dir={models}")
+    assert trainer_main(["--config", "configs/profiles/cpu.yaml", *args]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and "fix:" in err and "Traceback" not in err
+    assert not (latest.parent / "b1").exists()
+    if setting == "latest_file":
+        assert latest.read_text() == "my own notes\n"
+
+
+def _kill_when(process: subprocess.Popen, appeared, what: str) -> None:
+    """SIGKILL `process` the moment appeared() is true (an event, polled), as a crash or OOM killer would."""
+    while not appeared():
+        assert process.poll() is None, f"the trainer ended before {what}: {process.stderr.read()[-3000:]}"
+        time.sleep(0.01)
+    process.kill()
+    process.wait(timeout=HANG_GUARD_S)
+
+
+@pytest.mark.slow  # trains in a subprocess, then resumes: about 30-60 s here per stage
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_kill_9_while_saving_a_checkpoint_then_resume_reaches_the_planned_step(workspace, stage):
+    """kill -9 the moment checkpoints/checkpoint-2 appears (the trainer is writing it in place); --resume
+    then skips it if it is unfinished, takes over the dead trainer's lock, and completes step 6."""
+    run_id = f"kill9{stage}"
+    args = [sys.executable, "scripts/main_trainer.py", "--config", "configs/profiles/cpu.yaml",
+            *overrides(workspace, f"training_type={stage}", f"run.run_id={run_id}", "grpo.init_from=base",
+                       f"{stage}.max_steps=6", f"{stage}.save_steps=2", f"{stage}.save_total_limit=1")]  # fmt: skip
+    run_dir = workspace / "models/universal" / stage / run_id
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _kill_when(process, (run_dir / "checkpoints" / "checkpoint-2").exists, "checkpoint-2")
+    assert json.loads((run_dir / "run_info.json").read_text())["status"] == "running"
+    unfinished = not (run_dir / "checkpoints/checkpoint-2/checkpoint_complete.json").exists()
+    resumed = subprocess.run(
+        [*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "took over the lock" in resumed.stderr
+    assert ("skipping unfinished checkpoint(s) checkpoint-2" in resumed.stderr) == unfinished
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["status"], info["step"], info["resumed"]) == ("completed", 6, 1)
+    assert [p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-6"]  # limit 1
+    assert not list(run_dir.parent.glob(".*.lock"))
