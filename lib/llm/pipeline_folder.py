@@ -8,7 +8,9 @@ A pipeline folder <pipeline.results_dir>/pipeline_<timestamp>[-N]/ holds
                    "phases": {phase: {"status": pending|running|completed|failed, "exit_code", "started_at",
                    "elapsed_s"}}}, every phase of PHASES listed in order
 
-and the phases' outputs (sft_evaluation/, grpo_evaluation/, report.md, metrics.json, comparison.png).
+and the phases' outputs (sft_evaluation/, grpo_evaluation/, report.md, metrics.json, comparison.png), with
+.run_pipeline_manifest.json listing the report files the report phase wrote (the only ones it replaces:
+lib/llm/pipeline_report.py; the evaluations keep main_eval.py's own manifest in their folders).
 """
 
 from __future__ import annotations
