@@ -12,7 +12,10 @@ Run folder (lib/common/runs.py, as the control model's):
         model/                      the final model (save_pretrained), written at the end
     <output_dir>/latest             the run_id of the last COMPLETED run (written only after it completes)
 SIGTERM (SLURM preemption) or Ctrl-C saves a checkpoint at the end of the current step and exits 130;
-`--resume` continues the newest run (or `run_id`) from its last checkpoint with the same batches.
+`--resume` continues the newest run (or `run_id`) from its last checkpoint with the same batches. A
+checkpoint is built under a temporary name and renamed when whole, so a run killed while saving leaves
+only complete ones (the temporary folder is removed when the run resumes). One trainer per run
+(lib.common.runs.run_lock); a run that fails with an exception is marked 'failed' with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 
 from lib.blt.data import PAD, VOCAB_SIZE, ByteData, ensure_default_corpus, load_byte_data
 from lib.blt.model import MODEL_SHAPE_KEYS, build_model, check_config, count_parameters, quiet_transformers
-from lib.common.atomic import write_json_atomic
+from lib.common.atomic import check_writable_folder, write_json_atomic
 from lib.common.config import repo_path
 from lib.common.device import DeviceSetup, settings_from_config, setup_device
 from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
@@ -41,12 +44,14 @@ from lib.common.runs import (
     StopOnSignal,
     check_existing_run,
     mark_completed,
+    mark_failed,
     mark_interrupted,
     mean_of_last,
     new_run_id,
     newest_run,
     read_run_info,
     replace_in_run,
+    run_lock,
     start_run_folder,
 )
 
@@ -314,6 +319,12 @@ def _check_resumable(run_dir: Path, cfg: dict) -> None:
 def train_blt(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
     """Train (or resume) a byte-level entropy model from a resolved blt config; 0 done, 130 stopped."""
     check_config(cfg)
+    output_dir = repo_path(cfg["output_dir"])
+    check_writable_folder(
+        output_dir,
+        "output_dir",
+        fix="set output_dir to a folder (it is created if missing), e.g. output_dir=models/blt.",
+    )
     ensure_default_corpus(cfg["train_data_dir"], cfg["eval_data_dir"])
     train_data = load_byte_data(cfg["train_data_dir"], cfg["cache_dir"], "train_data_dir")
     eval_data = load_byte_data(cfg["eval_data_dir"], cfg["cache_dir"], "eval_data_dir")
@@ -336,9 +347,22 @@ def train_blt(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
     if cfg["mixed_precision"] and setup.device != "cuda":
         log.warning("mixed_precision=true is used on CUDA only: training in fp32 on %s", setup.device)
 
-    output_dir = repo_path(cfg["output_dir"])
     run_id = cfg["run_id"] or (newest_run(output_dir) if resume else new_run_id())
     run_dir = output_dir / run_id
+    with run_lock(run_dir):
+        return _start_or_resume(cfg, setup, run_dir, train_data, eval_data, argv, resume)
+
+
+def _start_or_resume(
+    cfg: dict,
+    setup: DeviceSetup,
+    run_dir: Path,
+    train_data: ByteData,
+    eval_data: ByteData,
+    argv: Sequence[str],
+    resume: bool,
+) -> int:
+    """train_blt under the run's lock: refuse, keep a completed run, or start / resume it."""
     checkpoint = None
     status = check_existing_run(run_dir, resume, kind="byte-level model run")
     if status == "completed":
@@ -360,7 +384,11 @@ def train_blt(cfg: dict, argv: Sequence[str], resume: bool = False) -> int:
         "eval_bytes": eval_data.n_bytes,
     }
     start_run_folder(run_dir, cfg, argv, fields)
-    return _train(cfg, setup, run_dir, train_data, eval_data, checkpoint)
+    try:
+        return _train(cfg, setup, run_dir, train_data, eval_data, checkpoint)
+    except Exception as exc:  # any failure: run_info.json says so (a second Ctrl-C leaves it 'running')
+        mark_failed(run_dir, exc)
+        raise
 
 
 def _train(

@@ -327,6 +327,75 @@ def test_shipped_profiles_match_their_hardware():
         )
 
 
+def test_an_output_dir_that_is_a_file_is_refused_at_the_start(root, tmp_path, capsys):
+    output = tmp_path / "a_file"
+    output.write_text("mine")
+    code = trainer(
+        ["--config", "configs/blt/entropy_cpu.json", *tiny(root, f"output_dir={output}", "run_id=f1")]
+    )
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and f"output_dir {output} is a file" in err and "fix:" in err
+    assert "Traceback" not in err and output.read_text() == "mine"
+
+
+def test_a_failed_run_says_failed_with_the_reason_and_resumes(root, capsys, monkeypatch):
+    """Any exception in training marks run_info.json 'failed' with its reason; --resume then completes."""
+    import lib.blt.training as blt_training
+
+    args = [
+        "--config",
+        "configs/blt/entropy_cpu.json",
+        *tiny(root, "max_steps=20", "eval_steps=10", "run_id=fail1"),
+    ]
+
+    def broken_step(*args, **kwargs):
+        raise ValueError("broken step")
+
+    # an injected fault (what fails does not matter here: how a failing run is recorded does)
+    with monkeypatch.context() as patch, pytest.raises(ValueError, match="broken step"):
+        patch.setattr(blt_training, "train_step", broken_step)
+        trainer(args)
+    info = json.loads((root / "models" / "fail1" / "run_info.json").read_text())
+    assert (info["status"], info["reason"]) == ("failed", "ValueError: broken step")
+    assert not list(root.joinpath("models").glob(".fail1.lock"))  # the lock went with the run
+    assert trainer([*args, "--resume"]) == EXIT_OK
+    info = json.loads((root / "models" / "fail1" / "run_info.json").read_text())
+    assert (info["status"], info["step"]) == ("completed", 20)
+
+
+@pytest.mark.slow  # trains in a subprocess, then resumes: about 15-30 s here
+def test_kill_9_while_saving_leaves_only_complete_checkpoints_and_resume_finishes(root):
+    """kill -9 the moment a checkpoint folder appears under checkpoints/ (its temporary .partial folder while
+    it is written, or the renamed one); --resume takes over the dead trainer's lock, removes the leftover
+    temporary folder, and reaches max_steps."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import HANG_GUARD_S
+
+    run_dir = root / "models" / "k9"
+    args = [sys.executable, "scripts/main_trainer.py", "--config", "configs/blt/entropy_cpu.json",
+            *tiny(root, "max_steps=300", "eval_steps=300", "save_steps=10", "run_id=k9")]  # fmt: skip
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = run_dir / "checkpoints"
+    while not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.005)
+    process.kill()
+    process.wait(timeout=HANG_GUARD_S)
+    for entry in checkpoints.iterdir():  # whatever the kill left: complete checkpoints, or temporary names
+        assert entry.name.startswith(".") or (entry / "trainer_state.json").is_file(), entry.name
+    (checkpoints / ".checkpoint-20.4242.partial").mkdir(exist_ok=True)  # and one more, half-written
+    (checkpoints / ".checkpoint-20.4242.partial" / "model.safetensors").write_bytes(b"\0" * 10)
+    resumed = run(args + ["--resume"], env={"OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "took over the lock" in resumed.stderr
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["status"], info["step"], info["resumed"]) == ("completed", 300, 1)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-290", "checkpoint-300"]
+
+
 # ---------------------------------------------------------------- patching rules
 
 
