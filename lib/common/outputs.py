@@ -221,28 +221,29 @@ def replace_outputs(folder: Path, staged: Path, files: Sequence[str], writer: Wr
     return removed
 
 
-def check_replaceable_folder(folder: Path, own_names: Callable[[Path], Collection[str] | None], what: str,
-                             fix: str) -> None:  # fmt: skip
-    """Refuse replacing `folder` as a whole (exit 2, nothing touched) unless it is missing, empty, or a folder
-    the tool recognises as its own (`own_names(folder)`: the names it wrote there, None when it is not the
-    tool's at all) that holds nothing else. `what` names the folder in the message ("dataset 'di'")."""
+def check_replaceable_folder(folder: Path, own_names: Callable[[Path], Collection[str] | None], flag: str,
+                             made_by: str, fix: str) -> None:  # fmt: skip
+    """Refuse replacing `folder` as a whole (UsageError, exit 2, nothing touched) unless it is missing, empty,
+    or a folder `made_by` made and holds nothing else: `own_names(folder)` gives the names it wrote there, None
+    when the folder is not its own at all. `flag` is what asked for the replacement ("--overwrite")."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir():
-        raise UsageError(f"{what} at {folder} is {'a link' if folder.is_symlink() else 'a file'}, not a folder "
-                         "this tool made; it replaces only its own.", fix=fix)  # fmt: skip
-    entries = sorted(entry.name for entry in os.scandir(folder))
+        kind = "link" if folder.is_symlink() else "file"
+        raise UsageError(f"{flag} would replace {folder}, a {kind}, not a folder {made_by} made; nothing was "
+                         "touched.", fix=fix)  # fmt: skip
+    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in os.scandir(folder))
     if not entries:
         return
     own = own_names(folder)
     if own is None:
-        raise UsageError(f"{what}: {folder} is not one this tool made (it holds {_listed(entries)}); it "
-                         "replaces only its own.", fix=fix)  # fmt: skip
+        raise UsageError(f"{flag} would replace {folder}, which {made_by} did not make (it holds "
+                         f"{_listed(entries)}); nothing was touched.", fix=fix)  # fmt: skip
     foreign = [name for name in entries if name not in own]
     if foreign:
-        raise UsageError(f"{what}: {folder} also holds {_listed(foreign)}, not written by this tool; it "
-                         "replaces only a folder wholly its own.", fix=fix)  # fmt: skip
+        raise UsageError(f"{flag} would replace {folder}, which holds {_listed(foreign)} besides what {made_by} "
+                         "wrote there; nothing was touched.", fix=fix)  # fmt: skip
 
 
 def _listed(names: Sequence[str]) -> str:

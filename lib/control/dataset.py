@@ -8,7 +8,9 @@ order given, train before eval), so the same arguments give byte-identical jsonl
 creation time and command, so it differs.
 
 Writing is atomic: the whole folder is written under a temporary name in the output folder, then renamed;
-an existing dataset (with --overwrite) is moved aside only once the new one is complete, then deleted.
+an existing dataset (with --overwrite) is moved aside only once the new one is complete, then deleted. Only a
+dataset is ever replaced (lib/common/outputs.py, the one rule): a folder whose info.json generate_data.py
+wrote and that holds nothing but the files it lists, or an empty folder; anything else is refused up front.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from lib.common.atomic import atomic_dir, write_bytes_atomic
 from lib.common.errors import UsageError
+from lib.common.outputs import check_replaceable_folder
 from lib.control.answer import build_prompt, format_answers
 from lib.control.dataset_format import GENERATOR_VERSION, SPLITS
 from lib.control.metrics import j_floor, zero_control_cost
@@ -295,17 +298,51 @@ def system_parameters(system: System, wide: bool = False) -> dict:
 # Writing
 
 
+def dataset_files(path: Path) -> set[str] | None:
+    """The names generate_data.py wrote into the folder `path` (info.json and the files it lists), or None
+    when the folder has no info.json of generate_data.py's (it records generator_version)."""
+    try:
+        info = json.loads((Path(path) / "info.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict) or "generator_version" not in info:
+        return None
+    files = info.get("files")
+    listed = [name for name in files if isinstance(name, str)] if isinstance(files, dict) else []
+    return {"info.json", *(f"{split}.jsonl" for split in SPLITS), *listed}
+
+
+def check_dataset_target(output_dir: Path, name: str, overwrite: bool) -> None:
+    """Refuse (exit 2, nothing touched) writing dataset `name` into output_dir where a folder of that name
+    exists, unless `overwrite` and it is a dataset (dataset_files) with nothing else in it, or empty."""
+    path = Path(output_dir) / name
+    if not overwrite:
+        if path.exists() or path.is_symlink():
+            raise UsageError(
+                f"dataset '{name}' already exists in {output_dir}.",
+                fix="pick another --dataset-name or add --overwrite (the old one is replaced only once the new "
+                "one is complete).",
+            )
+        return
+    check_replaceable_folder(
+        path,
+        dataset_files,
+        "--overwrite",
+        "generate_data.py",
+        fix=f"pick another --dataset-name, or move {path} away if you no longer need it there; --overwrite "
+        "replaces a folder generate_data.py made (its info.json) holding nothing else, or an empty one.",
+    )
+
+
 def write_dataset(
     output_dir: Path, name: str, lines: dict[str, list[str]], info: dict, overwrite: bool = False
 ) -> Path:
-    """Write datasets/<name>/ atomically (module docstring) and return its path; info gains files/created_at."""
+    """Write datasets/<name>/ atomically (module docstring) and return its path; info gains files/created_at.
+    A folder of that name is replaced only with `overwrite`, and only when it is a dataset
+    (check_dataset_target)."""
     output_dir = Path(output_dir)
     final = output_dir / name
-    if final.exists() and not overwrite:
-        raise UsageError(
-            f"dataset '{name}' already exists in {output_dir}.",
-            fix="pick another --dataset-name or add --overwrite.",
-        )
+    check_dataset_target(output_dir, name, overwrite)
     with atomic_dir(final) as partial:  # the old dataset is replaced only once the new one is complete
         files = {}
         for split in SPLITS:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lib.common.config import repo_path
 from lib.common.errors import UsageError
-from lib.control.dataset import build_dataset, write_dataset
+from lib.control.dataset import build_dataset, check_dataset_target, write_dataset
 from lib.control.dataset_checks import (
     check_dataset_name,
     check_output_dir,
@@ -114,12 +114,7 @@ def generate(cfg: dict, command: Sequence[str], overwrite: bool = False) -> int:
     check_dataset_name(name)  # before the work, not after: the name, the folder, the size
     check_output_dir(output_dir)
     check_size(names, n_train, n_eval, settings, output_dir)
-    if (output_dir / name).exists() and not overwrite:
-        raise UsageError(
-            f"dataset '{name}' already exists in {output_dir}.",
-            fix="pick another --dataset-name or add --overwrite (the old one is replaced only once the new one "
-            "is complete).",
-        )
+    check_dataset_target(output_dir, name, overwrite)  # only a dataset is replaced, and only with overwrite
     started = time.perf_counter()
     try:
         with tqdm(total=n_train + n_eval, unit="sample", file=sys.stderr, disable=None) as bar:

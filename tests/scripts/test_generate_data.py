@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
-from helpers import ROOT, load_script, run_python
+from helpers import ROOT, call_script, load_script, run_python
 
-from lib.common.errors import UsageError
+from lib.common.errors import EXIT_USAGE, UsageError
 from lib.control.systems import SYSTEMS
 
 SCRIPT = "scripts/generate_data.py"
@@ -240,3 +242,59 @@ def test_prompt_and_reasoning_styles_change_the_text_not_the_ground_truth(tmp_pa
     assert check.returncode == 0, check.stderr
     bad = generate(tmp_path, *common, "--dataset-name", "x", "--reasoning", "long")
     assert bad.returncode == 2 and "generate.reasoning" in bad.stderr and "brief" in bad.stderr
+
+
+# ---------------------------------------------------------------- --overwrite replaces only a dataset
+# (issue 21: it deleted a folder of the user's notes; the rule: lib/common/outputs.py)
+
+SMALL = ["--systems", "double_integrator", "--total-samples", "10", "--dataset-name", "notes"]
+
+
+def tree(top: Path) -> dict[str, object]:
+    """Every path under top (links not followed) with its content, where a link points, or 'dir'."""
+    found: dict[str, object] = {}
+    for path in sorted(top.rglob("*")):
+        rel = path.relative_to(top).as_posix()
+        found[rel] = os.readlink(path) if path.is_symlink() else "dir" if path.is_dir() else path.read_bytes()
+    return found
+
+
+def occupy(out: Path, kind: str) -> None:
+    """Put something that is not (only) a dataset where --dataset-name notes would go."""
+    if kind == "a folder of notes":
+        (out / "notes" / "sub").mkdir(parents=True)
+        (out / "notes" / "thesis.tex").write_text("x")
+    elif kind == "a dataset holding a file of the user's":
+        assert call_script("generate_data", ["--output-dir", str(out), *SMALL]) == 0
+        (out / "notes" / "README.md").write_text("what this dataset was for")
+    elif kind == "a file":
+        (out / "notes").write_text("x")
+    else:  # a link to a folder of the user's elsewhere
+        (out.parent / "elsewhere").mkdir()
+        (out.parent / "elsewhere" / "keep.txt").write_text("x")
+        (out / "notes").symlink_to(out.parent / "elsewhere")
+
+
+@pytest.mark.parametrize(
+    "kind", ["a folder of notes", "a dataset holding a file of the user's", "a file", "a link"]
+)
+def test_overwrite_refuses_what_is_not_a_dataset_and_touches_nothing(tmp_path, capsys, kind):
+    out = tmp_path / "datasets"
+    out.mkdir()
+    occupy(out, kind)
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert call_script("generate_data", ["--output-dir", str(out), *SMALL, "--overwrite"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(out / "notes") in err and "fix:" in err, err
+    assert tree(tmp_path) == before
+
+
+def test_overwrite_replaces_an_empty_folder(tmp_path):
+    (tmp_path / "notes").mkdir()
+    assert call_script("generate_data", ["--output-dir", str(tmp_path), *SMALL, "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == [
+        "eval.jsonl",
+        "info.json",
+        "train.jsonl",
+    ]
