@@ -39,7 +39,7 @@ from lib.blt.model import MODEL_SHAPE_KEYS, build_model, check_config, count_par
 from lib.common.atomic import check_writable_folder, write_json_atomic
 from lib.common.config import repo_path
 from lib.common.device import DeviceSetup, settings_from_config, setup_device
-from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
+from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, name_the_folder
 from lib.common.runs import (
     StopOnSignal,
     check_existing_run,
@@ -387,8 +387,11 @@ def _start_or_resume(
     try:
         return _train(cfg, setup, run_dir, train_data, eval_data, checkpoint)
     except Exception as exc:  # any failure: run_info.json says so (a second Ctrl-C leaves it 'running')
-        mark_failed(run_dir, exc)
-        raise
+        located = name_the_folder(exc, run_dir)  # a full disk's error may not say where
+        mark_failed(run_dir, located)
+        if located is exc:
+            raise
+        raise located from exc
 
 
 def _train(

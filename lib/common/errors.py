@@ -60,18 +60,44 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded")
+# torch.save gives no reason when a write fails mid-file (the stream error hides errno): "[enforce fail at
+# inline_container.cc] . unexpected pos 576 vs 534" or "PytorchStreamWriter failed writing file ..."; a file
+# that opened fine and then cannot grow is, in practice, a full disk or quota
+TORCH_WRITE_FAILED = ("unexpected pos", "failed writing file", "file write failed")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc, then its causes and contexts (libraries re-raise an OS error as their own)."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _disk_full(exc: BaseException) -> BaseException | None:
-    """The OSError ENOSPC / EDQUOT behind exc (itself or a cause or context: libraries re-raise it as their
-    own error), or exc when its text alone says so (safetensors and torch.save report the OS error only
-    in their message); None when the disk is not full."""
-    seen = exc
-    while seen is not None:
+    """The OSError ENOSPC / EDQUOT behind exc (itself or a cause or context), or the error whose text says
+    so (safetensors reports the OS error only in its message; torch.save not even that:
+    TORCH_WRITE_FAILED); None when the disk is not full."""
+    for seen in _chain(exc):
         if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
             return seen
-        seen = seen.__cause__ or seen.__context__
-    return exc if any(text in _text(exc) for text in DISK_FULL_TEXT) else None
+    for seen in _chain(exc):
+        text = _text(seen)
+        if any(words in text for words in DISK_FULL_TEXT):
+            return seen
+        if "inline_container" in text and any(words in text for words in TORCH_WRITE_FAILED):
+            return seen
+    return None
+
+
+def name_the_folder(exc: BaseException, folder: os.PathLike | str) -> BaseException:
+    """exc, or, for a full disk whose error names no file (safetensors, torch.save), an OSError ENOSPC
+    naming `folder` (what the job was writing into), so the message says where; raise it `from exc`."""
+    full = _disk_full(exc)
+    if full is None or getattr(full, "filename", None):
+        return exc
+    quota = "quota" in _text(full)
+    code = errno.EDQUOT if quota else errno.ENOSPC
+    return OSError(code, os.strerror(code), os.fspath(folder))
 
 
 def _free_space(path: str | None) -> str:

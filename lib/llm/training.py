@@ -26,7 +26,7 @@ from lib.common.atomic import check_writable_folder
 from lib.common.config import repo_path
 from lib.common.device import DeviceSetup, settings_from_config, setup_device
 from lib.common.distributed import Processes
-from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
+from lib.common.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, name_the_folder
 from lib.common.runs import (
     StopOnSignal,
     check_existing_run,
@@ -96,12 +96,15 @@ def train_stage(
         metrics = stage_module.final_metrics(cfg, trainer, output, evaluation, bool(stop.signal_name))
         return run_dir, finish_run(run_dir, trainer, tokenizer, metrics, stop.signal_name, processes)
     except Exception as exc:  # any failure: run_info.json says so (a second Ctrl-C leaves it 'running')
+        located = name_the_folder(exc, run_dir)  # a full disk's error may not say where
         if processes.is_main:
             # a save cut short (a full disk) is never resumed from; removing it first also frees the room
             # that run_info.json needs on a full disk
             discard_incomplete_checkpoints(run_dir)
-            mark_failed(run_dir, exc)
-        raise
+            mark_failed(run_dir, located)
+        if located is exc:
+            raise
+        raise located from exc
 
 
 def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: bool = False) -> int:

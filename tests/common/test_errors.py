@@ -161,3 +161,28 @@ def test_a_full_disk_names_the_path_the_free_space_and_the_fix(tmp_path):
     )
     assert describe_failure(text_only).kind == "disk-full"
     assert describe_failure(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def test_a_full_disk_without_a_file_name_is_told_where_the_job_was_writing(tmp_path):
+    """safetensors and torch.save do not say which file (torch not even why): the trainer names its run
+    folder (name_the_folder). The exceptions are the texts both libraries raise on a full tmpfs."""
+    from lib.common.errors import name_the_folder
+
+    safetensors = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    try:
+        try:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        except RuntimeError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+            ) from None
+    except RuntimeError as exc:
+        torch_save = exc
+    for exc in (safetensors, torch_save):
+        located = name_the_folder(exc, tmp_path)
+        failure = describe_failure(located)
+        assert failure.kind == "disk-full" and f"writing {tmp_path} (" in failure.message
+    bug = ValueError("a bug")
+    assert name_the_folder(bug, tmp_path) is bug
+    named = OSError(28, "No space left on device", "/data/x.json")
+    assert name_the_folder(named, tmp_path) is named  # it already says where

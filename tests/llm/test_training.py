@@ -570,3 +570,46 @@ def test_kill_9_while_saving_a_checkpoint_then_resume_reaches_the_planned_step(w
     assert (info["status"], info["step"], info["resumed"]) == ("completed", 6, 1)
     assert [p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-6"]  # limit 1
     assert not list(run_dir.parent.glob(".*.lock"))
+
+
+@pytest.mark.slow  # trains in a subprocess twice: about 30-60 s here
+def test_a_full_disk_fails_with_a_message_marks_the_run_failed_and_resumes_once_freed(workspace, tmp_path):
+    """A real tmpfs (tests/small_disk.py) holds run.models_dir; once the run has started, the disk is filled
+    but for a few KB, so the first checkpoint cannot be written: exit 1 with the disk-full message (no
+    traceback), run_info.json 'failed' with that reason, no half-written checkpoint or temporary file left;
+    with the space freed, --resume completes the run."""
+    from small_disk import fill, small_disk
+
+    with small_disk(tmp_path / "disk", "64m") as disk:
+        args = [sys.executable, "scripts/main_trainer.py", "--config", "configs/profiles/cpu.yaml",
+                *overrides(workspace, "training_type=sft", "run.run_id=full", f"run.models_dir={disk}",
+                           "sft.max_steps=4", "sft.save_steps=2")]  # fmt: skip
+        run_dir = disk / "universal/sft/full"
+        process = subprocess.Popen(
+            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        while not (run_dir / "command.txt").exists():  # the run has started: its folder is written
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            time.sleep(0.01)
+        process.send_signal(signal.SIGSTOP)  # hold it while the disk fills, so it cannot save first
+        ballast = fill(disk, leave=16 * 1024)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=HANG_GUARD_S)
+        assert process.returncode == 1, stderr[-3000:]
+        assert "Traceback" not in stderr and f"error: the disk is full while writing {run_dir} (" in stderr
+        assert "MB free there now" in stderr and "fix: free space" in stderr
+        info = json.loads((run_dir / "run_info.json").read_text())
+        assert info["status"] == "failed" and info["reason"].startswith("the disk is full")
+        left = [p.relative_to(disk).as_posix() for p in disk.rglob("*")]
+        assert not [name for name in left if "checkpoint-" in name or ".tmp" in name or ".partial" in name], (
+            left
+        )
+        assert not list(run_dir.parent.glob(".*.lock"))
+
+        ballast.unlink()  # space freed
+        resumed = subprocess.run(
+            [*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        info = json.loads((run_dir / "run_info.json").read_text())
+        assert (info["status"], info["step"], info["resumed"]) == ("completed", 4, 1)
