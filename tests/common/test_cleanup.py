@@ -404,7 +404,10 @@ def bind_mount():
     mounted: list[Path] = []
 
     def bind(source: Path, target: Path) -> None:
-        target.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            write(target, 0)  # a file is mounted onto a file
         result = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(f"cannot make a bind mount here: {result.stderr.strip() or result.returncode}")
@@ -417,33 +420,35 @@ def bind_mount():
 
 
 @pytest.mark.parametrize(
-    "mount, expected",
+    "mount, source, refused",
     [
-        ("wandb", "wandb/: it is a mount point"),  # a target that is a mount point
-        ("wandb/run-1", "wandb/: wandb/run-1 below it is a mount point"),  # a mount below a target
-        ("src/data", None),  # a mount in a plain folder: never entered, nothing in it listed
+        ("wandb", "outside", "wandb/: it is a mount point"),  # a target that is a mount point (issue 21)
+        ("wandb/run-1", "outside", "wandb/: wandb/run-1 below it is a mount point"),  # a mount below a target
+        ("run.log", "outside/keep.log", "run.log: it is a mount point"),  # a target file mounted from outside
+        ("src/data", "outside", None),  # a mount in a plain folder: never entered, nothing in it listed
     ],
 )
 def test_a_mount_is_never_removed_nor_entered_and_the_dry_run_lists_exactly_what_goes(
-    tmp_path, bind_mount, mount, expected
+    tmp_path, bind_mount, mount, source, refused
 ):
+    """Bind mounts of the same file system: the same st_dev, and os.path.ismount misses them."""
     root = repo(tmp_path)
     outside = tmp_path / "outside"
     write(outside / "keep.log", 11)  # a target name, on the other side of the mount
     write(outside / "__pycache__" / "o.pyc", 7)
     write(root / "wandb/run-1/files/x.bin", 3)
     write(root / "a.log", 5)
-    bind_mount(outside, root / mount)
+    bind_mount(tmp_path / source, root / mount)
     before = snapshot(outside)
     dry_code, dry, dry_err = run_main("--dry-run", "--root", str(root))
     code, out, err = run_main("--root", str(root))
     assert snapshot(outside) == before  # nothing across the mount changed
-    goes = {"a.log": 5} if expected else {"a.log": 5, "wandb": 3}
+    goes = {"a.log": 5} if mount.startswith("wandb") else {"a.log": 5, "wandb": 3}
     assert listed(dry) == goes and listed(out) == goes  # the dry run lists exactly what the real run removed
-    if expected:
+    if refused:
         assert dry_code == code == 1
         for stderr in (dry_err, err):
-            assert f"error: could not remove {expected}" in stderr
+            assert f"error: could not remove {refused}" in stderr
     else:
         assert dry_code == code == 0 and (root / mount / "keep.log").is_file()
 
