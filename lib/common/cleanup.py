@@ -107,17 +107,19 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mount_problem(path: Path, folder_dev: int, mounts: frozenset[str], whole: bool = False) -> str | None:
-    """Why `path` may be neither removed nor entered: it is a mount point or lies on another device than the
-    folder it was found in (`folder_dev`), or, to be removed `whole`, it has a mount point anywhere below it;
-    None when none of these. The one test of mounts: the scan, and each removal just before it, use it."""
-    info = path.lstat()
+def mount_problem(
+    path: Path, info: os.stat_result, folder_dev: int, mounts: frozenset[str], whole: bool = False
+) -> str | None:
+    """Why `path` (its lstat `info`) may be neither removed nor entered: it is a mount point or lies on
+    another device than the folder it was found in (`folder_dev`), or, to be removed `whole`, it has a mount
+    point anywhere below it; None when none of these. The one test of mounts: the scan, and each removal just
+    before it, use it."""
     if stat.S_ISLNK(info.st_mode):
         return None  # a link is never entered nor followed, and a mount cannot sit on one
     if info.st_dev != folder_dev:
         return "it is on another file system (a mount): never removed nor entered"
     text = str(path)
-    if text in mounts or os.path.ismount(path):
+    if text in mounts or (not mounts and os.path.ismount(path)):  # without the table, what ismount sees
         return "it is a mount point: never removed nor entered (unmount it first)"
     below = sorted(m for m in mounts if m.startswith(text + "/")) if whole else []
     if below and stat.S_ISDIR(info.st_mode):
@@ -215,9 +217,7 @@ def _measure(item: Item, seen: set[tuple[int, int]], mounts: frozenset[str]) -> 
             return
         for entry in entries:
             info = entry.stat(follow_symlinks=False)
-            problem = (
-                None if stat.S_ISLNK(info.st_mode) else mount_problem(Path(entry.path), top.st_dev, mounts)
-            )
+            problem = mount_problem(Path(entry.path), info, top.st_dev, mounts)
             if problem:
                 item.problem = f"{shown_name(_rel(Path(entry.path), item.path.parent))}: {problem}"
                 return
@@ -263,7 +263,8 @@ def plan_cleanup(root: Path) -> Plan:
             if not (is_dir or target):
                 continue  # a file that is not a target is never touched
             try:
-                mounted = mount_problem(path, folder_dev, plan.mounts, whole=target)
+                info = entry.stat(follow_symlinks=False)
+                mounted = mount_problem(path, info, folder_dev, plan.mounts, whole=target)
             except OSError as exc:
                 mounted = f"cannot read it: {exc.strerror}"
             if mounted:  # never removed nor entered: an error when it was to go, else simply kept
@@ -315,11 +316,7 @@ def _remove(item: Item, root: Path) -> str | None:
         return None  # already gone
     is_link = stat.S_ISLNK(info.st_mode)
     try:  # mounted since the scan? (the mount table read again now)
-        mounted = (
-            None
-            if is_link
-            else mount_problem(item.path, item.path.parent.lstat().st_dev, mount_points(), whole=True)
-        )
+        mounted = mount_problem(item.path, info, item.path.parent.lstat().st_dev, mount_points(), whole=True)
     except OSError as exc:
         mounted = f"cannot read it: {exc.strerror}"
     if mounted:
@@ -353,13 +350,17 @@ def _remove(item: Item, root: Path) -> str | None:
 def _remaining_bytes(item: Item) -> int:
     """What is left of a folder whose removal failed half-way (so the bytes freed stay exact)."""
     try:
-        if not stat.S_ISDIR(item.path.lstat().st_mode):  # swapped for a link or file: ours was not touched
+        info = item.path.lstat()
+        mounts = mount_points()
+        # swapped for a link or a file, or mounted over, since the scan: ours was not touched
+        if not stat.S_ISDIR(info.st_mode) or mount_problem(
+            item.path, info, item.path.parent.lstat().st_dev, mounts, whole=True
+        ):
             return item.bytes
+        left = Item(item.path, item.rel, "dir")
+        _measure(left, set(), mounts)
     except FileNotFoundError:
         return 0
-    left = Item(item.path, item.rel, "dir")
-    try:
-        _measure(left, set(), frozenset())
     except OSError:
         return item.bytes
     return left.bytes

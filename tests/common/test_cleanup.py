@@ -453,6 +453,20 @@ def test_a_mount_is_never_removed_nor_entered_and_the_dry_run_lists_exactly_what
         assert dry_code == code == 0 and (root / mount / "keep.log").is_file()
 
 
+def test_a_folder_mounted_after_the_scan_is_refused_at_removal(tmp_path, bind_mount, capsys):
+    root = repo(tmp_path)
+    write(tmp_path / "outside" / "keep.bin", 9)
+    write(root / "wandb/run.bin", 5)
+    plan = cleanup.plan_cleanup(root)
+    bind_mount(tmp_path / "outside", root / "wandb")  # between the scan and the removal
+    outcome = cleanup.clean(plan)
+    assert outcome.failures == [
+        ("wandb", "it is a mount point: never removed nor entered (unmount it first)")
+    ]
+    assert (tmp_path / "outside" / "keep.bin").read_bytes() == b"z" * 9 and outcome.freed == 0
+    capsys.readouterr()
+
+
 # ---------------------------------------------------------------- make clean-cache, as typed
 
 
