@@ -1,8 +1,10 @@
 """Bad input to main_eval.py and generate_data.py: exit 2 with a message naming the thing and its fix, no
 traceback, refused before any model is loaded or any sample generated, and nothing already there lost.
 
-"Before any model is loaded" is checked by replacing lib.llm.models.load_model_reference (what main_eval
-loads every model with) by a function that fails the test when called.
+"Before any model is loaded" is checked by replacing load_model_reference (what main_eval loads every model
+with) where lib/llm/evaluate.py calls it by a function that fails the test when called. (Patching it in
+lib.llm.models instead leaked: a first import of lib.llm.evaluate inside a patched test bound the failing
+function for good, and later tests of this file failed when it ran alone.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import pytest
 from helpers import call_script, make_dataset, run_python, tiny_model_on
 
+import lib.llm.evaluate as evaluate
 import lib.llm.models as models
 from lib.common.errors import EXIT_USAGE
 from lib.common.outputs import MANIFEST
@@ -34,7 +37,7 @@ def no_model_load(monkeypatch):
     def refuse(reference, *args, **kwargs):
         raise AssertionError(f"main_eval loaded {reference} before refusing the input")
 
-    monkeypatch.setattr(models, "load_model_reference", refuse)
+    monkeypatch.setattr(evaluate, "load_model_reference", refuse)
 
 
 def eval_argv(workspace, out, *extra, model=None):
@@ -242,7 +245,7 @@ def test_generate_data_refuses_a_dataset_name_that_is_not_a_folder_name(tmp_path
     out.mkdir()
     (out / "keep").mkdir()
     argv = [*GEN, "--output-dir", str(out), "--dataset-name", name, "--overwrite"]
-    refused(capsys, "generate_data", argv, f"--dataset-name {name!r}", "data.dataset_name")
+    refused(capsys, "generate_data", argv, "--dataset-name", "data.dataset_name", "never a path")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets"]
     assert [p.name for p in out.iterdir()] == ["keep"]
 
@@ -252,9 +255,10 @@ def test_generate_data_refuses_a_dataset_too_large_for_the_machine(tmp_path, cap
     import lib.control.generate as generate
 
     monkeypatch.setattr(generate, "build_dataset", lambda *a, **k: pytest.fail("generation started"))
-    argv = ["--systems", "double_integrator", "--total-samples", "1000000000", "--decimals", "6",
+    # 10^8, the most generate.total_samples allows: about 400 GB of JSON lines at 6 decimals
+    argv = ["--systems", "double_integrator", "--total-samples", "100000000", "--decimals", "6",
             "--output-dir", str(tmp_path / "d")]  # fmt: skip
-    err = refused(capsys, "generate_data", argv, "1000000000 samples", "--total-samples", "GB")
+    err = refused(capsys, "generate_data", argv, "100000000 samples", "--total-samples", "GB")
     assert "LoRA" not in err and "batch size" not in err
     assert not (tmp_path / "d").exists()
 
