@@ -40,6 +40,7 @@ import numpy as np
 from lib.common.atomic import atomic_dir, write_bytes_atomic, write_json_atomic
 from lib.common.config import ROOT, repo_path
 from lib.common.errors import EXIT_OK, UsageError, run_cli
+from lib.common.outputs import check_replaceable_folder
 from lib.common.runs import git_commit
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,24 @@ def _problem_statements(budget: int, from_back: bool) -> str:
     return "\n".join(texts)
 
 
+def corpus_files(folder: Path) -> set[str] | None:
+    """The top-level names build_default_corpus wrote in folder ("train/", "eval/", "info.json"), leaving out a
+    sub-folder that holds a file its info.json does not list; None when folder is not a corpus of ours."""
+    try:
+        info = json.loads((folder / "info.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(info, dict) or "what" not in info or not isinstance(info.get("files"), dict):
+        return None
+    listed = set(info["files"])
+    own = {"info.json"}
+    for top in {name.split("/")[0] for name in listed}:
+        found = {p.relative_to(folder).as_posix() for p in (folder / top).rglob("*") if not p.is_dir()}
+        if found <= listed:
+            own.add(top + "/")
+    return own
+
+
 def build_default_corpus(output: str | Path = DEFAULT_CORPUS, overwrite: bool = False) -> Path:
     """Write the demo corpus from this project's own text: `<output>/{train,eval}/` and info.json.
 
@@ -198,6 +217,8 @@ def build_default_corpus(output: str | Path = DEFAULT_CORPUS, overwrite: bool = 
     output = repo_path(output)
     if output.exists() and not overwrite:
         raise UsageError(f"{output} already exists.", fix="pass --overwrite to rebuild it.")
+    check_replaceable_folder(output, corpus_files, "--overwrite", "lib.blt.data",
+                             fix="pass another output folder, or move that folder away first.")  # fmt: skip
     sources = {
         "train/readme.md": (ROOT / "README.md").read_text(encoding="utf-8"),
         "train/docstrings_lib.txt": _docstrings(ROOT / "lib"),
