@@ -19,7 +19,7 @@ a plain sum over the N steps: no dt factor and no 1/2, so the prompt can state i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -32,6 +32,9 @@ FEASIBILITY_TOL = 1e-6  # a control (or state) counts as within its bound up to 
 
 # f(x_components, u, ops) -> dx/dt components; ops is numpy or casadi (both have sin, cos)
 Rhs = Callable[[Sequence, object, ModuleType], Sequence]
+# the same with the physical constants as a last argument {name: value}: numbers, or CasADi symbols when one
+# solver serves every member of a family (lib/control/references.py)
+Dynamics = Callable[[Sequence, object, ModuleType, Mapping], Sequence]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashable by identity, so per-system caches can key on it
@@ -59,8 +62,10 @@ class System:
     B_cont: np.ndarray  # [n, 1]
     A: np.ndarray | None = None  # [n, n] exact ZOH matrices of a linear system; None when nonlinear
     B: np.ndarray | None = None  # [n, 1]
-    rhs: Rhs | None = None  # continuous-time right-hand side of a nonlinear system (RK4-integrated)
+    dynamics: Dynamics | None = None  # continuous-time right-hand side of a nonlinear system (RK4-integrated)
     ode: str = ""  # rhs as text, one "name' = expression" per state ("*" and "^"), for the compact prompt
+    constants: tuple[tuple[str, float], ...] = ()  # the physical constants `dynamics` reads, by name
+    family: str = ""  # the family this problem was drawn from (lib/control/families.py); "" for a fixed system
 
     @property
     def n(self) -> int:
@@ -69,6 +74,14 @@ class System:
     @property
     def is_linear(self) -> bool:
         return self.A is not None
+
+    @property
+    def rhs(self) -> Rhs | None:
+        """The right-hand side with this system's constants: f(x_components, u, ops)."""
+        if self.dynamics is None:
+            return None
+        constants = dict(self.constants)
+        return lambda x, u, ops: self.dynamics(x, u, ops, constants)
 
     def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One discrete step for a batch: x [B, n], u [B] -> x_next [B, n]."""
@@ -168,9 +181,9 @@ def _double_integrator(
 VDP_MU = 1.0
 
 
-def _van_der_pol_rhs(x, u, ops):
+def van_der_pol_dynamics(x, u, ops, c):
     # x1' = x2,  x2' = mu (1 - x1^2) x2 - x1 + u
-    return (x[1], VDP_MU * (1.0 - x[0] * x[0]) * x[1] - x[0] + u)
+    return (x[1], c["mu"] * (1.0 - x[0] * x[0]) * x[1] - x[0] + u)
 
 
 def _van_der_pol() -> System:
@@ -199,8 +212,9 @@ def _van_der_pol() -> System:
         x0_box_wide=((-2.0, 2.0), (-2.0, 2.0)),
         A_cont=np.array([[0.0, 1.0], [-1.0, VDP_MU]]),  # Jacobian at the origin
         B_cont=np.array([[0.0], [1.0]]),
-        rhs=_van_der_pol_rhs,
+        dynamics=van_der_pol_dynamics,
         ode="x1' = x2, x2' = (1 - x1^2)*x2 - x1 + u",
+        constants=(("mu", VDP_MU),),
     )
 
 
@@ -259,13 +273,12 @@ PEND_M = 1.0  # kg
 PEND_B = 0.1  # N m s / rad, viscous friction
 
 
-def _pendulum_rhs(x, u, ops):
+def pendulum_dynamics(x, u, ops, c):
     # theta measured from hanging down: m l^2 theta'' = -m g l sin(theta) - b theta' + u
+    g, length, m, b = c["g"], c["l"], c["m"], c["b"]
     return (
         x[1],
-        -(PEND_G / PEND_L) * ops.sin(x[0])
-        - (PEND_B / (PEND_M * PEND_L * PEND_L)) * x[1]
-        + u / (PEND_M * PEND_L * PEND_L),
+        -(g / length) * ops.sin(x[0]) - (b / (m * length * length)) * x[1] + u / (m * length * length),
     )
 
 
@@ -303,8 +316,9 @@ def _pendulum() -> System:
         # linearisation at upright: sin(pi + d) = -d, so d'' = (g/l) d - b/(m l^2) d' + u/(m l^2)
         A_cont=np.array([[0.0, 1.0], [PEND_G / PEND_L, -PEND_B / (PEND_M * PEND_L**2)]]),
         B_cont=np.array([[0.0], [1.0 / (PEND_M * PEND_L**2)]]),
-        rhs=_pendulum_rhs,
+        dynamics=pendulum_dynamics,
         ode="theta' = omega, omega' = -9.81*sin(theta) - 0.1*omega + u",
+        constants=(("g", PEND_G), ("l", PEND_L), ("m", PEND_M), ("b", PEND_B)),
     )
 
 
