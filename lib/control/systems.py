@@ -65,7 +65,9 @@ class System:
     dynamics: Dynamics | None = None  # continuous-time right-hand side of a nonlinear system (RK4-integrated)
     ode: str = ""  # rhs as text, one "name' = expression" per state ("*" and "^"), for the compact prompt
     constants: tuple[tuple[str, float], ...] = ()  # the physical constants `dynamics` reads, by name
-    family: str = ""  # the family this problem was drawn from (lib/control/families.py); "" for a fixed system
+    family: str = (
+        ""  # the family this problem was drawn from (lib/control/families.py); "" for a fixed system
+    )
 
     @property
     def n(self) -> int:
@@ -143,15 +145,26 @@ def trajectory_cost(system: System, states: np.ndarray, u: np.ndarray) -> np.nda
 # The systems
 
 
-def _double_integrator(
-    name: str = "double_integrator", dt: float = 0.1, steps: int = 50, u_max: float = 3.0
+def double_integrator(
+    name: str = "double_integrator",
+    dt: float = 0.1,
+    steps: int = 50,
+    u_max: float = 3.0,
+    q: float = 1.0,
+    r: float = 0.1,
+    qf: float = 10.0,
+    p_target: float = 0.0,
+    family: str = "",
 ) -> System:
+    """The double integrator; the fixed systems take the defaults, a family member its drawn values."""
     Ac = np.array([[0.0, 1.0], [0.0, 0.0]])
     Bc = np.array([[0.0], [1.0]])
     A, B = zoh(Ac, Bc, dt)  # = [[1, dt], [0, 1]], [[dt^2/2], [dt]]; dt = 0.1: [[0.005], [0.1]]
     return System(
         name=name,
-        title="double integrator" if steps == 50 else f"double integrator ({steps} steps of {dt:g} s)",
+        title="double integrator"
+        if steps == 50 or family
+        else f"double integrator ({steps} steps of {dt:g} s)",
         description=(
             "A unit mass moves on a frictionless line: p is its position, v its velocity, and the control is "
             "its acceleration. Dynamics p'' = u, discretised exactly with zero-order hold (u constant over "
@@ -165,16 +178,17 @@ def _double_integrator(
         steps=steps,
         u_min=-u_max,
         u_max=u_max,
-        Q=np.diag([1.0, 1.0]),
-        R=0.1,
-        Qf=np.diag([10.0, 10.0]),
-        x_target=np.zeros(2),
-        x0_box=((-0.8, 0.8), (-0.8, 0.8)),  # the original project's box
+        Q=np.diag([q, q]),
+        R=r,
+        Qf=np.diag([qf, qf]),
+        x_target=np.array([p_target, 0.0]),
+        x0_box=((-1.0, 1.0), (-1.0, 1.0)) if family else ((-0.8, 0.8), (-0.8, 0.8)),  # the original box
         x0_box_wide=((-2.0, 2.0), (-2.0, 2.0)),
         A_cont=Ac,
         B_cont=Bc,
         A=A,
         B=B,
+        family=family,
     )
 
 
@@ -186,12 +200,24 @@ def van_der_pol_dynamics(x, u, ops, c):
     return (x[1], c["mu"] * (1.0 - x[0] * x[0]) * x[1] - x[0] + u)
 
 
-def _van_der_pol() -> System:
+def van_der_pol(
+    name: str = "van_der_pol",
+    mu: float = VDP_MU,
+    dt: float = 0.1,
+    steps: int = 50,
+    u_max: float = 1.0,
+    q: float = 1.0,
+    r: float = 0.1,
+    qf: float = 10.0,
+    x1_target: float = 0.0,
+    family: str = "",
+) -> System:
+    """The Van der Pol oscillator; the fixed system takes the defaults, a family member its drawn values."""
     return System(
-        name="van_der_pol",
+        name=name,
         title="Van der Pol oscillator",
         description=(
-            "A Van der Pol oscillator (mu = 1): without control it settles on a limit cycle of amplitude "
+            f"A Van der Pol oscillator (mu = {mu:g}): without control it settles on a limit cycle of amplitude "
             "about 2, and the origin is unstable. Dynamics x1' = x2, "
             "x2' = mu (1 - x1^2) x2 - x1 + u, integrated with one classical RK4 step per control step "
             "(u constant over the step)."
@@ -200,21 +226,22 @@ def _van_der_pol() -> System:
         state_units=("-", "-"),
         control_name="force",
         control_unit="-",
-        dt=0.1,
-        steps=50,
-        u_min=-1.0,
-        u_max=1.0,
-        Q=np.diag([1.0, 1.0]),
-        R=0.1,
-        Qf=np.diag([10.0, 10.0]),
-        x_target=np.zeros(2),
+        dt=dt,
+        steps=steps,
+        u_min=-u_max,
+        u_max=u_max,
+        Q=np.diag([q, q]),
+        R=r,
+        Qf=np.diag([qf, qf]),
+        x_target=np.array([x1_target, 0.0]),
         x0_box=((-1.0, 1.0), (-1.0, 1.0)),
         x0_box_wide=((-2.0, 2.0), (-2.0, 2.0)),
-        A_cont=np.array([[0.0, 1.0], [-1.0, VDP_MU]]),  # Jacobian at the origin
+        A_cont=np.array([[0.0, 1.0], [-1.0, mu]]),  # Jacobian at the origin
         B_cont=np.array([[0.0], [1.0]]),
         dynamics=van_der_pol_dynamics,
-        ode="x1' = x2, x2' = (1 - x1^2)*x2 - x1 + u",
-        constants=(("mu", VDP_MU),),
+        ode=f"x1' = x2, x2' = {'' if mu == 1.0 else f'{mu:g}*'}(1 - x1^2)*x2 - x1 + u",
+        constants=(("mu", mu),),
+        family=family,
     )
 
 
@@ -224,46 +251,69 @@ MS_M1 = 1.0
 MS_M2 = 1.0
 
 
-def _two_mass_spring() -> System:
+def two_mass_spring(
+    name: str = "two_mass_spring",
+    k: float = MS_K,
+    m1: float = MS_M1,
+    m2: float = MS_M2,
+    dt: float = 0.2,
+    steps: int = 50,
+    u_max: float = 1.0,
+    q: float = 1.0,
+    r: float = 0.1,
+    qf: float = 10.0,
+    p_target: float = 0.0,
+    family: str = "",
+) -> System:
+    """Two masses and a spring; the fixed system takes the defaults, a family member its drawn values."""
     # state (p1, v1, p2, v2): p1'' = (-k (p1 - p2) + u) / m1,  p2'' = k (p1 - p2) / m2
     Ac = np.array(
         [
             [0.0, 1.0, 0.0, 0.0],
-            [-MS_K / MS_M1, 0.0, MS_K / MS_M1, 0.0],
+            [-k / m1, 0.0, k / m1, 0.0],
             [0.0, 0.0, 0.0, 1.0],
-            [MS_K / MS_M2, 0.0, -MS_K / MS_M2, 0.0],
+            [k / m2, 0.0, -k / m2, 0.0],
         ]
     )
-    Bc = np.array([[0.0], [1.0 / MS_M1], [0.0], [0.0]])
-    dt = 0.2
+    Bc = np.array([[0.0], [1.0 / m1], [0.0], [0.0]])
     A, B = zoh(Ac, Bc, dt)
-    return System(
-        name="two_mass_spring",
-        title="two masses and a spring",
-        description=(
+    if family:
+        description = (
+            f"Two carts of masses m1 = {m1:g} kg and m2 = {m2:g} kg on a frictionless track are joined by a spring "
+            f"of stiffness k = {k:g} N/m (rest length 0: p1 - p2 is the stretch); p1, p2 are their positions, v1, "
+            "v2 their velocities, and the control is a force on cart 1 only. Dynamics p1'' = (-k (p1 - p2) + u) / "
+            "m1, p2'' = k (p1 - p2) / m2, discretised exactly with zero-order hold (u constant over each step)."
+        )
+    else:
+        description = (
             "Two carts of mass 1 kg on a frictionless track are joined by a spring of stiffness 1 N/m "
             "(rest length 0: p1 - p2 is the stretch); p1, p2 are their positions, v1, v2 their velocities, and "
             "the control is a force on cart 1 only. Dynamics p1'' = -(p1 - p2) + u, p2'' = (p1 - p2), discretised "
             "exactly with zero-order hold (u constant over each step)."
-        ),
+        )
+    return System(
+        name=name,
+        title="two masses and a spring",
+        description=description,
         state_names=("p1", "v1", "p2", "v2"),
         state_units=("m", "m/s", "m", "m/s"),
         control_name="force on cart 1",
         control_unit="N",
         dt=dt,
-        steps=50,  # 10 s: the spring mode has period 2 pi / sqrt(2) = 4.4 s, so two oscillations fit
-        u_min=-1.0,
-        u_max=1.0,
-        Q=np.eye(4),
-        R=0.1,
-        Qf=10.0 * np.eye(4),
-        x_target=np.zeros(4),
+        steps=steps,  # 10 s: the spring mode has period 2 pi / sqrt(2) = 4.4 s, so two oscillations fit
+        u_min=-u_max,
+        u_max=u_max,
+        Q=q * np.eye(4),
+        R=r,
+        Qf=qf * np.eye(4),
+        x_target=np.array([p_target, 0.0, p_target, 0.0]),
         x0_box=((-0.5, 0.5),) * 4,
         x0_box_wide=((-1.0, 1.0),) * 4,
         A_cont=Ac,
         B_cont=Bc,
         A=A,
         B=B,
+        family=family,
     )
 
 
@@ -282,11 +332,40 @@ def pendulum_dynamics(x, u, ops, c):
     )
 
 
-def _pendulum() -> System:
-    return System(
-        name="pendulum",
-        title="pendulum swing-up",
-        description=(
+def pendulum(
+    name: str = "pendulum",
+    m: float = PEND_M,
+    length: float = PEND_L,
+    b: float = PEND_B,
+    dt: float = 0.1,
+    steps: int = 40,
+    u_max: float = 4.0,
+    q: float = 1.0,
+    r: float = 0.01,
+    qf: float = 1.0,
+    family: str = "",
+) -> System:
+    """The pendulum swing-up; the fixed system takes the defaults, a family member its drawn values (q and qf
+    scale the fixed system's Q and Qf; the target stays upright)."""
+    g, inertia = PEND_G, m * length * length
+    # omega' = -(g/l) sin(theta) - b/(m l^2) omega + u/(m l^2), as the compact prompt prints it
+    coefficients = (g / length, b / inertia, 1.0 / inertia)
+    if family:
+        description = (
+            f"A pendulum (mass {m:g} kg on a massless rod of {length:g} m, g = {g:g} m/s^2, viscous friction {b:g} "
+            "N m s/rad) starts near hanging down and must be swung up to upright. The torque limit "
+            f"({u_max:g} N m) is below m g l = {m * g * length:.4g} N m, so it cannot be lifted directly and has to "
+            "be pumped. The angle theta is measured from hanging down (upright is theta = pi; the cost does not "
+            "wrap angles, so -pi is 2 pi away from the target). Dynamics theta' = omega, omega' = -(g/l) "
+            "sin(theta) - b/(m l^2) omega + u/(m l^2), integrated with one classical RK4 step per control step "
+            "(u constant over the step)."
+        )
+        ode = (
+            f"theta' = omega, omega' = -{coefficients[0]:g}*sin(theta) - {coefficients[1]:g}*omega + "
+            f"{coefficients[2]:g}*u"
+        )
+    else:
+        description = (
             "A pendulum (mass 1 kg on a massless rod of 1 m, g = 9.81 m/s^2, viscous friction 0.1 N m s/rad) "
             "starts near hanging down and must be swung up to upright. The torque limit (4 N m) is well "
             "below m g l = 9.81 N m, so it cannot be lifted directly and has to be pumped. "
@@ -294,44 +373,50 @@ def _pendulum() -> System:
             "does not wrap angles, so -pi is 2 pi away from the target). Dynamics theta' = omega, "
             "omega' = -9.81 sin(theta) - 0.1 omega + u, integrated with one classical RK4 step per control "
             "step (u constant over the step)."
-        ),
+        )
+        ode = "theta' = omega, omega' = -9.81*sin(theta) - 0.1*omega + u"
+    return System(
+        name=name,
+        title="pendulum swing-up",
+        description=description,
         state_names=("theta", "omega"),
         state_units=("rad", "rad/s"),
         control_name="torque",
         control_unit="N m",
-        dt=0.1,
+        dt=dt,
         # 4 s. An open-loop answer cannot hold the unstable upright for long: each second spent balancing
         # multiplies the effect of a control error by e^{sqrt(g/l)} = e^3.13 ~ 23, so a 2-decimal label that
         # arrives early and balances for 3 s is off by ~1e4 x its rounding. With 4 s and the boxes below the
         # optimal swing-up arrives near the end, and labels stay within 1e-6 of J* (tests/control/test_references.py).
-        steps=40,
-        u_min=-4.0,  # below m g l = 9.81 N m: the swing-up needs at least one pump
-        u_max=4.0,
-        Q=np.diag([1.0, 0.1]),
-        R=0.01,
-        Qf=np.diag([100.0, 10.0]),
+        steps=steps,
+        u_min=-u_max,  # below m g l = 9.81 N m: the swing-up needs at least one pump
+        u_max=u_max,
+        Q=q * np.diag([1.0, 0.1]),
+        R=r,
+        Qf=qf * np.diag([100.0, 10.0]),
         x_target=np.array([math.pi, 0.0]),
         x0_box=((-0.5, 0.5), (-0.5, 0.5)),
         x0_box_wide=((-1.0, 1.0), (-1.0, 1.0)),  # starts with more energy reach the top early (see steps)
         # linearisation at upright: sin(pi + d) = -d, so d'' = (g/l) d - b/(m l^2) d' + u/(m l^2)
-        A_cont=np.array([[0.0, 1.0], [PEND_G / PEND_L, -PEND_B / (PEND_M * PEND_L**2)]]),
-        B_cont=np.array([[0.0], [1.0 / (PEND_M * PEND_L**2)]]),
+        A_cont=np.array([[0.0, 1.0], [g / length, -b / (m * length**2)]]),
+        B_cont=np.array([[0.0], [1.0 / (m * length**2)]]),
         dynamics=pendulum_dynamics,
-        ode="theta' = omega, omega' = -9.81*sin(theta) - 0.1*omega + u",
-        constants=(("g", PEND_G), ("l", PEND_L), ("m", PEND_M), ("b", PEND_B)),
+        ode=ode,
+        constants=(("g", g), ("l", length), ("m", m), ("b", b)),
+        family=family,
     )
 
 
 SYSTEMS: dict[str, System] = {
     s.name: s
     for s in (
-        _double_integrator(),
-        _van_der_pol(),
-        _two_mass_spring(),
-        _pendulum(),
+        double_integrator(),
+        van_der_pol(),
+        two_mass_spring(),
+        pendulum(),
         # the same 5 s horizon in 10 steps of 0.5 s: answers 5x shorter, for CPU demos and quick prototyping;
         # |u| <= 2 so that the bound binds on ~5% of the default box (|u| <= 3 never would: max |u*| 2.4)
-        _double_integrator("double_integrator_short", dt=0.5, steps=10, u_max=2.0),
+        double_integrator("double_integrator_short", dt=0.5, steps=10, u_max=2.0),
     )
 }
 
