@@ -185,9 +185,10 @@ def refuse_foreign_latest(parent: Path) -> None:
         return
     what = "a folder" if pointer.is_dir() and not pointer.is_symlink() else "a file or link"
     raise UsageError(
-        f"{pointer} is {what} that this project did not write (its `latest` is one line naming a run "
-        "folder beside it); a completed run would not move it, so nothing was started.",
-        fix=f"move or rename {pointer} (the trainers write it), or set another output folder.",
+        f"{pointer} is {what} that this project did not write, or one naming a run folder that is gone (its "
+        "`latest` is one line naming a run folder beside it); a completed run would not move it, so nothing "
+        "was started.",
+        fix=f"move, rename or delete {pointer} (the trainers write it), or set another output folder.",
     )
 
 

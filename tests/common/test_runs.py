@@ -88,7 +88,7 @@ def test_latest_is_replaced_only_when_it_is_our_pointer(tmp_path, caplog):
     (parent / "latest").write_text("my notes about the runs\nsecond line\n")  # a user's own file
     with pytest.raises(UsageError, match="did not write") as info:
         refuse_foreign_latest(parent)  # at start: refused before any work (exit 2)
-    assert "move or rename" in info.value.fix
+    assert "move, rename or delete" in info.value.fix
     mark_completed(first, 2, {})  # at the end: the run completes and the user's file stays
     assert (parent / "latest").read_text() == "my notes about the runs\nsecond line\n"
     assert json.loads((first / "run_info.json").read_text())["status"] == "completed"
