@@ -283,8 +283,9 @@ def mark_completed(run_dir: Path, step: int, metrics: dict) -> None:
 # Lustre and GPFS mounts can disable it, where it fails or silently succeeds), which is exactly where two
 # SLURM jobs with one run_id meet. O_EXCL creation is atomic on local filesystems and on NFS v3+, and the
 # file says who holds it. The price: kill -9 leaves the file behind; a lock from this host whose pid is
-# gone is stale and is taken over with a warning; one from another host cannot be checked from here, so
-# the message says how to remove it.
+# gone is stale and is taken over with a warning, and so is one of an earlier run of the same SLURM job
+# (requeued on another node); any other from another host cannot be checked from here, so the message
+# says how to remove it.
 
 
 def lock_path(run_dir: Path) -> Path:
@@ -313,9 +314,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _slurm_run() -> dict:
+    """The SLURM job and its restart count, when running under SLURM (a requeued job keeps its id)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return {}
+    return {
+        "slurm_job_id": os.environ["SLURM_JOB_ID"],
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+    }
+
+
 def _is_stale(owner: dict) -> bool:
+    """A lock whose holder is gone: its pid no longer runs on this host, or it was an earlier incarnation
+    of this very SLURM job (requeued, e.g. after its node failed: SLURM never runs two at once)."""
     pid = owner.get("pid")
-    return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        return True
+    ours = _slurm_run()
+    return bool(ours) and (
+        owner.get("slurm_job_id") == ours["slurm_job_id"]
+        and isinstance(owner.get("slurm_restart_count"), int)
+        and owner["slurm_restart_count"] < ours["slurm_restart_count"]
+    )
 
 
 def _held(run_dir: Path, path: Path, owner: dict) -> UsageError:
@@ -333,7 +353,7 @@ def _held(run_dir: Path, path: Path, owner: dict) -> UsageError:
 
 def _create_lock(path: Path) -> bool:
     """Create the lock file with our host, pid and time; False when one exists."""
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now()}
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now(), **_slurm_run()}
     try:
         handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

@@ -74,6 +74,29 @@ def test_a_stale_lock_is_taken_over_and_another_hosts_lock_is_not(tmp_path, capl
     assert json.loads(lock_path(run_dir).read_text()) == elsewhere
 
 
+def test_a_requeued_slurm_job_takes_over_its_earlier_runs_lock(tmp_path, monkeypatch):
+    """A job requeued after its node died runs on another host with the same SLURM_JOB_ID and a higher
+    SLURM_RESTART_COUNT: its earlier incarnation's lock is stale; another job's lock is not."""
+    run_dir = tmp_path / "sft" / "s1"
+    run_dir.parent.mkdir(parents=True)
+    before = {
+        "host": "node-3",
+        "pid": 4242,
+        "started_at": "x",
+        "slurm_job_id": "77",
+        "slurm_restart_count": 0,
+    }
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock_path(run_dir).write_text(json.dumps(before))
+    take_run_lock(run_dir)
+    assert json.loads(lock_path(run_dir).read_text())["slurm_restart_count"] == 1
+    release_run_lock(run_dir)
+    lock_path(run_dir).write_text(json.dumps({**before, "slurm_job_id": "78"}))
+    with pytest.raises(UsageError, match="on host node-3"):
+        take_run_lock(run_dir)
+
+
 # ---------------------------------------------------------------- latest
 
 
