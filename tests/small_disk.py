@@ -13,14 +13,22 @@ import pytest
 
 
 @contextlib.contextmanager
-def small_disk(folder: Path, size: str = "2m") -> Iterator[Path]:
-    """`folder` as a tmpfs of `size` (mount's syntax: 2m, 512k) for the block; pytest.skip when it cannot be
-    mounted here."""
+def small_disk(folder: Path, size: str = "2m", inodes: int | None = None) -> Iterator[Path]:
+    """`folder` as a tmpfs of `size` (mount's syntax: 2m, 512k) and at most `inodes` files and folders, for
+    the block; pytest.skip when it cannot be mounted here."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            [
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                f"size={size}" + (f",nr_inodes={inodes}" if inodes else ""),
+                "tmpfs",
+                str(folder),
+            ],
             capture_output=True,
             text=True,
         )
@@ -48,3 +56,8 @@ def fill(folder: Path, leave: int = 0) -> Path:
     if leave:
         os.truncate(ballast, max(ballast.stat().st_size - leave, 0))
     return ballast
+
+
+def grow(folder: Path, size: str, inodes: int) -> None:
+    """Give the mounted tmpfs more room (space freed), keeping what is on it."""
+    subprocess.run(["mount", "-o", f"remount,size={size},nr_inodes={inodes}", str(folder)], check=True)

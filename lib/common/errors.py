@@ -11,7 +11,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,22 +100,28 @@ def name_the_folder(exc: BaseException, folder: os.PathLike | str) -> BaseExcept
 
 
 def _free_space(path: str | None) -> str:
-    """' (N MB free there now)' for path's nearest existing folder, or '' when it cannot be told."""
+    """' (N MB and room for M more files free there now)' for path's nearest existing folder, '' when it
+    cannot be told."""
     if not path:
         return ""
     folder = os.path.abspath(path)
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
+        disk = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
         return ""
-    return f" ({free / 2**20:.1f} MB free there now)"
+    free = f"{disk.f_bavail * disk.f_frsize / 2**20:.1f} MB"
+    if disk.f_files:  # a disk can also run out of inodes (file entries) with bytes to spare
+        free += f" and room for {disk.f_favail} more files"
+    return f" ({free} free there now)"
 
 
 def _disk_full_failure(cause: BaseException) -> Failure:
+    from lib.common.atomic import final_path  # here: lib.common.atomic imports this module
+
     path = getattr(cause, "filename", None)
-    where = f"writing {path}" if path else "writing to disk"
+    where = f"writing {final_path(path)}" if path else "writing to disk"
     quota = (isinstance(cause, OSError) and cause.errno == errno.EDQUOT) or "quota" in _text(cause)
     full = "the disk quota is used up" if quota else "the disk is full"
     return Failure(

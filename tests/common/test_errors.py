@@ -145,7 +145,7 @@ def test_a_full_disk_names_the_path_the_free_space_and_the_fix(tmp_path):
     ):
         failure = describe_failure(exc)
         assert (failure.kind, failure.exit_code) == ("disk-full", EXIT_FAILED)
-        assert str(target) in failure.message and "MB free" in failure.message
+        assert str(target) in failure.message and "free there now" in failure.message
         assert "free space" in failure.fix and "--resume" in failure.fix
     assert "quota" in describe_failure(OSError(errno.EDQUOT, "Disk quota exceeded")).message
     # a library that re-raises the OS error as its own, keeping it as the cause, or only in its text
