@@ -72,7 +72,7 @@ def _matrix(M: np.ndarray) -> str:
     return "[" + "; ".join(", ".join(f"{v:g}" for v in row) for row in M) + "]"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # per system; a family has one per record
 def _user_template(system: System, decimals: int) -> str:
     N, last = system.steps, system.steps - 1
     states = ", ".join(
@@ -93,7 +93,7 @@ def _user_template(system: System, decimals: int) -> str:
     )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def compact_statement(system: System) -> str:
     """The compact style's system message: the whole problem in symbols, one line (x+ is x_{k+1}). It leaves
     the answer format out: a fine-tuned model learns it from the labels (the full style spells it out)."""

@@ -29,6 +29,7 @@ from lib.common.errors import UsageError
 from lib.common.outputs import check_replaceable_folder
 from lib.control.answer import build_prompt, format_answers
 from lib.control.dataset_format import GENERATOR_VERSION, SPLITS
+from lib.control.families import FAMILIES, Family, draw_parameters, family_system
 from lib.control.metrics import j_floor, zero_control_cost
 from lib.control.references import ReferenceSolution, solve_reference
 from lib.control.systems import SYSTEMS, System, get_system, simulate
@@ -169,9 +170,12 @@ def record_lines(
     decimals: int,
     prompt_style: str = "full",
     reasoning: str = "full",
+    params: dict | None = None,
+    first_index: int = 0,
 ) -> list[str]:
     """One JSON line per instance (fields: lib/control/dataset_format.py); the styles only change the text of
-    prompt and completion (lib/control/answer.py), never the ground truth."""
+    prompt and completion (lib/control/answer.py), never the ground truth. A family member's records carry its
+    drawn values (`params`, right after `system`); ids count from first_index."""
     completions = format_answers(system, x0, ref.u_label, ref.J, decimals, reasoning)
     J_zero = zero_control_cost(system, x0)
     x_final = simulate(system, x0, ref.u)[:, -1]
@@ -181,8 +185,9 @@ def record_lines(
     lines = []
     for i in range(len(x0)):
         record = {
-            "id": f"{system.name}-{i:06d}",
+            "id": f"{system.name}-{first_index + i:06d}",
             "system": system.name,
+            **({"params": params} if params is not None else {}),
             "x0": x0[i].tolist(),
             "prompt": build_prompt(system, x0[i], decimals, prompt_style),
             "completion": [{"role": "assistant", "content": completions[i]}],
@@ -219,7 +224,7 @@ def build_dataset(
 ) -> tuple[dict[str, list[str]], dict]:
     """({split: json lines}, info without files/created_at): samples split evenly over the systems, train
     and eval states drawn as `split` says (split_initial_states)."""
-    systems = [get_system(name) for name in system_names]
+    systems = [FAMILIES[name] if name in FAMILIES else get_system(name) for name in system_names]
     if not systems:
         raise UsageError(
             "no systems given: a dataset needs at least one.",
@@ -238,6 +243,13 @@ def build_dataset(
     for system, n_tr, n_ev in zip(systems, train_counts, eval_counts, strict=True):
         if on_system is not None:
             on_system(system.name)
+        if isinstance(system, Family):
+            family_lines, info_systems[system.name] = build_family(
+                system, n_tr, n_ev, seed, decimals, wide, split, workers, progress, prompt_style, reasoning
+            )
+            lines["train"] += family_lines[:n_tr]
+            lines["eval"] += family_lines[n_tr:]
+            continue
         train_x0, eval_x0, coverage = split_initial_states(
             system, n_tr, n_ev, seed, decimals, wide, split, sparse_fraction
         )
@@ -274,6 +286,90 @@ def build_dataset(
         "systems": info_systems,
     }
     return lines, info
+
+
+def family_initial_states(system: System, rng: np.random.Generator, decimals: int, wide: bool) -> np.ndarray:
+    """One initial state [n] on the printed grid of the member's box, never its target."""
+    box = np.array(system.x0_box_wide if wide else system.x0_box)
+    while True:
+        x0 = np.round(rng.uniform(box[:, 0], box[:, 1]), decimals)
+        if np.any(np.abs(x0 - system.x_target) > 1e-12):
+            return x0
+
+
+def build_family(
+    family: Family, n_train: int, n_eval: int, seed: int, decimals: int, wide: bool, split: str, workers: int,
+    progress: Callable[[int], None] | None, prompt_style: str, reasoning: str,
+) -> tuple[list[str], dict]:  # fmt: skip
+    """(json lines, info.json entry) of a family: each record its own drawn parameters and x0, labelled with
+    the exact optimum of exactly its problem (docs/datasets.md, "Families"). Records are drawn independently
+    from the ranges, so train and eval are two samples of one continuous distribution."""
+    if split != "random":
+        raise UsageError(
+            f"--split {split} is not defined for a family ({family.name}): its problems are drawn from continuous "
+            "ranges, not a grid.",
+            fix="use --split random (the default) for families.",
+        )
+    count = n_train + n_eval
+    rng = np.random.default_rng([seed, zlib.crc32(family.name.encode())])
+    params = draw_parameters(family, count, rng)
+    systems = [family_system(family.name, p) for p in params]
+    x0 = np.stack([family_initial_states(system, rng, decimals, wide) for system in systems])
+    refs = solve_family_references(systems, x0, decimals, seed, workers, progress)
+    lines, J, J_label, kkt, agreed, total = [], [], [], [], [], []
+    for i, (system, ref) in enumerate(zip(systems, refs, strict=True)):
+        lines += record_lines(system, x0[i : i + 1], ref, decimals, prompt_style, reasoning, params[i], i)
+        J.append(ref.J[0])
+        J_label.append(ref.J_label[0])
+        kkt.append(ref.kkt_residual[0])
+        agreed.append(ref.starts_agreed[0])
+        total.append(ref.starts_total)
+    J, J_label = np.array(J), np.array(J_label)
+    floor = j_floor(J)
+    return lines, {
+        "train": n_train,
+        "eval": n_eval,
+        **family_parameters(family, wide),
+        "solver": refs[0].solver,
+        "worst_kkt_residual": float(np.max(kkt)),
+        "min_starts_agreed": int(np.min(agreed)),
+        "starts_total": int(np.max(total)),
+        "median_J_opt": float(np.median(J)),
+        "J_floor": floor,
+        "worst_label_gap": float(np.max((J_label - J) / np.maximum(J, floor))),
+        "coverage": {
+            "kind": "continuous",
+            "train_region": "the family's ranges",
+            "eval_region": "the same ranges",
+        },
+    }
+
+
+def solve_family_references(
+    systems: Sequence[System], x0: np.ndarray, decimals: int, seed: int, workers: int,
+    progress: Callable[[int], None] | None,
+) -> list[ReferenceSolution]:  # fmt: skip
+    """The exact optimum of each member's own problem, one ReferenceSolution [1 instance] each."""
+    refs = []
+    for i, system in enumerate(systems):
+        refs.append(solve_reference(system, x0[i : i + 1], decimals=decimals, seed=seed + i, workers=1))
+        if progress is not None:
+            progress(1)
+    return refs
+
+
+def family_parameters(family: Family, wide: bool = False) -> dict:
+    """What info.json states of a family: its ranges and what every member shares."""
+    member = family_system(family.name, {name: r.low for name, r in family.ranges.items()} | {
+        name: int(r.low) for name, r in family.ranges.items() if r.scale == "integer"})  # fmt: skip
+    box = member.x0_box_wide if wide else member.x0_box
+    return {
+        "linear": member.is_linear,
+        "family": family.base,
+        "ranges": {name: [r.low, r.high, r.scale, r.digits] for name, r in family.ranges.items()},
+        "state_names": list(member.state_names),
+        "x0_box": [list(b) for b in box],
+    }
 
 
 def system_parameters(system: System, wide: bool = False) -> dict:

@@ -22,7 +22,7 @@ from lib.common.atomic import check_writable_folder
 from lib.common.config.schema import shared_schema
 from lib.common.errors import UsageError
 from lib.control.answer import build_prompt, format_answers, parse_controls
-from lib.control.dataset import grid_problems, split_evenly, system_parameters
+from lib.control.dataset import family_parameters, grid_problems, split_evenly, system_parameters
 from lib.control.dataset_format import (
     SPLITS,
     parse_record_line,
@@ -30,6 +30,7 @@ from lib.control.dataset_format import (
     read_split_lines,
     unusable_dataset,
 )
+from lib.control.families import FAMILIES, check_system_name, record_system
 from lib.control.labels import LABEL_GAP_PROMISE, PROMISE_DECIMALS, round_plain
 from lib.control.metrics import j_floor, zero_control_cost
 from lib.control.references import KKT_TOL_LINEAR, linear_optima
@@ -66,7 +67,7 @@ def system_names(systems: list[str] | None) -> list[str]:
         for name in item.split(","):
             name = name.strip()
             if name and name not in names:
-                names.append(get_system(name).name)  # UsageError listing the valid names
+                names.append(check_system_name(name))  # UsageError listing the valid names
     return names
 
 
@@ -96,7 +97,8 @@ def estimated_bytes(names: list[str], n_train: int, n_eval: int, decimals: int) 
     label (decimals + ~8)."""
     total = 0
     for name, count in zip(names, split_evenly(n_train + n_eval, len(names)), strict=True):
-        total += count * (2100 + get_system(name).steps * (31 + decimals))
+        steps = int(FAMILIES[name].ranges["steps"].high) if name in FAMILIES else get_system(name).steps
+        total += count * (2100 + steps * (31 + decimals))
     return total
 
 
@@ -237,19 +239,26 @@ def validate_dataset(path: Path) -> dict:
                     path, f"{file} holds {found} {name} records, info.json's 'systems' says {claimed}."
                 )
         for name, group in by_system.items():
-            _check_labels(path, file, get_system(name), group, decimals)
-            _check_texts(path, file, get_system(name), group, info)
+            # a family member is its own problem: checked one record at a time with its own system
+            problems = [[item] for item in group] if name in FAMILIES else [group]
+            for problem in problems:
+                system = record_system(problem[0][1])
+                _check_labels(path, file, system, problem, decimals)
+                _check_texts(path, file, system, problem, info)
             by_system_all.setdefault(name, []).extend((file, n, r) for n, r in group)
-            states = {tuple(r["x0"]) for _, r in group}
+            # a problem is its initial state, and for a family member its drawn values too
+            states = {(tuple(r["x0"]), tuple(r.get("params", {}).values())) for _, r in group}
+            what = "problem (initial state and parameters)" if name in FAMILIES else "initial state"
             if len(states) != len(group):
-                raise unusable_dataset(path, f"{file} repeats an initial state of {name}.")
+                raise unusable_dataset(path, f"{file} repeats a {what} of {name}.")
             shared = seen_states.setdefault(name, set()) & states
             if shared:
-                raise unusable_dataset(path, f"train and eval share {len(shared)} initial states of {name}.")
+                raise unusable_dataset(path, f"train and eval share {len(shared)} {what}s of {name}.")
             seen_states[name] |= states
-            _check_split(path, file, info, split, get_system(name), states)
+            if name not in FAMILIES:
+                _check_split(path, file, info, split, get_system(name), {x for x, _ in states})
     for name, entries in by_system_all.items():
-        _check_derived(path, info, get_system(name), entries)
+        _check_derived(path, info, name, entries)
     return summary
 
 
@@ -259,14 +268,15 @@ def _differs(claimed: object, value: float) -> bool:
     return abs(claimed - value) > LABEL_ABS_TOL * abs(value)  # relative only: KKT residuals are ~1e-15
 
 
-def _check_derived(path: Path, info: dict, system: System, entries: list[tuple[Path, int, dict]]) -> None:
-    """What info.json says of a system's records, derived again from them (train and eval together, as
-    lib/control/dataset.py builds it), and the label promise on every record, which needs J_floor."""
+def _check_derived(path: Path, info: dict, name: str, entries: list[tuple[Path, int, dict]]) -> None:
+    """What info.json says of a system's (or family's) records, derived again from them (train and eval
+    together, as lib/control/dataset.py builds it), and the label promise on every record, which needs
+    J_floor."""
     records = [r for _, _, r in entries]
     J_opt, J_label = np.array([r["J_opt"] for r in records]), np.array([r["J_label"] for r in records])
     floor = j_floor(J_opt)
     gap = (J_label - J_opt) / np.maximum(J_opt, floor)
-    entry = info["systems"][system.name]
+    entry = info["systems"][name]
     derived = {
         "J_floor": floor,
         "median_J_opt": float(np.median(J_opt)),
@@ -278,20 +288,26 @@ def _check_derived(path: Path, info: dict, system: System, entries: list[tuple[P
     for key, value in derived.items():
         if key in entry and _differs(entry[key], value):  # datasets of older versions may lack a key
             raise unusable_dataset(
-                path,
-                f"info.json's systems.{system.name}.{key} is {entry[key]!r}, but its records give {value!r}.",
+                path, f"info.json's systems.{name}.{key} is {entry[key]!r}, but its records give {value!r}."
             )
     if "J_floor" not in entry or "worst_label_gap" not in entry:
-        raise unusable_dataset(path, f"info.json's systems.{system.name} lacks J_floor or worst_label_gap.")
-    # the system's constants (dynamics, horizon, bounds, weights, box) as this code defines them
-    parameters = json.loads(json.dumps(system_parameters(system, info.get("box") == "wide")))
-    for key, value in parameters.items():
+        raise unusable_dataset(path, f"info.json's systems.{name} lacks J_floor or worst_label_gap.")
+    # the system's constants (dynamics, horizon, bounds, weights, box), or the family's ranges, as this code
+    # defines them
+    wide = info.get("box") == "wide"
+    stated = (
+        family_parameters(FAMILIES[name], wide)
+        if name in FAMILIES
+        else system_parameters(get_system(name), wide)
+    )
+    for key, value in json.loads(json.dumps(stated)).items():
         if key in entry and entry[key] != value:
             raise unusable_dataset(
-                path,
-                f"info.json's systems.{system.name}.{key} is {entry[key]!r}, but {system.name} has {value!r}.",
+                path, f"info.json's systems.{name}.{key} is {entry[key]!r}, but {name} has {value!r}."
             )
-    if info["decimals"] >= PROMISE_DECIMALS and gap.max() > LABEL_GAP_PROMISE:
+    # the promise is the fixed systems' (measured over their whole grids); a family member can be a problem
+    # whose cheapest printable answer costs more (lib/control/labels.py), so there the gap is only re-derived
+    if name in SYSTEMS and info["decimals"] >= PROMISE_DECIMALS and gap.max() > LABEL_GAP_PROMISE:
         file, line, record = entries[int(np.argmax(gap))]
         raise unusable_dataset(
             path,

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from lib.common.errors import UsageError
 from lib.control.answer import PROMPT_STYLES, REASONING_STYLES
-from lib.control.systems import SYSTEMS, get_system
+from lib.control.families import FAMILIES, check_parameters, check_system_name, family_system
+from lib.control.systems import SYSTEMS
 
 GENERATOR_VERSION = "1.0"
 SPLITS = ("train", "eval")
@@ -114,8 +115,9 @@ def check_info(path: Path, info: object) -> None:
             "a dataset generated without systems holds no records."
         )
     for name, entry in systems.items():
-        if name not in SYSTEMS:
-            raise bad(f"'systems' names an unknown system '{name}' (known: {', '.join(SYSTEMS)}).")
+        if name not in SYSTEMS and name not in FAMILIES:
+            known = ", ".join([*SYSTEMS, *FAMILIES])
+            raise bad(f"'systems' names an unknown system '{name}' (known: {known}).")
         if not isinstance(entry, dict):
             raise bad(f"'systems.{name}' should be a table, got {_kind(entry)}.")
         if not all(_is_int(entry.get(s)) for s in SPLITS):
@@ -170,8 +172,10 @@ def check_record(record: object, where: str) -> None:
     lengths; the message names `where` (file and line), the record's id and the field."""
     if not isinstance(record, dict):
         raise UsageError(f"{where}: a record must be a JSON object, got {type(record).__name__}.")
-    missing = [key for key in RECORD_TYPES if key not in record]
-    extra = [key for key in record if key not in RECORD_TYPES]
+    family = FAMILIES.get(record.get("system"))
+    keys = {**RECORD_TYPES, "params": dict} if family else RECORD_TYPES  # a family member states its values
+    missing = [key for key in keys if key not in record]
+    extra = [key for key in record if key not in keys]
     if missing or extra:
         raise UsageError(
             f"{where}: record keys differ from the format: missing {missing}, unexpected {extra}."
@@ -181,7 +185,13 @@ def check_record(record: object, where: str) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UsageError(f"{where}: '{key}' should be a {kind.__name__}, got {type(value).__name__}.")
     where = f"{where} (id {record['id']})"
-    system = SYSTEMS.get(record["system"])
+    if family is not None:
+        problem = check_parameters(family, record["params"])
+        if problem:
+            raise UsageError(f"{where}: {problem}.")
+        system = family_system(family.name, record["params"])
+    else:
+        system = SYSTEMS.get(record["system"])
     if system is None:
         raise UsageError(f"{where}: 'system' is unknown: '{record['system']}'.")
     lengths = {"x0": system.n, "x_final_opt": system.n, "u_opt": system.steps}
@@ -326,7 +336,7 @@ def load_records(
     info = read_info(dataset_dir)
     records = read_split(dataset_dir, split)
     if system is not None:
-        get_system(system)  # an unknown name fails with the valid ones
+        check_system_name(system)  # an unknown name fails with the valid ones
         records = [r for r in records if r["system"] == system]
         if not records:
             present = sorted(info.get("systems", {}))

@@ -178,12 +178,15 @@ def family_system(name: str, params: Mapping[str, float | int]) -> System:
     return _system(name, tuple(params[key] for key in family.ranges))
 
 
-def record_system(record: Mapping) -> System:
-    """The problem a record states: its family member (record["params"]) or its fixed system."""
-    name = record["system"]
-    if name in FAMILIES:
-        return family_system(name, record["params"])
-    if name in SYSTEMS:
-        return SYSTEMS[name]
+def check_system_name(name: str) -> str:
+    """`name` when it names a fixed system or a family; UsageError listing them otherwise."""
+    if name in SYSTEMS or name in FAMILIES:
+        return name
     valid = ", ".join([*SYSTEMS, *FAMILIES])
     raise UsageError(f"unknown system '{name}'. Valid systems: {valid}.", fix=f"pick one or more of: {valid}")
+
+
+def record_system(record: Mapping) -> System:
+    """The problem a record states: its family member (record["params"]) or its fixed system."""
+    name = check_system_name(record["system"])
+    return family_system(name, record["params"]) if name in FAMILIES else SYSTEMS[name]
