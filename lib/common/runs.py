@@ -352,7 +352,9 @@ def _held(run_dir: Path, path: Path, owner: dict) -> UsageError:
 
 
 def _create_lock(path: Path) -> bool:
-    """Create the lock file with our host, pid and time; False when one exists."""
+    """Create the lock file with our host, pid and time; False when one exists. Not through atomic.py: a
+    rename would replace another trainer's lock, only O_EXCL creates exclusively; a reader that meets the
+    file before its bytes are written takes it as held by someone unknown (_read_lock)."""
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now(), **_slurm_run()}
     try:
         handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

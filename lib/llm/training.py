@@ -33,6 +33,7 @@ from lib.common.runs import (
     mark_failed,
     new_run_id,
     read_run_info,
+    refuse_foreign_latest,
     run_lock,
 )
 from lib.llm import grpo, sft
@@ -118,6 +119,8 @@ def run_training(cfg: dict, setup: DeviceSetup, argv: Sequence[str], resume: boo
     # rank 0 decides: a time-stamp run_id taken by each process could differ by a second between ranks
     run_id = processes.agree(cfg["run"]["run_id"] or (resumable_run_id(cfg) if resume else new_run_id()))
     stages = STAGES if cfg["training_type"] == "both" else (cfg["training_type"],)
+    for stage in stages:  # GRPO's too before SFT trains: a run that ends refused loses no work
+        refuse_foreign_latest(stage_dir(cfg, stage))
     sft_run = None
     for stage in stages:
         with run_lock(stage_dir(cfg, stage) / run_id, processes):

@@ -512,14 +512,19 @@ def test_a_second_trainer_on_a_locked_run_exits_2_naming_the_first(tmp_path, cap
 
 
 @pytest.mark.parametrize(
-    ("setting", "message"),
-    [("models_dir_file", "run.models_dir"), ("latest_file", "did not write"), ("latest_dir", "is a folder")],
+    ("setting", "stage", "message"),
+    [
+        ("models_dir_file", "sft", "run.models_dir"),
+        ("latest_file", "sft", "did not write"),
+        ("latest_dir", "sft", "is a folder"),
+        ("latest_file", "grpo", "did not write"),  # training_type=both: refused before SFT trains
+    ],
 )
-def test_a_bad_output_place_is_refused_before_any_work(workspace, tmp_path, capsys, setting, message):
+def test_a_bad_output_place_is_refused_before_any_work(workspace, tmp_path, capsys, setting, stage, message):
     """run.models_dir that is a file, or a `latest` that is not ours (a user's file, a folder): exit 2 at
     the start, and the user's file stays as it was."""
     models = tmp_path / "models"
-    latest = models / "universal/sft/latest"
+    latest = models / "universal" / stage / "latest"
     latest.parent.mkdir(parents=True)
     if setting == "models_dir_file":
         models = tmp_path / "a_file"
@@ -528,11 +533,11 @@ def test_a_bad_output_place_is_refused_before_any_work(workspace, tmp_path, caps
         latest.write_text("my own notes\n")
     else:
         latest.mkdir()
-    args = overrides(workspace, "training_type=sft", "run.run_id=b1", f"run.models_dir={models}")
+    args = overrides(workspace, "training_type=both", "run.run_id=b1", f"run.models_dir={models}")
     assert trainer_main(["--config", "configs/profiles/cpu.yaml", *args]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert message in err and "fix:" in err and "Traceback" not in err
-    assert not (latest.parent / "b1").exists()
+    assert not (models / "universal/sft/b1").exists()
     if setting == "latest_file":
         assert latest.read_text() == "my own notes\n"
 
