@@ -371,8 +371,9 @@ def _create_lock(path: Path) -> bool:
 
 
 def take_run_lock(run_dir: Path) -> Path:
-    """Hold the run's lock (lock_path) or raise UsageError naming its holder; a stale one (this host, its
-    pid gone: a trainer killed with kill -9) is taken over with a warning."""
+    """Hold the run's lock (lock_path) or raise UsageError naming its holder; a stale one (_is_stale: a
+    trainer killed with kill -9 on this host, or an earlier run of this requeued SLURM job) is taken over
+    with a warning."""
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     if _create_lock(path):
@@ -397,9 +398,10 @@ def take_run_lock(run_dir: Path) -> Path:
     if not _create_lock(path):
         raise _held(run_dir, path, _read_lock(path) or {})
     log.warning(
-        "took over the lock of run %s from pid %s on this host, which is no longer running (killed?)",
+        "took over the lock of run %s from pid %s on %s, which is no longer running (killed, or requeued)",
         run_dir,
         owner.get("pid"),
+        owner.get("host"),
     )
     return path
 
