@@ -19,8 +19,11 @@ once per dataset: the fitted numbers (standardization, the affine map, the MLP's
 .npz (no pickle) under the user cache, keyed by the train file's sha256 and BASELINES_VERSION, and a
 prediction is plain numpy, so an MPC re-plan can ask a baseline from any visited state.
 
-A baseline does not apply where its inputs or outputs differ in shape between records (horizons of several
-lengths) or where the train split has too few records of the system (MIN_TRAIN); `fit_system` says why.
+For a family (lib/control/families.py) the features are x_0 and the record's drawn values (its `params`:
+dt, N, bound, weights, target, constants), and the labels, whose lengths follow each record's N, are padded
+with zeros to the longest: a prediction is cut to the record's own N, clipped to its own bounds and rounded.
+A baseline does not apply where the train split has too few records of the system (MIN_TRAIN);
+`fit_system` says why.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ import numpy as np
 from lib.common.atomic import write_bytes_atomic
 from lib.common.config import user_cache_dir
 from lib.control.answer import parse_controls
+from lib.control.families import FAMILIES
 from lib.control.labels import round_plain
-from lib.control.systems import get_system
+from lib.control.systems import System, get_system
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("nearest", "knn", "affine", "mlp")
-BASELINES_VERSION = "1"  # bump when a fit changes, so cached fits are made again
+BASELINES_VERSION = "2"  # bump when a fit changes, so cached fits are made again
 K_CHOICES = (2, 4, 8, 16, 32)
 MLP_HIDDEN = (64, 64)
 MLP_UPDATES = 4000  # Adam steps of 200 records: a few seconds on 2 cores, whatever the split's size
@@ -59,18 +63,32 @@ ABOUT = {
 }
 
 
+def state_features(states: np.ndarray, record: dict) -> np.ndarray:
+    """[m, d] the features of `record`'s problem started from each of `states` [m, n] (x_0 as the prompt shows
+    it, then a family member's drawn values): what an MPC re-plan asks a baseline."""
+    states = np.asarray(states, dtype=float).reshape(len(states), -1)
+    values = np.array(list(record.get("params", {}).values()), dtype=float)
+    return np.hstack([states, np.tile(values, (len(states), 1))])
+
+
 def problem_features(records: Sequence[dict]) -> np.ndarray:
-    """[n, d] the numbers that differ between problems of one system: x_0 as the prompt shows it."""
-    return np.array([record["x0"] for record in records], dtype=float)
+    """[n, d] the numbers that differ between problems of one system: x_0 as the prompt shows it, and for a
+    family member its drawn values."""
+    if not records:
+        return np.zeros((0, 0))
+    return np.vstack([state_features(np.array([record["x0"]]), record) for record in records])
 
 
 def label_controls(records: Sequence[dict]) -> np.ndarray:
-    """[n, N] the printed label of each record (its completion's controls)."""
-    rows = []
-    for record in records:
-        parsed = parse_controls(record["completion"][-1]["content"], record["horizon"]["steps"])
-        rows.append(parsed.values if parsed.ok else np.asarray(record["u_opt"], dtype=float))
-    return np.array(rows, dtype=float)
+    """[n, N] the printed label of each record (its completion's controls), padded with zeros to the longest
+    horizon when a family's records differ in N."""
+    longest = max((record["horizon"]["steps"] for record in records), default=0)
+    rows = np.zeros((len(records), longest))
+    for i, record in enumerate(records):
+        steps = record["horizon"]["steps"]
+        parsed = parse_controls(record["completion"][-1]["content"], steps)
+        rows[i, :steps] = parsed.values if parsed.ok else np.asarray(record["u_opt"], dtype=float)
+    return rows
 
 
 @dataclass
@@ -104,8 +122,9 @@ class FittedBaselines:
         index = NearestNeighbors(n_neighbors=1).fit(self.train_x)
         return index.kneighbors(self.standardize(features))[0][:, 0]
 
-    def predict(self, name: str, features: np.ndarray) -> np.ndarray:
-        """[m, N] the controls baseline `name` answers, clipped to the bounds and rounded as a label."""
+    def predict(self, name: str, features: np.ndarray, system: System | None = None) -> np.ndarray:
+        """[m, N] the controls baseline `name` answers to problems of `system` (default: the fixed system it
+        was fitted on), cut to its N, clipped to its bounds and rounded as a label."""
         if name in self.missing:
             raise ValueError(f"baseline {name} was not fitted: {self.missing[name]}")
         x = self.standardize(features)
@@ -121,7 +140,8 @@ class FittedBaselines:
                     u = np.maximum(u, 0.0)
         else:
             raise ValueError(f"unknown baseline '{name}'")
-        return round_plain(get_system(self.system), u, self.decimals)
+        system = system or get_system(self.system)
+        return round_plain(system, u[:, : system.steps], self.decimals)
 
 
 def _neighbour_mean(train_x: np.ndarray, train_u: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
@@ -158,7 +178,7 @@ def fit_system(system: str, records: Sequence[dict], decimals: int) -> FittedBas
     x, u = fitted.train_x, labels
     if "knn" not in fitted.missing:
         started = time.perf_counter()
-        fitted.k = _pick_k(x, u, get_system(system), decimals)
+        fitted.k = _pick_k(x, u, None if system in FAMILIES else get_system(system), decimals)
         fitted.fit_seconds["knn"] = time.perf_counter() - started
     if "affine" not in fitted.missing:
         started = time.perf_counter()
@@ -171,9 +191,10 @@ def fit_system(system: str, records: Sequence[dict], decimals: int) -> FittedBas
     return fitted
 
 
-def _pick_k(x: np.ndarray, u: np.ndarray, system, decimals: int) -> int:
+def _pick_k(x: np.ndarray, u: np.ndarray, system: System | None, decimals: int) -> int:
     """The k of K_CHOICES whose neighbour mean, fitted on 90% of the train split, is closest (mean squared
-    error of the controls) to the labels of the other 10%, a fixed slice."""
+    error of the controls, rounded as a label for a fixed system; a family's members differ in bounds, so
+    there as computed) to the labels of the other 10%, a fixed slice."""
     order = np.random.default_rng(0).permutation(len(x))
     held = order[: max(1, len(x) // 10)]
     kept = order[len(held) :]
@@ -181,7 +202,8 @@ def _pick_k(x: np.ndarray, u: np.ndarray, system, decimals: int) -> int:
     for k in K_CHOICES:
         if k > len(kept):
             break
-        guess = round_plain(system, _neighbour_mean(x[kept], u[kept], x[held], k), decimals)
+        guess = _neighbour_mean(x[kept], u[kept], x[held], k)
+        guess = guess if system is None else round_plain(system, guess, decimals)
         errors[k] = float(np.mean((guess - u[held]) ** 2))
     return min(errors, key=errors.get) if errors else 1
 
@@ -275,20 +297,3 @@ def dataset_baselines(dataset_dir: Path, info: dict, systems: Sequence[str]) -> 
         except OSError as exc:  # a read-only home: the fit still serves this run
             log.warning("could not cache the fitted baselines in %s: %s", path.parent, exc)
     return fitted
-
-
-def baseline_controls(
-    fitted: dict[str, FittedBaselines], records: Sequence[dict], name: str
-) -> list[np.ndarray | None]:
-    """Baseline `name`'s controls for each record (None where it does not apply to the record's system)."""
-    out: list[np.ndarray | None] = [None] * len(records)
-    for system, model in fitted.items():
-        if name in model.missing:
-            continue
-        idx = [i for i, r in enumerate(records) if r["system"] == system]
-        if idx:
-            for i, u in zip(
-                idx, model.predict(name, problem_features([records[i] for i in idx])), strict=True
-            ):
-                out[i] = u
-    return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,4 +189,30 @@ def check_system_name(name: str) -> str:
 def record_system(record: Mapping) -> System:
     """The problem a record states: its family member (record["params"]) or its fixed system."""
     name = check_system_name(record["system"])
-    return family_system(name, record["params"]) if name in FAMILIES else SYSTEMS[name]
+    if name not in FAMILIES:
+        return SYSTEMS[name]
+    params = record.get("params")
+    problem = check_parameters(FAMILIES[name], params)
+    if problem:
+        raise UsageError(f"a {name} problem without its values: {problem}.",
+                         fix="pass the record's 'params' (every reader of a family record needs them).")  # fmt: skip
+    return family_system(name, params)
+
+
+def problem_key(name: str, params: object = None) -> tuple:
+    """What makes two rows the same problem: the system, and for a family member its drawn values."""
+    return (name, tuple(params.values())) if name in FAMILIES and isinstance(params, dict) else (name, ())
+
+
+def system_groups(records: Sequence[Mapping], k: int = 1) -> list[tuple[System, np.ndarray]]:
+    """(system, row indices) over rows that repeat each record k times (row i answers record i // k): a fixed
+    system's rows form one group, simulated in one vectorised call; a family's rows are grouped by member.
+    Groups come in the order their first record does."""
+    groups: dict[tuple, list[int]] = {}
+    systems: dict[tuple, System] = {}
+    for i, record in enumerate(records):
+        key = problem_key(record["system"], record.get("params"))
+        if key not in systems:
+            systems[key] = record_system(record)
+        groups.setdefault(key, []).extend(range(i * k, (i + 1) * k))
+    return [(systems[key], np.array(rows, dtype=int)) for key, rows in groups.items()]

@@ -27,6 +27,7 @@ from lib.control.answer import build_prompt
 from lib.control.baselines import BASELINES, dataset_baselines
 from lib.control.dataset import sample_initial_states
 from lib.control.dataset_format import load_records
+from lib.control.families import record_system
 from lib.control.systems import get_system
 from lib.llm.evaluation import (
     REFERENCES,
@@ -150,9 +151,11 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
         if mode == "format":
             texts = timed([r["prompt"] for r in records for _ in range(k)])
             systems = [r["system"] for r in records for _ in range(k)]
-            rates, checks = format_rates(texts, systems)
+            steps = [record_system(r).steps for r in records]
+            rates, checks = format_rates(texts, records, k)
             results.append({"label": label, "model": described, "format_rates": rates, "checks": checks,
-                            "texts": texts, "systems": systems, "calls": calls})  # fmt: skip
+                            "texts": texts, "systems": systems, "steps": [s for s in steps for _ in range(k)],
+                            "calls": calls})  # fmt: skip
         else:
             rows = score_samples(records, answer_records(records, timed, k, mode, settings["replan_every"]))
             results.append({"label": label, "model": described, "rows": rows, "calls": calls})

@@ -29,8 +29,9 @@ import numpy as np
 
 from lib.common.errors import UsageError
 from lib.control.answer import build_prompt, format_checks, parse_controls
+from lib.control.families import system_groups
 from lib.control.metrics import SUCCESS_EPS, evaluate_controls
-from lib.control.systems import get_system, simulate
+from lib.control.systems import simulate
 
 Answerer = Callable[[list[list[dict]]], list[str]]
 BOOTSTRAP_RESAMPLES = 2000
@@ -89,17 +90,14 @@ def answer_records(
     if mode == "control":
         prompts = [r["prompt"] for r in records for _ in range(k)]
         texts = _call(answer, prompts)
-        for name in dict.fromkeys(per_row_system):
-            idx = [i for i, s in enumerate(per_row_system) if s == name]
-            u, reasons = _fill_controls([texts[i] for i in idx], get_system(name).steps)
+        for system, idx in system_groups(records, k):  # each row parsed with its own problem's horizon
+            u, reasons = _fill_controls([texts[i] for i in idx], system.steps)
             for j, i in enumerate(idx):
                 rows.completion[i], rows.reason[i], rows.u[i] = texts[i], reasons[j], u[j]
     elif mode == "mpc":
-        for name in dict.fromkeys(per_row_system):
-            idx = [i for i, s in enumerate(per_row_system) if s == name]
+        for system, idx in system_groups(records, k):
             x0 = np.array([records[i // k]["x0"] for i in idx], dtype=float)
             first_record = records[idx[0] // k]
-            system = get_system(name)
             style = first_record.get("prompt_style", "full")
             u, reasons, first = closed_loop(
                 system, x0, text_planner(system, answer, first_record["decimals"], style), replan_every
@@ -187,9 +185,7 @@ def score_samples(records: list[dict], rows: SampleRows) -> SampleRows:
     out["feasible"] = np.zeros(n, dtype=bool)
     for eps in SUCCESS_EPS:
         out[success_key(eps)] = np.zeros(n, dtype=bool)
-    for name in dict.fromkeys(rows.system):
-        idx = np.array([i for i, s in enumerate(rows.system) if s == name])
-        system = get_system(name)
+    for system, idx in system_groups(records, k):  # each row scored with its own problem
         group = [records[i // k] for i in idx]
         x0 = np.array([r["x0"] for r in group], dtype=float)
         J_opt = np.array([r["J_opt"] for r in group], dtype=float)
@@ -364,10 +360,16 @@ def _summary(rows: SampleRows, idx: np.ndarray, seed: int) -> dict:
 # ---------------------------------------------------------------- format checks
 
 
-def format_rates(texts: Sequence[str], systems: Sequence[str]) -> tuple[dict[str, float], list[dict]]:
-    """Rate of each format check over the answers, and each answer's checks (what verify_grpo_format and
-    main_eval --eval-mode format report)."""
-    checks = [format_checks(text, get_system(name)) for text, name in zip(texts, systems, strict=True)]
+def format_rates(
+    texts: Sequence[str], records: Sequence[dict], k: int = 1
+) -> tuple[dict[str, float], list[dict]]:
+    """Rate of each format check over the answers (k per record, row i answering record i // k), and each
+    answer's checks, against its own problem's horizon and bounds (what verify_grpo_format and main_eval
+    --eval-mode format report)."""
+    checks: list[dict] = [{}] * len(texts)
+    for system, idx in system_groups(records, k):
+        for i in idx:
+            checks[i] = format_checks(texts[i], system)
     names = list(checks[0]) if checks else []
     rates = {name: sum(c[name] for c in checks) / len(checks) for name in names}
     return rates, checks

@@ -4,6 +4,7 @@ lib/llm/training.py, `train_stage`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lib.common.config import repo_path
@@ -56,7 +57,11 @@ def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], e
         model=model,
         reward_funcs=reward_functions(cfg["grpo"])[0],
         args=args,
-        train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in train]),
+        # a family member's values travel as JSON text (one string column whatever the families), so each
+        # reward scores a completion with its own problem (lib/llm/rewards.py, problem_params)
+        train_dataset=Dataset.from_list(
+            [{k: r[k] for k in FIELDS} | {"params": json.dumps(r.get("params"))} for r in train]
+        ),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,

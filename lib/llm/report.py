@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from lib.control.answer import parse_controls
+from lib.control.families import record_system
 from lib.control.metrics import SUCCESS_EPS
-from lib.control.systems import get_system
 from lib.llm.models import run_of_description
 
 SUCCESS_KEYS = [f"success@{round(eps * 100)}%" for eps in SUCCESS_EPS]
@@ -39,10 +39,10 @@ def sample_lines(results: Sequence[Mapping]) -> str:
     lines = []
     for result in results:
         if "rows" not in result:  # --eval-mode format
-            for text, system, checks in zip(
-                result["texts"], result["systems"], result["checks"], strict=True
+            for text, system, checks, steps in zip(
+                result["texts"], result["systems"], result["checks"], result["steps"], strict=True
             ):
-                reason = parse_controls(text, get_system(system).steps).reason
+                reason = parse_controls(text, steps).reason
                 entry = {"model": result["label"], "system": system, "checks": checks, "reason": reason,
                          "completion": text}  # fmt: skip
                 lines.append(json.dumps(entry) + "\n")
@@ -311,9 +311,9 @@ def render_figures(
     for i, record in enumerate(records):
         by_system.setdefault(record["system"], []).append(i)
     for name, indices in by_system.items():
-        system = get_system(name)
         for n, i in enumerate(indices[:plot_instances]):
             record = records[i]
+            system = record_system(record)  # a family member's own problem
             answers = {r["label"]: r["rows"].u[i * k] for r in results}
             x0, u_opt = np.asarray(record["x0"]), np.asarray(record["u_opt"])
             gaps_text = ", ".join(f"{r['label']} gap {_gap_text(r['rows'], i * k)}" for r in results)

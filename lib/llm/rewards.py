@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 import threading
 from collections import deque
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lib.control.answer import TAGS, parse_controls, too_long
+from lib.control.families import record_system, system_groups
 from lib.control.metrics import SUCCESS_EPS, ControlMetrics, evaluate_controls
-from lib.control.systems import get_system
 
 VIOLATION_SCALE = 0.1  # a control 0.1 beyond its bound earns 1/e of the feasibility reward
 BATCH_CACHE_SIZE = 2  # batches kept by score_batch: the current step's and the one before
@@ -75,7 +76,7 @@ def clear_batch_cache() -> None:
         _batch_cache.clear()
 
 
-def _batch_key(texts, system, x0, J_opt, J_floor, J_zero) -> tuple:
+def _batch_key(texts, system, x0, J_opt, J_floor, J_zero, params=None) -> tuple:
     """Everything a batch's scores depend on, as a value: tuples of strings and numbers, compared with ==
     (a NaN never equals a fresh NaN, which only costs a recomputation)."""
     return (
@@ -85,6 +86,7 @@ def _batch_key(texts, system, x0, J_opt, J_floor, J_zero) -> tuple:
         tuple(J_opt),
         tuple(J_floor),
         None if J_zero is None else tuple(J_zero),
+        None if params is None else tuple(params),
     )
 
 
@@ -111,15 +113,14 @@ def _merge(count: int, parts: list[tuple[list[int], ControlMetrics]]) -> Control
     return ControlMetrics(**merged, success=success)
 
 
-def _compute_batch(texts, system, x0, J_opt, J_floor, J_zero) -> BatchScores:
-    """Parse every completion once; simulate each system's rows in one vectorised call, grouped exactly as
-    the per-reward path grouped them (systems in first-seen order, J_floor of the group's first row)."""
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(system):
-        groups.setdefault(name, []).append(i)
+def _compute_batch(texts, system, x0, J_opt, J_floor, J_zero, params=None) -> BatchScores:
+    """Parse every completion once; simulate each problem's rows in one vectorised call (a fixed system's
+    rows together, a family member's with its own system: the `params` column), in first-seen order, with
+    J_floor of the group's first row."""
+    rows_of = [{"system": name, "params": problem_params(params, i)} for i, name in enumerate(system)]
     parts = []
-    for name, rows in groups.items():
-        model = get_system(name)
+    for model, rows in system_groups(rows_of):
+        rows = rows.tolist()
         u = np.full((len(rows), model.steps), np.nan)
         parsed = np.zeros(len(rows), dtype=bool)
         for j, i in enumerate(rows):
@@ -151,6 +152,15 @@ def _compute_batch(texts, system, x0, J_opt, J_floor, J_zero) -> BatchScores:
     return scores
 
 
+def problem_params(params: Sequence[object] | None, row: int) -> dict | None:
+    """A row's drawn values from the `params` column: a JSON text (the GRPO dataset's, lib/llm/grpo.py), a
+    table, or nothing (a fixed system)."""
+    if params is None:
+        return None
+    value = params[row]
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def score_batch(
     completions: Sequence[object],
     system: Sequence[str],
@@ -158,16 +168,21 @@ def score_batch(
     J_opt: Sequence[float],
     J_floor: Sequence[float],
     J_zero: Sequence[float] | None = None,
+    params: Sequence[object] | None = None,
 ) -> BatchScores:
     """The batch's scores, computed once and shared by the reward functions of a step (module docstring):
-    the cached result when every input equals a cached batch's, a fresh computation otherwise."""
+    the cached result when every input equals a cached batch's, a fresh computation otherwise. `params`:
+    each row's family values (JSON text or a table; None for fixed systems)."""
     texts = [completion_text(c) for c in completions]
-    key = _batch_key(texts, system, x0, J_opt, J_floor, J_zero)
+    params = (
+        None if params is None else [p if isinstance(p, str) or p is None else json.dumps(p) for p in params]
+    )
+    key = _batch_key(texts, system, x0, J_opt, J_floor, J_zero, params)
     with _batch_lock:
         for cached_key, scores in _batch_cache:
             if cached_key == key:
                 return scores
-    scores = _compute_batch(texts, system, x0, J_opt, J_floor, J_zero)
+    scores = _compute_batch(texts, system, x0, J_opt, J_floor, J_zero, params)
     with _batch_lock:
         _batch_cache.append((key, scores))
     return scores
@@ -184,15 +199,18 @@ def format_reward(prompts, completions, system, **columns) -> list[float]:
     tags are there in order but the controls do not parse; 0 otherwise."""
     scoring = [columns.get(k) for k in ("x0", "J_opt", "J_floor")]
     if all(c is not None for c in scoring):  # TRL passes them: share the batch with the other rewards
-        scores = score_batch(completions, system, *scoring, columns.get("J_zero"))
+        scores = score_batch(completions, system, *scoring, columns.get("J_zero"), columns.get("params"))
         return [
             1.0 if ok else (0.25 if tags else 0.0)
             for ok, tags in zip(scores.metrics.parsed.tolist(), scores.tags_in_order.tolist(), strict=True)
         ]
     rewards = []
-    for completion, name in zip(completions, system, strict=True):
+    params = columns.get("params")
+    for i, (completion, name) in enumerate(zip(completions, system, strict=True)):
         text = completion_text(completion)
-        ok = parse_controls(text, get_system(name).steps).ok
+        ok = parse_controls(
+            text, record_system({"system": name, "params": problem_params(params, i)}).steps
+        ).ok
         rewards.append(1.0 if ok else (0.25 if tags_in_order(text) else 0.0))
     return rewards
 
@@ -201,7 +219,7 @@ def feasibility_reward(
     prompts, completions, system, x0, J_opt, J_floor, J_zero=None, **columns
 ) -> list[float]:
     """exp(-max bound violation / 0.1) for parsed answers (1.0 when within bounds), 0 when unparsed."""
-    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero).metrics
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero, columns.get("params")).metrics
     return [
         _decay(v, VIOLATION_SCALE) if ok else 0.0
         for v, ok in zip(m.violation.tolist(), m.parsed.tolist(), strict=True)
@@ -213,7 +231,7 @@ def optimality_reward(
 ) -> list[float]:
     """exp(-max(gap, 0) / optimality_sigma) for feasible answers, 0 otherwise (an answer that leaves the
     bounds could beat J*, so it earns nothing here)."""
-    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero).metrics
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero, columns.get("params")).metrics
     return [
         _decay(max(g, 0.0), optimality_sigma) if ok else 0.0
         for g, ok in zip(m.gap.tolist(), m.feasible.tolist(), strict=True)
@@ -224,7 +242,7 @@ def terminal_reward(
     prompts, completions, system, x0, J_opt, J_floor, J_zero=None, terminal_scale: float = 0.1, **columns
 ) -> list[float]:
     """exp(-||x_N - x_target|| / terminal_scale) for parsed answers, 0 when unparsed."""
-    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero).metrics
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero, columns.get("params")).metrics
     return [
         _decay(e, terminal_scale) if ok else 0.0
         for e, ok in zip(m.terminal_error.tolist(), m.parsed.tolist(), strict=True)

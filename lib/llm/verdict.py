@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lib.control.baselines import ABOUT, BASELINES, FittedBaselines, problem_features
-from lib.control.systems import get_system
+from lib.control.baselines import ABOUT, BASELINES, FittedBaselines, problem_features, state_features
+from lib.control.families import system_groups
 from lib.llm.evaluation import BOOTSTRAP_RESAMPLES, SampleRows, closed_loop, score_samples
 
 GAP_FLOOR = 1e-3
@@ -54,20 +54,25 @@ def baseline_rows(
                 rows.reason[i] = f"baseline not fitted: {model.missing[name]}"
             continue
         group = [records[i] for i in idx]
-        if mode == "mpc":
-            decimals = int(group[0]["decimals"])
+        for problem, members in system_groups(group):  # a family member answered with its own problem
+            members = members.tolist()
+            first = group[members[0]]
+            if mode == "mpc":
+                decimals = int(first["decimals"])
 
-            def plan(
-                states: np.ndarray, model=model, decimals=decimals
-            ) -> tuple[np.ndarray, list[str], list[str]]:
-                shown = np.round(states, decimals)  # the state as a prompt would show it
-                return model.predict(name, shown), [""] * len(states), [""] * len(states)
+                def plan(
+                    states: np.ndarray, model=model, decimals=decimals, first=first, problem=problem
+                ) -> tuple[np.ndarray, list[str], list[str]]:
+                    shown = np.round(states, decimals)  # the state as a prompt would show it
+                    features = state_features(shown, first)
+                    return model.predict(name, features, problem), [""] * len(states), [""] * len(states)
 
-            u = closed_loop(get_system(system), problem_features(group), plan, replan_every)[0]
-        else:
-            u = model.predict(name, problem_features(group))
-        for j, i in enumerate(idx):
-            rows.u[i] = u[j]
+                x0 = np.array([group[j]["x0"] for j in members], dtype=float)
+                u = closed_loop(problem, x0, plan, replan_every)[0]
+            else:
+                u = model.predict(name, problem_features([group[j] for j in members]), problem)
+            for row, j in enumerate(members):
+                rows.u[idx[j]] = u[row]
     return score_samples(records, rows)
 
 
