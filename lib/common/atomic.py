@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lib.common.errors import UsageError
+from lib.common.errors import LEFTOVER, UsageError
 
 
 def write_bytes_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
@@ -72,20 +71,6 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# the temporary names above: .<name>.<pid>.tmp (or .tmp<suffix>), .<name>.<pid>.partial and .<name>.<pid>.old
-LEFTOVER = re.compile(r"^\.(.+)\.\d+\.(tmp|partial|old)(\.[^.]+)?$")
-
-
-def final_path(path: Path | str) -> Path:
-    """The path a temporary name stands for, part by part (.d.12.partial/.info.json.12.tmp -> d/info.json):
-    what an error message should name."""
-    parts = [
-        match.group(1) + (match.group(3) or "") if (match := LEFTOVER.match(part)) else part
-        for part in Path(path).parts
-    ]
-    return Path(*parts)
 
 
 def remove_leftovers(folder: Path) -> list[Path]:

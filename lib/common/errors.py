@@ -11,9 +11,26 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+# the temporary names lib/common/atomic.py writes under: .<name>.<pid>.tmp (or .tmp<suffix>), .<name>.<pid>.partial
+# and .<name>.<pid>.old (here, not there, so an error message can name the final path without an import cycle)
+LEFTOVER = re.compile(r"^\.(.+)\.\d+\.(tmp|partial|old)(\.[^.]+)?$")
+
+
+def final_path(path: Path | str) -> Path:
+    """The path a temporary name stands for, part by part (.d.12.partial/.info.json.12.tmp -> d/info.json):
+    what an error message should name."""
+    parts = [
+        match.group(1) + (match.group(3) or "") if (match := LEFTOVER.match(part)) else part
+        for part in Path(path).parts
+    ]
+    return Path(*parts)
+
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -118,7 +135,6 @@ def _free_space(path: str | None) -> str:
 
 
 def _disk_full_failure(cause: BaseException) -> Failure:
-    from lib.common.atomic import final_path  # here: lib.common.atomic imports this module
 
     path = getattr(cause, "filename", None)
     where = f"writing {final_path(path)}" if path else "writing to disk"
