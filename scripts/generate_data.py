@@ -81,7 +81,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--prompt-style",
         help="full (default: the problem in words) or compact (in symbols); generate.prompt_style",
     )
-    add("--split", help="random (default), extrapolation or sparse: what held out means; generate.split")
+    add(
+        "--split",
+        help="random (default), extrapolation, sparse or held-out-parameters (families; the region: generate.held_out=JSON): what held out means; generate.split",
+    )
     add("--sparse-fraction", type=float, help="--split sparse: train at most this fraction of the grid (0.1)")
     add("--reasoning", help="the labels' reasoning: full (default), brief or none; generate.reasoning")
     add("--overwrite", action="store_true", help="replace an existing dataset of that name")

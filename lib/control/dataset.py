@@ -132,6 +132,12 @@ def split_initial_states(
     box; `extrapolation` draws train from the default box and eval from the ring between it and the wide
     box; `sparse` is random with the train split at most `sparse_fraction` of the grid. Train and eval never
     share a state. coverage: the distinct problems the training region holds and the fraction taken."""
+    if split == "held-out-parameters":
+        raise UsageError(
+            f"--split held-out-parameters holds out a region of a family's parameters; {system.name} is a fixed "
+            "system, whose problems differ only in x_0.",
+            fix='use a family such as double_integrator_family (docs/datasets.md, "Families"), or another --split.',
+        )
     if split == "extrapolation":
         train = sample_initial_states(system, n_train, seed, decimals)
         evaluation = sample_initial_states(
@@ -221,6 +227,7 @@ def build_dataset(
     reasoning: str = "full",
     split: str = "random",
     sparse_fraction: float = 0.1,
+    held_out: dict | None = None,
 ) -> tuple[dict[str, list[str]], dict]:
     """({split: json lines}, info without files/created_at): samples split evenly over the systems, train
     and eval states drawn as `split` says (split_initial_states)."""
@@ -245,8 +252,9 @@ def build_dataset(
             on_system(system.name)
         if isinstance(system, Family):
             family_lines, info_systems[system.name] = build_family(
-                system, n_tr, n_ev, seed, decimals, wide, split, workers, progress, prompt_style, reasoning
-            )
+                system, n_tr, n_ev, seed, decimals, wide, split, workers, progress, prompt_style, reasoning,
+                held_out,
+            )  # fmt: skip
             lines["train"] += family_lines[:n_tr]
             lines["eval"] += family_lines[n_tr:]
             continue
@@ -280,7 +288,7 @@ def build_dataset(
         "prompt_style": prompt_style,
         "reasoning": reasoning,
         "box": "wide" if wide else "default",
-        "split": {"kind": split, **({"sparse_fraction": sparse_fraction} if split == "sparse" else {})},
+        "split": split_record(split, sparse_fraction, held_out),
         "counts": {"train": n_train, "eval": n_eval},
         "cost": "J = sum_{k=0}^{N-1} [(x_k - x*)' Q (x_k - x*) + R u_k^2] + (x_N - x*)' Qf (x_N - x*)",
         "systems": info_systems,
@@ -297,22 +305,85 @@ def family_initial_states(system: System, rng: np.random.Generator, decimals: in
             return x0
 
 
+def split_record(split: str, sparse_fraction: float, held_out: dict | None) -> dict:
+    """info.json's `split`: its kind and the setting that kind reads."""
+    if split == "sparse":
+        return {"kind": split, "sparse_fraction": sparse_fraction}
+    if split == "held-out-parameters":
+        return {"kind": split, "held_out": held_out}
+    return {"kind": split}
+
+
+def in_region(params: dict, held_out: dict) -> bool:
+    """Every parameter the held-out region names lies in its interval."""
+    return all(low - 1e-12 <= params[name] <= high + 1e-12 for name, (low, high) in held_out.items())
+
+
+def check_held_out(family: Family, held_out: dict | None) -> None:
+    """A held-out region names parameters of the family, each an interval that cuts its range in two."""
+    if not held_out:
+        raise UsageError(
+            "--split held-out-parameters needs the region to hold out (generate.held_out).",
+            fix=f"e.g. 'generate.held_out={{\"dt\": [0.5, 0.6]}}' (JSON); {family.name}'s parameters: "
+            f"{', '.join(family.ranges)}.",
+        )
+    for name, (low, high) in held_out.items():
+        if name not in family.ranges:
+            raise UsageError(
+                f"generate.held_out names '{name}', which {family.name} does not draw.",
+                fix=f"name some of: {', '.join(family.ranges)}.",
+            )
+        full = family.ranges[name]
+        if not (
+            low < high and full.low <= low and high <= full.high and (low > full.low or high < full.high)
+        ):
+            raise UsageError(
+                f"generate.held_out {name}: [{low:g}, {high:g}] should be a proper part of {family.name}'s range "
+                f"[{full.low:g}, {full.high:g}] (low < high, inside it, not all of it).",
+                fix=f"e.g. {name}: [{full.low + 0.75 * (full.high - full.low):.3g}, {full.high:g}].",
+            )
+
+
+def draw_split_parameters(
+    family: Family, n_train: int, n_eval: int, rng: np.random.Generator, held_out: dict | None
+) -> list[dict]:
+    """n_train + n_eval parameter sets: all from the ranges, or (held_out) train outside the region and eval
+    inside it, drawn from the ranges and kept on the side they fall."""
+    if held_out is None:
+        return draw_parameters(family, n_train + n_eval, rng)
+    train: list[dict] = []
+    evaluation: list[dict] = []
+    for _ in range(1_000):  # each batch keeps the share of the ranges each side holds
+        for params in draw_parameters(family, 4 * max(n_train, n_eval) + 16, rng):
+            side, wanted = (evaluation, n_eval) if in_region(params, held_out) else (train, n_train)
+            if len(side) < wanted:
+                side.append(params)
+        if len(train) == n_train and len(evaluation) == n_eval:
+            return train + evaluation
+    raise UsageError(
+        f"generate.held_out {held_out} holds too small a share of {family.name}'s ranges for {n_eval} eval problems.",
+        fix="widen the region, or ask for fewer eval samples.",
+    )
+
+
 def build_family(
     family: Family, n_train: int, n_eval: int, seed: int, decimals: int, wide: bool, split: str, workers: int,
-    progress: Callable[[int], None] | None, prompt_style: str, reasoning: str,
+    progress: Callable[[int], None] | None, prompt_style: str, reasoning: str, held_out: dict | None = None,
 ) -> tuple[list[str], dict]:  # fmt: skip
     """(json lines, info.json entry) of a family: each record its own drawn parameters and x0, labelled with
     the exact optimum of exactly its problem (docs/datasets.md, "Families"). Records are drawn independently
-    from the ranges, so train and eval are two samples of one continuous distribution."""
-    if split != "random":
+    from the ranges, so train and eval are two samples of one continuous distribution; with the
+    held-out-parameters split eval problems come from the region `held_out` states, train ones from outside."""
+    if split not in ("random", "held-out-parameters"):
         raise UsageError(
             f"--split {split} is not defined for a family ({family.name}): its problems are drawn from continuous "
             "ranges, not a grid.",
-            fix="use --split random (the default) for families.",
+            fix="use --split random (the default) or held-out-parameters for families.",
         )
-    count = n_train + n_eval
+    if split == "held-out-parameters":
+        check_held_out(family, held_out)
     rng = np.random.default_rng([seed, zlib.crc32(family.name.encode())])
-    params = draw_parameters(family, count, rng)
+    params = draw_split_parameters(family, n_train, n_eval, rng, held_out if split != "random" else None)
     systems = [family_system(family.name, p) for p in params]
     x0 = np.stack([family_initial_states(system, rng, decimals, wide) for system in systems])
     refs = solve_family_references(systems, x0, decimals, seed, workers, progress)
@@ -339,9 +410,12 @@ def build_family(
         "worst_label_gap": float(np.max((J_label - J) / np.maximum(J, floor))),
         "coverage": {
             "kind": "continuous",
-            "train_region": "the family's ranges",
-            "eval_region": "the same ranges",
-        },
+            **(
+                {"train_region": f"outside {held_out}", "eval_region": f"inside {held_out}"}
+                if split == "held-out-parameters"
+                else {"train_region": "the family's ranges", "eval_region": "the same ranges"}
+            ),
+        },  # fmt: skip
     }
 
 

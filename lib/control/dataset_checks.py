@@ -22,7 +22,14 @@ from lib.common.atomic import check_writable_folder
 from lib.common.config.schema import shared_schema
 from lib.common.errors import UsageError
 from lib.control.answer import build_prompt, format_answers, parse_controls
-from lib.control.dataset import family_parameters, grid_problems, split_evenly, system_parameters
+from lib.control.dataset import (
+    family_parameters,
+    grid_problems,
+    in_region,
+    split_evenly,
+    split_record,
+    system_parameters,
+)
 from lib.control.dataset_format import (
     SPLITS,
     parse_record_line,
@@ -153,9 +160,7 @@ def check_existing_dataset(path: Path, settings: dict) -> None:
         "reasoning": info.get("reasoning", "full"),
     }
     wanted = {key: settings[key] for key in ("systems", "decimals", "wide", "prompt_style", "reasoning")}
-    wanted["split"] = {"kind": settings["split"]} | (
-        {"sparse_fraction": settings["sparse_fraction"]} if settings["split"] == "sparse" else {}
-    )
+    wanted["split"] = split_record(settings["split"], settings["sparse_fraction"], settings["held_out"])
     if settings["train_samples"] is not None and settings["eval_samples"] is not None:
         found |= {"train_samples": counts["train"], "eval_samples": counts["eval"]}
         wanted |= {"train_samples": settings["train_samples"], "eval_samples": settings["eval_samples"]}
@@ -257,6 +262,17 @@ def validate_dataset(path: Path) -> dict:
             seen_states[name] |= states
             if name not in FAMILIES:
                 _check_split(path, file, info, split, get_system(name), {x for x, _ in states})
+            elif (
+                info.get("split", {}).get("kind") == "held-out-parameters"
+            ):  # eval inside the region, train out
+                held_out = info["split"].get("held_out") or {}
+                for number, record in group:
+                    if in_region(record["params"], held_out) != (split == "eval"):
+                        side = "outside" if split == "eval" else "inside"
+                        raise unusable_dataset(
+                            path, f"{file} line {number} (id {record['id']}): its params lie {side} the held-out "
+                            f"region {held_out}, where the {split} split never draws."
+                        )  # fmt: skip
     for name, entries in by_system_all.items():
         _check_derived(path, info, name, entries)
     return summary

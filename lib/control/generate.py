@@ -127,6 +127,7 @@ def generate(cfg: dict, command: Sequence[str], overwrite: bool = False) -> int:
                 wide=settings["wide"],
                 split=settings["split"],
                 sparse_fraction=settings["sparse_fraction"],
+                held_out=settings["held_out"],
                 workers=settings["workers"],
                 progress=bar.update,
                 on_system=bar.set_description,

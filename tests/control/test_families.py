@@ -122,3 +122,33 @@ def test_rk4_of_a_member_uses_its_own_constants():
     stepped = rk4_step(member.rhs, x, np.array([0.0]), 0.1, np)
     fixed = rk4_step(SYSTEMS["van_der_pol"].rhs, x, np.array([0.0]), 0.1, np)
     assert not np.allclose(np.concatenate(stepped), np.concatenate(fixed))
+
+
+def test_held_out_parameters_keep_a_region_of_the_ranges_for_evaluation(tmp_path):
+    from lib.common.errors import UsageError
+
+    held_out = {"dt": [0.5, 0.6]}
+    lines, info = build_dataset(["double_integrator_family"], 60, 12, seed=2, split="held-out-parameters",
+                                held_out=held_out)  # fmt: skip
+    train = [json.loads(line)["params"]["dt"] for line in lines["train"]]
+    evaluation = [json.loads(line)["params"]["dt"] for line in lines["eval"]]
+    assert all(0.5 <= dt <= 0.6 for dt in evaluation) and not any(0.5 <= dt <= 0.6 for dt in train)
+    assert info["split"] == {"kind": "held-out-parameters", "held_out": held_out}
+    assert info["systems"]["double_integrator_family"]["coverage"]["kind"] == "continuous"
+    path = write_dataset(tmp_path, "ho", lines, info)
+    assert validate_dataset(path) == {"train": 60, "eval": 12}
+    # an eval problem moved out of the region (its label re-solved for the new dt would still not belong)
+    moved = json.loads(lines["eval"][0])
+    moved["params"]["dt"] = 0.3
+    lines["eval"][0] = json.dumps(moved, separators=(",", ":"))
+    with pytest.raises(UsageError, match=r"eval.jsonl line 1"):
+        validate_dataset(write_dataset(tmp_path, "moved", lines, info))
+    for bad in ({"mu": [1, 2]}, {"dt": [0.2, 0.6]}, None):  # not a parameter; all of the range; none given
+        with pytest.raises(UsageError, match="held"):
+            build_dataset(
+                ["double_integrator_family"], 6, 2, seed=2, split="held-out-parameters", held_out=bad
+            )
+    with pytest.raises(UsageError, match="fixed system"):
+        build_dataset(
+            ["double_integrator_short"], 6, 2, seed=2, split="held-out-parameters", held_out=held_out
+        )
