@@ -149,12 +149,18 @@ def _search_grid(
 
 
 def round_for_label(
-    system: System, x0: np.ndarray, u: np.ndarray, hessians: np.ndarray, decimals: int
+    system: System,
+    x0: np.ndarray,
+    u: np.ndarray,
+    hessians: np.ndarray,
+    decimals: int,
+    J: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(u_label [B, N], J_label [B]): the better of plain and Babai rounding of the optima u [B, N], and for
     instances where that costs more than LABEL_RTOL * J* above J*, the grid search (`_search_grid`).
 
-    hessians: [N, N] shared by the batch (a linear system), or [B, N, N] one per instance.
+    hessians: [N, N] shared by the batch (a linear system), or [B, N, N] one per instance. J: the simulated
+    cost of u [B] when the caller has it already (saves one simulation), else it is simulated here.
     """
     free = (u > system.u_min) & (u < system.u_max)
     babai = np.empty_like(u)
@@ -171,7 +177,8 @@ def round_for_label(
     J_plain = trajectory_cost(system, simulate(system, x0, plain), plain)
     keep_babai = J_babai <= J_plain
     label, J_label = np.where(keep_babai[:, None], babai, plain), np.where(keep_babai, J_babai, J_plain)
-    J = trajectory_cost(system, simulate(system, x0, u), u)
+    if J is None:
+        J = trajectory_cost(system, simulate(system, x0, u), u)
     searched = False
     for i in np.flatnonzero(J_label - J > LABEL_RTOL * J):
         H = hessians if hessians.ndim == 2 else hessians[i]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -76,6 +76,11 @@ IPOPT_OPTIONS = {
     "ipopt.max_iter": 500,
 }
 _CHUNK = 8  # instances per task sent to a worker process (small: keeps the progress bar moving)
+# families (solve_family): members per chain, each chain one task; its first member costs 5 cold starts, the
+# others 2 starts when they agree (measured: 97% of van_der_pol_family members reach one optimum from all 5),
+# so 32 keeps the extra starts at 3/32 ~ 0.1 a record and still gives each member ~31 neighbours to start from
+FAMILY_CHAIN = 32
+FAMILY_AGREE = 2  # starts that must agree on J* before a family member stops trying cold starts
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,62 @@ class _Nlp:
     derivatives: object  # casadi Function (u[N], x0[n]) -> (J, dJ/du, d2J/du2), single shooting
 
 
+def _box(n: int, N: int, u_min: float, u_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lbx, ubx) of the multiple-shooting variables (x_0, u_0, ..., x_N): states free, controls boxed."""
+    lbx, ubx = [], []
+    for _ in range(N):
+        lbx += [-np.inf] * n + [u_min]
+        ubx += [np.inf] * n + [u_max]
+    return np.array(lbx + [-np.inf] * n), np.array(ubx + [np.inf] * n)
+
+
+def _shooting(
+    name: str, n: int, N: int, step: Callable, cost: Callable, p, x0
+) -> tuple[object, object, object]:
+    """(IPOPT solver, derivatives, rollout) of one problem; `step(x, u)` and `cost(states, controls)` build
+    CasADi expressions, p is the NLP parameter and x0 the initial state as an expression of it.
+
+    derivatives: (u[N], p) -> (J, dJ/du, d2J/du2), single shooting: the exact derivatives of the cost the
+    grader computes, for the polish and the KKT residual. rollout: (u[N], p) -> the states [n, N+1].
+    """
+    import casadi as ca
+
+    X = [ca.SX.sym(f"x_{k}", n) for k in range(N + 1)]
+    U = [ca.SX.sym(f"u_{k}") for k in range(N)]
+    w = []
+    for k in range(N):
+        w += [X[k], U[k]]
+    w.append(X[N])
+    g = [X[0] - x0] + [X[k + 1] - step(X[k], U[k]) for k in range(N)]
+    nlp = {"x": ca.vertcat(*w), "p": p, "f": cost(X, U), "g": ca.vertcat(*g)}
+    solver = ca.nlpsol(f"ms_{name}", "ipopt", nlp, IPOPT_OPTIONS)
+
+    u_ss = ca.SX.sym("u", N)
+    states = [x0]
+    for k in range(N):
+        states.append(step(states[k], u_ss[k]))
+    J_ss = cost(states, [u_ss[k] for k in range(N)])
+    H_ss, grad_ss = ca.hessian(J_ss, u_ss)
+    derivatives = ca.Function("derivatives", [u_ss, p], [J_ss, grad_ss, H_ss])
+    rollout = ca.Function("rollout", [u_ss, p], [ca.horzcat(*states)])
+    return solver, derivatives, rollout
+
+
+def _quadratic_cost(N: int, Q, R, Qf, xt) -> Callable:
+    """cost(states, controls): the cost of lib/control/systems.py, term by term, on CasADi expressions."""
+    import casadi as ca
+
+    def cost(states, controls):
+        J = 0
+        for k in range(N):
+            e = states[k] - xt
+            J += ca.mtimes([e.T, Q, e]) + R * controls[k] ** 2
+        e = states[N] - xt
+        return J + ca.mtimes([e.T, Qf, e])
+
+    return cost
+
+
 @functools.cache
 def _nlp(system: System) -> _Nlp:
     import casadi as ca
@@ -225,61 +286,38 @@ def _nlp(system: System) -> _Nlp:
     step = ca.Function(
         "step", [xs, us], [ca.vertcat(*rk4_step(system.rhs, ca.vertsplit(xs), us, system.dt, ca))]
     )
-    Q, Qf, xt = ca.DM(system.Q), ca.DM(system.Qf), ca.DM(system.x_target)
-
-    def cost(states, controls):  # the cost of lib/control/systems.py, term by term
-        J = 0
-        for k in range(N):
-            e = states[k] - xt
-            J += ca.mtimes([e.T, Q, e]) + system.R * controls[k] ** 2
-        e = states[N] - xt
-        return J + ca.mtimes([e.T, Qf, e])
-
+    cost = _quadratic_cost(N, ca.DM(system.Q), system.R, ca.DM(system.Qf), ca.DM(system.x_target))
     p = ca.SX.sym("x0", n)
-    X = [ca.SX.sym(f"x_{k}", n) for k in range(N + 1)]
-    U = [ca.SX.sym(f"u_{k}") for k in range(N)]
-    w = []
-    for k in range(N):
-        w += [X[k], U[k]]
-    w.append(X[N])
-    g = [X[0] - p] + [X[k + 1] - step(X[k], U[k]) for k in range(N)]
-    nlp = {"x": ca.vertcat(*w), "p": p, "f": cost(X, U), "g": ca.vertcat(*g)}
-    solver = ca.nlpsol(f"ms_{system.name}", "ipopt", nlp, IPOPT_OPTIONS)
-    lbx, ubx = [], []
-    for _ in range(N):
-        lbx += [-np.inf] * n + [system.u_min]
-        ubx += [np.inf] * n + [system.u_max]
-    lbx += [-np.inf] * n
-    ubx += [np.inf] * n
+    solver, derivatives, _ = _shooting(system.name, n, N, step, cost, p, p)
+    lbx, ubx = _box(n, N, system.u_min, system.u_max)
+    return _Nlp(solver=solver, lbx=lbx, ubx=ubx, derivatives=derivatives)
 
-    # single shooting: the exact derivatives of the cost the grader computes, for the polish and the KKT
-    u_ss = ca.SX.sym("u", N)
-    states = [p]
-    for k in range(N):
-        states.append(step(states[k], u_ss[k]))
-    J_ss = cost(states, [u_ss[k] for k in range(N)])
-    H_ss, grad_ss = ca.hessian(J_ss, u_ss)
-    derivatives = ca.Function("derivatives", [u_ss, p], [J_ss, grad_ss, H_ss])
-    return _Nlp(solver=solver, lbx=np.array(lbx), ubx=np.array(ubx), derivatives=derivatives)
+
+def _cold_start(system: System, x0: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray:
+    """The controls [N] of one cold start (module docstring) for one instance x0 [n]."""
+    N, half = system.steps, system.steps // 2
+    if name == "zero":
+        return np.zeros(N)
+    if name == "clipped_lqr":
+        return clipped_lqr_controls(system, x0[None])[0]
+    up = np.where(np.arange(N) < half, system.u_max, system.u_min)
+    if name == "bang_up":
+        return up
+    if name == "bang_down":
+        return system.u_max + system.u_min - up  # mirror of bang_up
+    return rng.uniform(system.u_min, system.u_max, N)  # random
 
 
 def start_controls(system: System, x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The IPOPT starts for one instance x0 [n], in START_NAMES order: [len(START_NAMES), N]."""
-    N, half = system.steps, system.steps // 2
-    up = np.where(np.arange(N) < half, system.u_max, system.u_min)
-    return np.stack(
-        [
-            np.zeros(N),
-            clipped_lqr_controls(system, x0[None])[0],
-            up,
-            system.u_max + system.u_min - up,  # mirror of bang_up
-            rng.uniform(system.u_min, system.u_max, N),
-        ]
-    )
+    return np.stack([_cold_start(system, x0, name, rng) for name in START_NAMES])
 
 
-def _derivatives(nlp: _Nlp, u: np.ndarray, x0: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    J, grad, H = nlp.derivatives(u, x0)
+def _derivatives(
+    nlp: _Nlp | _FamilyNlp, u: np.ndarray, p: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    # p: the NLP parameter, x0 for a fixed system, problem_parameters(system, x0) for a family member
+    J, grad, H = nlp.derivatives(u, p)
     return float(J), np.asarray(grad).ravel(), np.asarray(H)
 
 
@@ -307,13 +345,13 @@ def _newton_step(system: System, u: np.ndarray, grad: np.ndarray, H: np.ndarray)
     return u + d
 
 
-def _polish(system: System, nlp: _Nlp, u: np.ndarray, x0: np.ndarray):
+def _polish(system: System, nlp: _Nlp | _FamilyNlp, u: np.ndarray, p: np.ndarray):
     """Newton steps on the free controls (`_newton_step`); returns (u, grad, H) at the final u.
 
     A step is kept when it lowers the KKT residual without raising J beyond rounding (1e-12 relative):
     near the optimum a Newton step changes J by ~1e-15, below what float sums resolve.
     """
-    J, grad, H = _derivatives(nlp, u, x0)
+    J, grad, H = _derivatives(nlp, u, p)
     residual = kkt_residual(system, u[None], grad[None])[0]
     for _ in range(POLISH_STEPS):
         if residual < 1e-13:
@@ -322,7 +360,7 @@ def _polish(system: System, nlp: _Nlp, u: np.ndarray, x0: np.ndarray):
         if trial is None:
             break
         trial = snap_to_bounds(system, trial, SNAP_TOL_NLP)
-        J_trial, grad_trial, H_trial = _derivatives(nlp, trial, x0)
+        J_trial, grad_trial, H_trial = _derivatives(nlp, trial, p)
         residual_trial = kkt_residual(system, trial[None], grad_trial[None])[0]
         if not (J_trial <= J + 1e-12 * max(1.0, abs(J)) and residual_trial < residual):
             break
@@ -435,6 +473,224 @@ def solve_reference(
     if system.is_linear:
         return solve_linear(system, x0, decimals=decimals, progress=progress)
     return solve_nonlinear(system, x0, decimals=decimals, seed=seed, workers=workers, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Families: one solver per (family, N), warm starts from solved neighbours, cold starts until agreement
+
+
+@dataclass(frozen=True, eq=False)
+class _FamilyNlp:
+    solver: object  # casadi nlpsol over (x_0, u_0, ..., x_N) with parameter p = problem_parameters(...)
+    derivatives: object  # casadi Function (u[N], p) -> (J, dJ/du, d2J/du2), single shooting
+    rollout: object  # casadi Function (u[N], p) -> states [n, N+1]
+
+
+def problem_parameters(system: System, x0: np.ndarray) -> np.ndarray:
+    """The parameter p of a family's NLP for one member and initial state x0 [n]: (x0, dt, the constants in
+    their order, Q, R, Qf, x_target); Q and Qf column by column, the order casadi.reshape reads them in."""
+    return np.concatenate(
+        [
+            x0,
+            [system.dt],
+            [value for _, value in system.constants],
+            system.Q.ravel(order="F"),
+            [system.R],
+            system.Qf.ravel(order="F"),
+            system.x_target,
+        ]
+    )
+
+
+@functools.cache
+def _family_nlp(family: str, dynamics: Callable, constants: tuple[str, ...], n: int, N: int) -> _FamilyNlp:
+    """The NLP every member of a family with horizon N shares, its problem data as the parameter p
+    (problem_parameters; the bounds are lbx/ubx at solve time): built once per (family, N) and process."""
+    import casadi as ca
+
+    m = len(constants)
+    p = ca.SX.sym("p", 2 * n + 2 + m + 2 * n * n)
+    x0, dt = p[:n], p[n]
+    values = dict(zip(constants, ca.vertsplit(p[n + 1 : n + 1 + m]), strict=True))
+    at = n + 1 + m
+    Q, R = ca.reshape(p[at : at + n * n], n, n), p[at + n * n]
+    Qf, xt = ca.reshape(p[at + n * n + 1 : at + 2 * n * n + 1], n, n), p[at + 2 * n * n + 1 :]
+    xs, us = ca.SX.sym("x", n), ca.SX.sym("u")
+    rhs = lambda x, u, ops: dynamics(x, u, ops, values)  # noqa: E731
+    step = ca.Function("step", [xs, us, p], [ca.vertcat(*rk4_step(rhs, ca.vertsplit(xs), us, dt, ca))])
+    solver, derivatives, rollout = _shooting(
+        f"{family}_{N}", n, N, lambda x, u: step(x, u, p), _quadratic_cost(N, Q, R, Qf, xt), p, x0
+    )
+    return _FamilyNlp(solver=solver, derivatives=derivatives, rollout=rollout)
+
+
+def _member_nlp(system: System) -> _FamilyNlp:
+    return _family_nlp(
+        system.family, system.dynamics, tuple(name for name, _ in system.constants), system.n, system.steps
+    )
+
+
+def _agreed(costs: list[float]) -> int:
+    """How many of the costs lie within AGREE_RTOL * max(1, J*) of the lowest, J*."""
+    best = min(costs)
+    return sum(J - best <= AGREE_RTOL * max(1.0, best) for J in costs)
+
+
+def _solve_member(
+    system: System, x0: np.ndarray, warm: np.ndarray | None, rng: np.random.Generator, decimals: int
+) -> tuple:
+    """(u*, J*, u_label, J_label, kkt_residual, starts_agreed, starts_total) of one member and x0 [n], by the
+    rule of `solve_family`; `warm` holds the start controls from a solved neighbour, None for a chain's root."""
+    nlp = _member_nlp(system)
+    n, N = system.n, system.steps
+    p = problem_parameters(system, x0)
+    lbx, ubx = _box(n, N, system.u_min, system.u_max)
+    candidates: list[np.ndarray] = []
+    costs: list[float] = []
+    starts = 0
+
+    def run(u_start: np.ndarray) -> None:
+        states = np.asarray(nlp.rollout(u_start, p)).T  # a dynamically consistent state guess
+        w0 = np.concatenate([np.concatenate([states[:N], u_start[:, None]], axis=1).ravel(), states[N]])
+        sol = nlp.solver(x0=w0, p=p, lbx=lbx, ubx=ubx, lbg=0.0, ubg=0.0)
+        if nlp.solver.stats()["success"]:
+            w = np.asarray(sol["x"]).ravel()
+            u = snap_to_bounds(system, w[n : N * (n + 1) : n + 1], SNAP_TOL_NLP)
+            candidates.append(u)
+            costs.append(float(nlp.derivatives(u, p)[0]))
+
+    if warm is not None:
+        run(warm)
+        starts += 1
+    for name in START_NAMES:
+        if warm is not None and costs and _agreed(costs) >= FAMILY_AGREE:
+            break
+        run(_cold_start(system, x0, name, rng))
+        starts += 1
+    if not candidates:
+        raise RuntimeError(f"IPOPT converged from none of {starts} starts on {system.name} x0={x0.tolist()}")
+    u, grad, H = _polish(system, nlp, candidates[int(np.argmin(costs))], p)
+    J = trajectory_cost(system, simulate(system, x0[None], u[None]), u[None])[0]
+    u_label, J_label = round_for_label(system, x0[None], u[None], H[None], decimals, np.array([J]))
+    residual = kkt_residual(system, u[None], grad[None])[0]
+    return u, J, u_label[0], J_label[0], residual, _agreed(costs), starts
+
+
+def _chain_order(features: np.ndarray) -> tuple[list[int], list[int]]:
+    """(order, parent): a chain's records in the order they are solved, and the record each one starts from
+    (-1 for the first). Prim's order on standardized features: the first record first, then always the
+    unsolved record nearest to a solved one, which is its parent."""
+    spread = features.std(axis=0)
+    z = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    distance = np.linalg.norm(z[:, None] - z[None], axis=2)
+    order, parent = [0], [-1] * len(z)
+    solved = np.zeros(len(z), dtype=bool)
+    solved[0] = True
+    nearest, via = distance[0].copy(), np.zeros(len(z), dtype=int)
+    while not solved.all():
+        j = int(np.argmin(np.where(solved, np.inf, nearest)))
+        order.append(j)
+        parent[j] = int(via[j])
+        solved[j] = True
+        closer = ~solved & (distance[j] < nearest)
+        nearest[closer], via[closer] = distance[j, closer], j
+    return order, parent
+
+
+def _solve_chain(
+    systems: Sequence[System], x0: np.ndarray, indices: Sequence[int], seed: int, decimals: int
+) -> list[tuple]:
+    """The records of one chain (same family and N), in the order given; record i's random start uses the
+    generator (seed, indices[i]). Depends on nothing else: the same answer in any process."""
+    features = np.stack([np.append(problem_parameters(s, x0[i]), s.u_max) for i, s in enumerate(systems)])
+    order, parent = _chain_order(features)
+    results: list[tuple] = [()] * len(systems)
+    for j in order:
+        system, warm = systems[j], None
+        if parent[j] >= 0:  # the parent's optimum, its bound-to-bound swing scaled to this member's bounds
+            warm = np.clip(
+                results[parent[j]][0] * (system.u_max / systems[parent[j]].u_max), system.u_min, system.u_max
+            )
+        rng = np.random.default_rng([seed, indices[j]])
+        results[j] = _solve_member(system, x0[j], warm, rng, decimals)
+    return results
+
+
+def solve_family(
+    systems: Sequence[System],
+    x0: np.ndarray,
+    decimals: int = 2,
+    seed: int = 0,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[ReferenceSolution]:
+    """The certified optimum of each member's own problem (systems [B] of one family, x0 [B, n]): one
+    ReferenceSolution of one instance per record, in input order (horizons differ between members).
+
+    One NLP per (family, N) and process, the problem data its parameter (`_family_nlp`). Records are split
+    into chains: those with the same N, in input order, FAMILY_CHAIN at a time. A chain is solved in Prim's
+    order over its standardized problem parameters and x0 (`_chain_order`), and the rule is:
+      - its first record: the 5 cold starts of START_NAMES, as solve_nonlinear (starts_total 5);
+      - every other record: a warm start from the optimum of its nearest already-solved record (controls
+        scaled by the ratio of the bounds), then the cold starts in START_NAMES order, one at a time, only
+        until FAMILY_AGREE (2) converged starts agree on the lowest cost found (within AGREE_RTOL * max(1, J*):
+        the same agreement as solve_nonlinear); when none agree it runs all 5 (starts_total 2 to 6).
+    The winner is polished, simulated and rounded as in solve_nonlinear; starts_agreed counts the starts that
+    reached J*. Costs are compared on CasADi's copy of the cost (the grader's arithmetic to ~1e-15 relative);
+    J, J_label come from simulate. Record i's random start uses (seed, i), and a chain depends on nothing
+    outside it, so the answers do not depend on `workers`. Linear members are each solved by solve_linear.
+    """
+    import casadi
+
+    x0 = np.asarray(x0, dtype=float).reshape(len(systems), -1)
+    if all(system.is_linear for system in systems):
+        return [solve_linear(system, x0[i : i + 1], decimals) for i, system in enumerate(systems)]
+    if len({(s.family, s.dynamics, s.n) for s in systems}) != 1 or not systems[0].family:
+        raise ValueError("solve_family takes the members of one nonlinear family")
+    by_steps: dict[int, list[int]] = {}
+    for i, system in enumerate(systems):
+        by_steps.setdefault(system.steps, []).append(i)
+    chains = [
+        members[k : k + FAMILY_CHAIN]
+        for members in by_steps.values()
+        for k in range(0, len(members), FAMILY_CHAIN)
+    ]
+    tasks = [([systems[i] for i in chain], x0[chain], chain, seed, decimals) for chain in chains]
+    results: list[tuple] = [()] * len(systems)
+    if workers <= 1 or len(tasks) <= 1:
+        outcomes = (_solve_chain(*task) for task in tasks)
+        for chain, outcome in zip(chains, outcomes, strict=True):
+            for i, result in zip(chain, outcome, strict=True):
+                results[i] = result
+            if progress is not None:
+                progress(len(chain))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # as solve_nonlinear
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_solve_chain, *task) for task in tasks]
+            for chain, future in zip(chains, futures, strict=True):
+                for i, result in zip(chain, future.result(), strict=True):
+                    results[i] = result
+                if progress is not None:
+                    progress(len(chain))
+    solver = (
+        f"multiple shooting, CasADi {casadi.__version__} + IPOPT, one NLP per (family, N); a warm start from "
+        f"the nearest solved member, then cold starts ({', '.join(START_NAMES)}) until {FAMILY_AGREE} starts "
+        "agree (all cold on a chain's first member), Newton polish"
+    )
+    return [
+        ReferenceSolution(
+            u=u[None],
+            J=np.array([J]),
+            u_label=u_label[None],
+            J_label=np.array([J_label]),
+            kkt_residual=np.array([residual]),
+            starts_agreed=np.array([agreed]),
+            starts_total=total,
+            solver=solver,
+        )
+        for u, J, u_label, J_label, residual, agreed, total in results
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
