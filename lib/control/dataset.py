@@ -31,7 +31,7 @@ from lib.control.answer import build_prompt, format_answers
 from lib.control.dataset_format import GENERATOR_VERSION, SPLITS
 from lib.control.families import FAMILIES, Family, draw_parameters, family_system
 from lib.control.metrics import j_floor, zero_control_cost
-from lib.control.references import ReferenceSolution, solve_reference
+from lib.control.references import ReferenceSolution, solve_family, solve_reference
 from lib.control.systems import SYSTEMS, System, get_system, simulate
 
 # ----------------------------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def build_family(
     params = draw_split_parameters(family, n_train, n_eval, rng, held_out if split != "random" else None)
     systems = [family_system(family.name, p) for p in params]
     x0 = np.stack([family_initial_states(system, rng, decimals, wide) for system in systems])
-    refs = solve_family_references(systems, x0, decimals, seed, workers, progress)
+    refs = solve_family(systems, x0, decimals, seed, workers, progress)  # one certified optimum per member
     lines, J, J_label, kkt, agreed, total = [], [], [], [], [], []
     for i, (system, ref) in enumerate(zip(systems, refs, strict=True)):
         lines += record_lines(system, x0[i : i + 1], ref, decimals, prompt_style, reasoning, params[i], i)
@@ -417,19 +417,6 @@ def build_family(
             ),
         },  # fmt: skip
     }
-
-
-def solve_family_references(
-    systems: Sequence[System], x0: np.ndarray, decimals: int, seed: int, workers: int,
-    progress: Callable[[int], None] | None,
-) -> list[ReferenceSolution]:  # fmt: skip
-    """The exact optimum of each member's own problem, one ReferenceSolution [1 instance] each."""
-    refs = []
-    for i, system in enumerate(systems):
-        refs.append(solve_reference(system, x0[i : i + 1], decimals=decimals, seed=seed + i, workers=1))
-        if progress is not None:
-            progress(1)
-    return refs
 
 
 def family_parameters(family: Family, wide: bool = False) -> dict:
