@@ -40,9 +40,11 @@ Families (`solve_family`): every record its own problem (lib/control/families.py
 would be built per record (~0.1 s, more than its solves). Instead one NLP per (family, N) takes the problem
 as its parameter p = (x0, dt, constants, Q, R, Qf, x_target) (`problem_parameters`), the bounds as lbx/ubx;
 the single-shooting derivatives likewise. Records of one N are solved in chains of FAMILY_CHAIN, each record
-warm-started from the optimum of its nearest solved neighbour, and cold starts run only until two starts
-agree (the rule and what it records: `solve_family`'s docstring). Measured on van_der_pol_family: the 5 cold
-starts reach one optimum on ~97% of members, so a record costs ~2.3 IPOPT solves instead of an NLP build and 5.
+warm-started from the optimum of its nearest solved neighbour, and cold starts run only until three starts
+agree (the rule and what it records: `solve_family`'s docstring). Measured on 2,000 van_der_pol_family
+members: the 5 cold starts reach one optimum on 99% of them, so a record costs ~3 IPOPT solves instead of an
+NLP build and 5. Why three: on the 1% with several local optima, the warm start and the first cold start
+sometimes agree on a worse one (3 of 1,926 members, 2x to 20x J*); with a second cold start, none did.
 
 Labels (`u_label`): the optima rounded onto the printed grid (`decimals` decimals) by `round_for_label`,
 lib/control/labels.py; its docstring says how, and what the labels promise.
@@ -85,10 +87,12 @@ IPOPT_OPTIONS = {
 }
 _CHUNK = 8  # instances per task sent to a worker process (small: keeps the progress bar moving)
 # families (solve_family): members per chain, each chain one task; its first member costs 5 cold starts, the
-# others 2 starts when they agree (measured: 97% of van_der_pol_family members reach one optimum from all 5),
-# so 32 keeps the extra starts at 3/32 ~ 0.1 a record and still gives each member ~31 neighbours to start from
+# others 3 when they agree (99% of van_der_pol_family members), so 32 keeps the extra starts at 2/32 ~ 0.06 a
+# record and still gives each member up to 31 neighbours to start from
 FAMILY_CHAIN = 32
-FAMILY_AGREE = 2  # starts that must agree on J* before a family member stops trying cold starts
+# starts (the warm one and two cold) that must agree on J* before a family member stops trying cold starts;
+# 2 missed the best of 5 cold starts on 3 of 1,926 van_der_pol_family members, 3 on none (module docstring)
+FAMILY_AGREE = 3
 
 
 @dataclass(frozen=True)
@@ -610,6 +614,19 @@ def _solve_chain(
 ) -> list[tuple]:
     """The records of one chain (same family and N), in the order given; record i's random start uses the
     generator (seed, indices[i]). Depends on nothing else: the same answer in any process."""
+    from threadpoolctl import threadpool_limits
+
+    # OpenBLAS (numpy's, scipy's) wakes its threads even for the 2x2 Riccati solve of the clipped-LQR start
+    # and then leaves them spinning: one thread makes that solve 15.5 -> 0.7 ms (measured, van_der_pol_family,
+    # 2 cores), and stops the spinning threads from slowing the IPOPT solves after it. On these sizes OpenBLAS
+    # computes with one thread either way: the answers are the same bits (checked).
+    with threadpool_limits(1):
+        return _solve_chain_in_order(systems, x0, indices, seed, decimals)
+
+
+def _solve_chain_in_order(
+    systems: Sequence[System], x0: np.ndarray, indices: Sequence[int], seed: int, decimals: int
+) -> list[tuple]:
     features = np.stack([np.append(problem_parameters(s, x0[i]), s.u_max) for i, s in enumerate(systems)])
     order, parent = _chain_order(features)
     results: list[tuple] = [()] * len(systems)
@@ -641,8 +658,8 @@ def solve_family(
       - its first record: the 5 cold starts of START_NAMES, as solve_nonlinear (starts_total 5);
       - every other record: a warm start from the optimum of its nearest already-solved record (controls
         scaled by the ratio of the bounds), then the cold starts in START_NAMES order, one at a time, only
-        until FAMILY_AGREE (2) converged starts agree on the lowest cost found (within AGREE_RTOL * max(1, J*):
-        the same agreement as solve_nonlinear); when none agree it runs all 5 (starts_total 2 to 6).
+        until FAMILY_AGREE (3) converged starts agree on the lowest cost found (within AGREE_RTOL * max(1, J*):
+        the same agreement as solve_nonlinear); when they never do it runs all 5 (starts_total 3 to 6).
     The winner is polished, simulated and rounded as in solve_nonlinear; starts_agreed counts the starts that
     reached J*. Costs are compared on CasADi's copy of the cost (the grader's arithmetic to ~1e-15 relative);
     J, J_label come from simulate. Record i's random start uses (seed, i), and a chain depends on nothing
