@@ -13,6 +13,8 @@ from lib.control.references import (
     START_NAMES,
     _derivatives,
     _member_nlp,
+    clipped_lqr_controls,
+    euler_lqr_gain,
     problem_parameters,
     solve_family,
     solve_reference,
@@ -97,7 +99,7 @@ def test_a_chain_alone_gives_the_same_bits_as_in_the_batch():
         np.testing.assert_array_equal(ref.u_label, together[i].u_label)
 
 
-def test_the_family_nlp_computes_the_simulated_cost_and_gradient():
+def test_the_family_nlp_computes_the_simulated_cost_gradient_and_lqr_start():
     # one NLP serves every member: its parameters must make it each member's own cost
     systems, x0 = members("pendulum_family", [36, 36], 8)
     rng = np.random.default_rng(0)
@@ -105,6 +107,14 @@ def test_the_family_nlp_computes_the_simulated_cost_and_gradient():
         u = rng.uniform(system.u_min, system.u_max, size=(1, system.steps))
         J, grad, _ = _derivatives(_member_nlp(system), u[0], problem_parameters(system, x))
         assert cost(system, x[None], u)[0] == pytest.approx(J, rel=1e-12)
+        # the clipped-LQR start, closed loop in CasADi, is the numpy one
+        K = euler_lqr_gain(system)[0]
+        start = _member_nlp(system).clipped_lqr(
+            K, problem_parameters(system, x), [system.u_min, system.u_max]
+        )
+        np.testing.assert_allclose(
+            np.ravel(start), clipped_lqr_controls(system, x[None])[0], rtol=0, atol=1e-12
+        )
         h = 1e-6
         for k in (0, system.steps - 1):
             e = np.zeros_like(u)
