@@ -113,7 +113,7 @@ def test_the_family_nlp_computes_the_simulated_cost_gradient_and_lqr_start():
             K, problem_parameters(system, x), [system.u_min, system.u_max]
         )
         np.testing.assert_allclose(
-            np.ravel(start), clipped_lqr_controls(system, x[None])[0], rtol=0, atol=1e-12
+            np.asarray(start).ravel(), clipped_lqr_controls(system, x[None])[0], rtol=0, atol=1e-12
         )
         h = 1e-6
         for k in (0, system.steps - 1):
