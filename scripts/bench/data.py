@@ -291,7 +291,8 @@ def family_markdown(f: dict) -> list[str]:
         "## Nonlinear labels at scale: van_der_pol_family",
         "",
         f"{f['records']} records, each its own problem. New: solve_family (one NLP per (family, N), warm start from "
-        "the nearest solved member, cold starts until two starts agree). Old: solve_reference on each member (its "
+        "the nearest solved member, cold starts until three starts agree, all 5 where bang-bang). Old: solve_reference "
+        "on each member (its "
         f"own NLP, 5 cold starts; one process whatever the workers), on the first {f['old_records']} records.",
         "",
         "| path | workers | labels/s | x old | CPU ms a label |",
@@ -311,7 +312,7 @@ def family_markdown(f: dict) -> list[str]:
         "does not amortise.",
         "",
         f"Starts per record: {f['mean_starts']:.2f} on average, all 5 cold on {f['all_cold_share']:.1%} (a chain's "
-        f"first member, or no agreement); at least {f['min_starts_agreed']} starts agree on every record; worst KKT "
+        f"first member, no agreement, or bang-bang); at least {f['min_starts_agreed']} starts agree on every record; worst KKT "
         f"residual {f['worst_kkt_residual']:.1e}. Checked sample ({f['old_records']} records): (J_new - J_old) / "
         f"max(1, J_old) from {f['check_min_rel_difference']:.1e} to {f['check_max_rel_difference']:.1e}, "
         f"{f['check_above_tolerance']} above AGREE_RTOL. Same answers with {f['workers']} workers: "
