@@ -10,6 +10,7 @@ from lib.control.families import FAMILIES, draw_parameters, family_system
 from lib.control.references import (
     AGREE_RTOL,
     FAMILY_AGREE,
+    FAMILY_BANG_BANG,
     START_NAMES,
     _derivatives,
     _member_nlp,
@@ -81,10 +82,12 @@ def test_starts_follow_the_rule(family_case):
     for i, ref in enumerate(refs):
         if first_of_chain[systems[i].steps] == i:  # a chain's first record: the 5 cold starts, as before
             assert ref.starts_total == cold
-        else:  # a warm start, then cold ones until FAMILY_AGREE agree, or all of them
+        else:  # a warm start, then cold ones until FAMILY_AGREE agree and it is not bang-bang, or all of them
             assert FAMILY_AGREE <= ref.starts_total <= 1 + cold
             if ref.starts_total < 1 + cold:
                 assert ref.starts_agreed[0] >= FAMILY_AGREE
+                on_bound = (ref.u == systems[i].u_min) | (ref.u == systems[i].u_max)
+                assert on_bound.mean() < FAMILY_BANG_BANG
         assert 1 <= ref.starts_agreed[0] <= ref.starts_total
 
 
