@@ -43,7 +43,7 @@ the single-shooting derivatives likewise. Records of one N are solved in chains 
 warm-started from the optimum of its nearest solved neighbour, and cold starts run only until three starts
 agree (the rule and what it records: `solve_family`'s docstring). Measured on 2,000 van_der_pol_family
 members: the 5 cold starts reach one optimum on 99% of them, so a record costs ~3 IPOPT solves instead of an
-NLP build and 5. Why three: on the 1% with several local optima, the warm start and the first cold start
+NLP build and 5 (3.6 on average: see bang-bang below). Why three: on the 1% with several local optima, the warm start and the first cold start
 sometimes agree on a worse one (3 of 1,926 members, 2x to 20x J*); with a second cold start, none did. Those
 several optima are nearly all bang-bang (FAMILY_BANG_BANG), and there all 5 cold starts run: three starts
 agreed on a worse optimum of such a member in a benchmark sample (J* 9% above the best of 5).
@@ -89,8 +89,8 @@ IPOPT_OPTIONS = {
 }
 _CHUNK = 8  # instances per task sent to a worker process (small: keeps the progress bar moving)
 # families (solve_family): members per chain, each chain one task; its first member costs 5 cold starts, the
-# others 3 when they agree (99% of van_der_pol_family members), so 32 keeps the extra starts at 2/32 ~ 0.06 a
-# record and still gives each member up to 31 neighbours to start from
+# others 3 when they agree and are not bang-bang (~80% of van_der_pol_family members), so 32 keeps the extra
+# starts at 2/32 ~ 0.06 a record and still gives each member up to 31 neighbours to start from
 FAMILY_CHAIN = 32
 # starts (the warm one and two cold) that must agree on J* before a family member stops trying cold starts;
 # 2 missed the best of 5 cold starts on 3 of 1,926 van_der_pol_family members, 3 on none (module docstring)
@@ -529,6 +529,7 @@ def _family_nlp(family: str, dynamics: Callable, constants: tuple[str, ...], n: 
     import casadi as ca
 
     m = len(constants)
+    # p = (x0 [n], dt, constants [m], Q [n*n], R, Qf [n*n], x_target [n])
     p = ca.SX.sym("p", 2 * n + 2 + m + 2 * n * n)
     x0, dt = p[:n], p[n]
     values = dict(zip(constants, ca.vertsplit(p[n + 1 : n + 1 + m]), strict=True))
@@ -536,7 +537,10 @@ def _family_nlp(family: str, dynamics: Callable, constants: tuple[str, ...], n: 
     Q, R = ca.reshape(p[at : at + n * n], n, n), p[at + n * n]
     Qf, xt = ca.reshape(p[at + n * n + 1 : at + 2 * n * n + 1], n, n), p[at + 2 * n * n + 1 :]
     xs, us = ca.SX.sym("x", n), ca.SX.sym("u")
-    rhs = lambda x, u, ops: dynamics(x, u, ops, values)  # noqa: E731
+
+    def rhs(x, u, ops):
+        return dynamics(x, u, ops, values)
+
     step = ca.Function("step", [xs, us, p], [ca.vertcat(*rk4_step(rhs, ca.vertsplit(xs), us, dt, ca))])
     solver, derivatives, rollout = _shooting(
         f"{family}_{N}", n, N, lambda x, u: step(x, u, p), _quadratic_cost(N, Q, R, Qf, xt), p, x0
