@@ -556,7 +556,9 @@ def _family_nlp(family: str, dynamics: Callable, constants: tuple[str, ...], n: 
     return _FamilyNlp(solver=solver, derivatives=derivatives, rollout=rollout, clipped_lqr=clipped_lqr)
 
 
-def _member_nlp(system: System) -> _FamilyNlp:
+def member_nlp(system: System) -> _FamilyNlp:
+    """The NLP a family member is solved with: one per (family, N) and process, built on first use (the
+    benchmark builds them first, to time them apart)."""
     return _family_nlp(
         system.family, system.dynamics, tuple(name for name, _ in system.constants), system.n, system.steps
     )
@@ -573,7 +575,7 @@ def _solve_member(
 ) -> tuple:
     """(u*, J*, u_label, J_label, kkt_residual, starts_agreed, starts_total) of one member and x0 [n], by the
     rule of `solve_family`; `warm` holds the start controls from a solved neighbour, None for a chain's root."""
-    nlp = _member_nlp(system)
+    nlp = member_nlp(system)
     n, N = system.n, system.steps
     p = problem_parameters(system, x0)
     lbx, ubx = _box(n, N, system.u_min, system.u_max)

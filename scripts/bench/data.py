@@ -137,7 +137,7 @@ def family_label_rates(count: int, old_count: int, workers: int) -> dict:
     the first `old_count` of them; that path's answers (best of 5 cold starts) check the new ones."""
     from lib.control.dataset import family_initial_states
     from lib.control.families import FAMILIES, draw_parameters, family_system
-    from lib.control.references import AGREE_RTOL, _member_nlp, solve_family, solve_reference
+    from lib.control.references import AGREE_RTOL, member_nlp, solve_family, solve_reference
     from lib.control.systems import get_system
 
     family = FAMILIES["van_der_pol_family"]
@@ -147,7 +147,7 @@ def family_label_rates(count: int, old_count: int, workers: int) -> dict:
     x0 = np.stack([family_initial_states(system, rng, 2, False) for system in systems])
     with Stopwatch() as setup:  # one NLP per horizon N, built once per process
         for system in {system.steps: system for system in systems}.values():
-            _member_nlp(system)
+            member_nlp(system)
     with Stopwatch() as one:
         refs = solve_family(systems, x0, seed=SEED, workers=1)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -13,9 +13,9 @@ from lib.control.references import (
     FAMILY_BANG_BANG,
     START_NAMES,
     _derivatives,
-    _member_nlp,
     clipped_lqr_controls,
     euler_lqr_gain,
+    member_nlp,
     problem_parameters,
     solve_family,
     solve_reference,
@@ -108,13 +108,11 @@ def test_the_family_nlp_computes_the_simulated_cost_gradient_and_lqr_start():
     rng = np.random.default_rng(0)
     for system, x in zip(systems, x0, strict=True):
         u = rng.uniform(system.u_min, system.u_max, size=(1, system.steps))
-        J, grad, _ = _derivatives(_member_nlp(system), u[0], problem_parameters(system, x))
+        J, grad, _ = _derivatives(member_nlp(system), u[0], problem_parameters(system, x))
         assert cost(system, x[None], u)[0] == pytest.approx(J, rel=1e-12)
         # the clipped-LQR start, closed loop in CasADi, is the numpy one
         K = euler_lqr_gain(system)[0]
-        start = _member_nlp(system).clipped_lqr(
-            K, problem_parameters(system, x), [system.u_min, system.u_max]
-        )
+        start = member_nlp(system).clipped_lqr(K, problem_parameters(system, x), [system.u_min, system.u_max])
         np.testing.assert_allclose(
             np.asarray(start).ravel(), clipped_lqr_controls(system, x[None])[0], rtol=0, atol=1e-12
         )
