@@ -29,7 +29,7 @@ from lib.common.errors import UsageError
 from lib.common.outputs import check_replaceable_folder
 from lib.control.answer import build_prompt, format_answers
 from lib.control.dataset_format import GENERATOR_VERSION, SPLITS
-from lib.control.families import FAMILIES, Family, draw_parameters, family_system
+from lib.control.families import FAMILIES, Family, draw_parameters, family_system, with_ranges
 from lib.control.metrics import j_floor, zero_control_cost
 from lib.control.references import ReferenceSolution, solve_family, solve_reference
 from lib.control.systems import SYSTEMS, System, get_system, simulate
@@ -228,10 +228,20 @@ def build_dataset(
     split: str = "random",
     sparse_fraction: float = 0.1,
     held_out: dict | None = None,
+    family_ranges: dict | None = None,
 ) -> tuple[dict[str, list[str]], dict]:
     """({split: json lines}, info without files/created_at): samples split evenly over the systems, train
     and eval states drawn as `split` says (split_initial_states)."""
-    systems = [FAMILIES[name] if name in FAMILIES else get_system(name) for name in system_names]
+    unknown = sorted(set(family_ranges or {}) - set(system_names))
+    if unknown:
+        raise UsageError(
+            f"generate.family_ranges names {', '.join(unknown)}, which this dataset does not draw.",
+            fix=f"name families among --systems ({', '.join(system_names)}).",
+        )
+    systems = [
+        with_ranges(FAMILIES[name], (family_ranges or {}).get(name)) if name in FAMILIES else get_system(name)
+        for name in system_names
+    ]
     if not systems:
         raise UsageError(
             "no systems given: a dataset needs at least one.",

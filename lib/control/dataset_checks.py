@@ -37,7 +37,14 @@ from lib.control.dataset_format import (
     read_split_lines,
     unusable_dataset,
 )
-from lib.control.families import FAMILIES, check_system_name, record_system
+from lib.control.families import (
+    FAMILIES,
+    Family,
+    check_parameters,
+    check_system_name,
+    record_system,
+    with_ranges,
+)
 from lib.control.labels import LABEL_GAP_PROMISE, PROMISE_DECIMALS, round_plain
 from lib.control.metrics import j_floor, zero_control_cost
 from lib.control.references import KKT_TOL_LINEAR, linear_optima
@@ -169,6 +176,13 @@ def check_existing_dataset(path: Path, settings: dict) -> None:
         wanted["total_samples"] = settings["total_samples"]
     if wanted["systems"] is None:  # no systems asked for: whatever the dataset has
         del found["systems"], wanted["systems"]
+    families = [name for name in info["systems"] if name in FAMILIES]
+    if families:  # the ranges a family was drawn from, against those this config asks for
+        asked = settings["family_ranges"] or {}
+        found["family_ranges"] = {name: info["systems"][name].get("ranges") for name in families}
+        wanted["family_ranges"] = json.loads(json.dumps({
+            name: family_parameters(with_ranges(FAMILIES[name], asked.get(name)))["ranges"] for name in families
+        }))  # fmt: skip
     if found != wanted:
         raise UsageError(
             f"dataset {path} exists but was made with {found}, and this pipeline asks for {wanted}.",
@@ -244,6 +258,14 @@ def validate_dataset(path: Path) -> dict:
                     path, f"{file} holds {found} {name} records, info.json's 'systems' says {claimed}."
                 )
         for name, group in by_system.items():
+            if (
+                name in FAMILIES
+            ):  # each member drawn from the ranges info.json states (the family's or a config's)
+                family = dataset_family(path, info, name)
+                for number, record in group:
+                    problem = check_parameters(family, record["params"])
+                    if problem:
+                        raise unusable_dataset(path, f"{file} line {number} (id {record['id']}): {problem}.")
             # a family member is its own problem: checked one record at a time with its own system
             problems = [[item] for item in group] if name in FAMILIES else [group]
             for problem in problems:
@@ -262,9 +284,7 @@ def validate_dataset(path: Path) -> dict:
             seen_states[name] |= states
             if name not in FAMILIES:
                 _check_split(path, file, info, split, get_system(name), {x for x, _ in states})
-            elif (
-                info.get("split", {}).get("kind") == "held-out-parameters"
-            ):  # eval inside the region, train out
+            if name in FAMILIES and info.get("split", {}).get("kind") == "held-out-parameters":  # eval inside
                 held_out = info["split"].get("held_out") or {}
                 for number, record in group:
                     if in_region(record["params"], held_out) != (split == "eval"):
@@ -282,6 +302,30 @@ def _differs(claimed: object, value: float) -> bool:
     if not isinstance(claimed, (int, float)) or isinstance(claimed, bool):
         return True
     return abs(claimed - value) > LABEL_ABS_TOL * abs(value)  # relative only: KKT residuals are ~1e-15
+
+
+def dataset_family(path: Path, info: dict, name: str) -> Family:
+    """The family as the dataset drew it: lib/control/families.py's, with the ranges info.json states (a
+    config's generate.family_ranges), each keeping the family's scale and digits."""
+    family = FAMILIES[name]
+    stated = info["systems"][name].get("ranges")
+    if not isinstance(stated, dict) or set(stated) != set(family.ranges):
+        raise unusable_dataset(
+            path, f"info.json's systems.{name}.ranges should give every parameter of {name}."
+        )
+    for key, value in stated.items():
+        own = family.ranges[key]
+        if not isinstance(value, list) or len(value) != 4 or value[2:] != [own.scale, own.digits]:
+            raise unusable_dataset(
+                path,
+                f"info.json's systems.{name}.ranges.{key} should be [low, high, {own.scale!r}, {own.digits}].",
+            )
+    try:
+        return with_ranges(
+            family, {key: value[:2] for key, value in stated.items()}, source="info.json ranges"
+        )
+    except UsageError as exc:
+        raise unusable_dataset(path, str(exc)) from None
 
 
 def _check_derived(path: Path, info: dict, name: str, entries: list[tuple[Path, int, dict]]) -> None:
@@ -312,7 +356,7 @@ def _check_derived(path: Path, info: dict, name: str, entries: list[tuple[Path, 
     # defines them
     wide = info.get("box") == "wide"
     stated = (
-        family_parameters(FAMILIES[name], wide)
+        family_parameters(dataset_family(path, info, name), wide)
         if name in FAMILIES
         else system_parameters(get_system(name), wide)
     )

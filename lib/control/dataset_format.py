@@ -186,7 +186,9 @@ def check_record(record: object, where: str) -> None:
             raise UsageError(f"{where}: '{key}' should be a {kind.__name__}, got {type(value).__name__}.")
     where = f"{where} (id {record['id']})"
     if family is not None:
-        problem = check_parameters(family, record["params"])
+        problem = check_parameters(
+            family, record["params"], in_ranges=False
+        )  # validate: the dataset's ranges
         if problem:
             raise UsageError(f"{where}: {problem}.")
         system = family_system(family.name, record["params"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -148,9 +148,18 @@ def draw_parameters(family: Family, count: int, rng: np.random.Generator) -> lis
     ]
 
 
-def check_parameters(family: Family, params: object) -> str | None:
-    """What is wrong with a record's params for this family (None when nothing): every parameter once, a number
-    inside its range (a whole number for an integer range)."""
+def lowest(name: str) -> tuple[float, bool]:
+    """(bound, included) of what a parameter may physically be: a target anywhere, friction b >= 0, every
+    other parameter (a step, a horizon, a bound, a weight, a mass, a stiffness, mu, a length) > 0."""
+    if name.endswith("_target"):
+        return -math.inf, True
+    return 0.0, name == "b"
+
+
+def check_parameters(family: Family, params: object, in_ranges: bool = True) -> str | None:
+    """What is wrong with a record's params for this family (None when nothing): every parameter once, a finite
+    number of its kind (a whole number for an integer range) that the physics allows (`lowest`), and with
+    `in_ranges` inside the family's ranges (a dataset's own, from its info.json, when it overrode them)."""
     if not isinstance(params, dict):
         return f"'params' should be a table of {', '.join(family.ranges)}"
     if list(params) != list(family.ranges):
@@ -159,9 +168,56 @@ def check_parameters(family: Family, params: object) -> str | None:
         rng_range = family.ranges[name]
         integer = rng_range.scale == "integer"
         kind_ok = isinstance(value, int) if integer else isinstance(value, float)
-        if isinstance(value, bool) or not kind_ok or not math.isfinite(value) or not rng_range.holds(value):
-            return f"'params.{name}' should be a {'whole number' if integer else 'float'} in [{rng_range.low:g}, {rng_range.high:g}], got {value!r}"
+        bound, included = lowest(name)
+        if isinstance(value, bool) or not kind_ok or not math.isfinite(value):
+            return (
+                f"'params.{name}' should be a finite {'whole number' if integer else 'float'}, got {value!r}"
+            )
+        if value < bound or (value == bound and not included):
+            return f"'params.{name}' should be {'>=' if included else '>'} {bound:g}, got {value!r}"
+        if in_ranges and not rng_range.holds(value):
+            return f"'params.{name}' should lie in [{rng_range.low:g}, {rng_range.high:g}], got {value!r}"
     return None
+
+
+def with_ranges(family: Family, overrides: Mapping | None, source: str = "generate.family_ranges") -> Family:
+    """The family with some ranges replaced ({parameter: [low, high]}, scale and digits kept): what a config's
+    generate.family_ranges, or a dataset's info.json, says it was drawn from."""
+    if not overrides:
+        return family
+    if not isinstance(overrides, Mapping):
+        raise UsageError(
+            f"{source}.{family.name} should be a table {{parameter: [low, high]}}, got {overrides!r}."
+        )
+    ranges = dict(family.ranges)
+    for name, value in overrides.items():
+        if name not in ranges:
+            raise UsageError(
+                f"{source}.{family.name} names '{name}', which {family.name} does not draw.",
+                fix=f"name some of: {', '.join(ranges)}.",
+            )
+        bound, included = lowest(name)
+        old = ranges[name]
+        integer = old.scale == "integer"
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            )
+            and value[0] <= value[1]
+            and (value[0] > bound or (included and value[0] == bound))
+            and (not integer or all(float(v).is_integer() for v in value))
+            and (old.scale != "log" or value[0] > 0)
+        )
+        if not ok:
+            raise UsageError(
+                f"{source}.{family.name}.{name} should be [low, high] with low <= high, "
+                f"{'whole numbers, ' if integer else ''}low {'>=' if included else '>'} {bound:g}; got {value!r}.",
+                fix=f"e.g. {name}: [{old.low:g}, {old.high:g}] (the default range).",
+            )
+        ranges[name] = Range(float(value[0]), float(value[1]), old.scale, old.digits)
+    return replace(family, ranges=ranges)
 
 
 @functools.lru_cache(
@@ -192,7 +248,7 @@ def record_system(record: Mapping) -> System:
     if name not in FAMILIES:
         return SYSTEMS[name]
     params = record.get("params")
-    problem = check_parameters(FAMILIES[name], params)
+    problem = check_parameters(FAMILIES[name], params, in_ranges=False)  # a dataset may have drawn wider
     if problem:
         raise UsageError(f"a {name} problem without its values: {problem}.",
                          fix="pass the record's 'params' (every reader of a family record needs them).")  # fmt: skip

@@ -128,6 +128,7 @@ def generate(cfg: dict, command: Sequence[str], overwrite: bool = False) -> int:
                 split=settings["split"],
                 sparse_fraction=settings["sparse_fraction"],
                 held_out=settings["held_out"],
+                family_ranges=settings["family_ranges"],
                 workers=settings["workers"],
                 progress=bar.update,
                 on_system=bar.set_description,

@@ -152,3 +152,38 @@ def test_held_out_parameters_keep_a_region_of_the_ranges_for_evaluation(tmp_path
         build_dataset(
             ["double_integrator_short"], 6, 2, seed=2, split="held-out-parameters", held_out=held_out
         )
+
+
+def test_a_config_can_replace_a_familys_ranges_and_validation_follows_the_dataset(tmp_path):
+    from lib.common.errors import UsageError
+    from lib.control.dataset_checks import check_existing_dataset
+
+    ranges = {"double_integrator_family": {"steps": [10, 10], "dt": [0.1, 0.8]}}  # one horizon; dt wider
+    lines, info = build_dataset(["double_integrator_family"], 40, 10, seed=4, family_ranges=ranges)
+    params = [json.loads(line)["params"] for line in lines["train"] + lines["eval"]]
+    assert {p["steps"] for p in params} == {10} and all(0.1 <= p["dt"] <= 0.8 for p in params)
+    assert min(p["dt"] for p in params) < 0.2  # outside the family's own range, inside the config's
+    assert info["systems"]["double_integrator_family"]["ranges"]["dt"] == [0.1, 0.8, "uniform", 2]
+    path = write_dataset(tmp_path, "ranged", lines, info)
+    assert validate_dataset(path) == {"train": 40, "eval": 10}
+    # a pipeline asking for the family's own ranges does not reuse it
+    settings = {"systems": None, "decimals": 2, "wide": False, "prompt_style": "full", "reasoning": "full",
+                "split": "random", "sparse_fraction": 0.1, "held_out": None, "train_samples": 40,
+                "eval_samples": 10, "total_samples": 50}  # fmt: skip
+    check_existing_dataset(path, settings | {"family_ranges": ranges})
+    with pytest.raises(UsageError, match="family_ranges"):
+        check_existing_dataset(path, settings | {"family_ranges": None})
+    # a record edited out of the dataset's own ranges
+    record = json.loads(lines["train"][0])
+    record["params"]["q"] = 5.0
+    lines["train"][0] = json.dumps(record, separators=(",", ":"))
+    with pytest.raises(UsageError, match=r"train.jsonl line 1.*params.q' should lie in \[0.5, 2\]"):
+        validate_dataset(write_dataset(tmp_path, "edited_range", lines, info))
+    for bad in (
+        {"double_integrator_family": {"dt": [-0.1, 0.5]}},  # a negative step
+        {"double_integrator_family": {"steps": [8.5, 12]}},  # not whole
+        {"double_integrator_family": {"mu": [1, 2]}},  # not drawn by this family
+        {"van_der_pol_family": {"mu": [1, 2]}},  # a family the dataset does not draw
+    ):
+        with pytest.raises(UsageError, match="family_ranges"):
+            build_dataset(["double_integrator_family"], 6, 2, seed=4, family_ranges=bad)
