@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,19 @@ def fill(folder: Path, leave: int = 0) -> Path:
 def grow(folder: Path, size: str, inodes: int) -> None:
     """Give the mounted tmpfs more room (space freed), keeping what is on it."""
     subprocess.run(["mount", "-o", f"remount,size={size},nr_inodes={inodes}", str(folder)], check=True)
+
+
+def run_until_disk_fills(args: list[str], cwd: Path, run_dir: Path, disk: Path) -> tuple[int, str, Path]:
+    """Start a trainer (`args`), wait for its run folder to be written, hold it (SIGSTOP) while the disk is
+    filled but for 16 kB, let it go on and wait for it: (exit code, stderr, the ballast file to remove)."""
+    from helpers import HANG_GUARD_S
+
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (run_dir / "command.txt").exists():  # the run has started: its folder is written
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGSTOP)  # hold it while the disk fills, so it cannot save first
+    ballast = fill(disk, leave=16 * 1024)
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
+    return process.returncode, stderr, ballast

@@ -502,29 +502,16 @@ def test_a_full_disk_fails_with_a_message_marks_the_run_failed_and_resumes_once_
     few KB, so the first checkpoint (model.safetensors, then torch.save's training state) cannot be written:
     exit 1 naming the run folder, no traceback, run_info.json 'failed', no temporary folder left; with the
     space freed, --resume completes the run."""
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from helpers import HANG_GUARD_S
-    from small_disk import fill, small_disk
+    from small_disk import run_until_disk_fills, small_disk
 
     with small_disk(tmp_path / "disk", "16m") as disk:
         args = [sys.executable, "scripts/main_trainer.py", "--config", "configs/blt/entropy_cpu.json",
                 *tiny(root, "max_steps=20", "eval_steps=20", "save_steps=10", "run_id=full", f"output_dir={disk}")]  # fmt: skip
         run_dir = disk / "full"
-        process = subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        while not (run_dir / "command.txt").exists():  # the run has started: its folder is written
-            assert process.poll() is None, process.stderr.read()[-3000:]
-            time.sleep(0.01)
-        process.send_signal(signal.SIGSTOP)  # hold it while the disk fills, so it cannot save first
-        ballast = fill(disk, leave=16 * 1024)
-        process.send_signal(signal.SIGCONT)
-        _, stderr = process.communicate(timeout=HANG_GUARD_S)
-        assert process.returncode == 1, stderr[-3000:]
+        returncode, stderr, ballast = run_until_disk_fills(args, ROOT, run_dir, disk)
+        assert returncode == 1, stderr[-3000:]
         assert "Traceback" not in stderr and f"error: the disk is full while writing {run_dir}" in stderr
         info = json.loads((run_dir / "run_info.json").read_text())
         assert info["status"] == "failed" and info["reason"].startswith("the disk is full")

@@ -583,24 +583,15 @@ def test_a_full_disk_fails_with_a_message_marks_the_run_failed_and_resumes_once_
     but for a few KB, so the first checkpoint cannot be written: exit 1 with the disk-full message (no
     traceback), run_info.json 'failed' with that reason, no half-written checkpoint or temporary file left;
     with the space freed, --resume completes the run."""
-    from small_disk import fill, small_disk
+    from small_disk import run_until_disk_fills, small_disk
 
     with small_disk(tmp_path / "disk", "64m") as disk:
         args = [sys.executable, "scripts/main_trainer.py", "--config", "configs/profiles/cpu.yaml",
                 *overrides(workspace, "training_type=sft", "run.run_id=full", f"run.models_dir={disk}",
                            "sft.max_steps=4", "sft.save_steps=2")]  # fmt: skip
         run_dir = disk / "universal/sft/full"
-        process = subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        while not (run_dir / "command.txt").exists():  # the run has started: its folder is written
-            assert process.poll() is None, process.stderr.read()[-3000:]
-            time.sleep(0.01)
-        process.send_signal(signal.SIGSTOP)  # hold it while the disk fills, so it cannot save first
-        ballast = fill(disk, leave=16 * 1024)
-        process.send_signal(signal.SIGCONT)
-        _, stderr = process.communicate(timeout=HANG_GUARD_S)
-        assert process.returncode == 1, stderr[-3000:]
+        returncode, stderr, ballast = run_until_disk_fills(args, ROOT, run_dir, disk)
+        assert returncode == 1, stderr[-3000:]
         assert "Traceback" not in stderr and f"error: the disk is full while writing {run_dir} (" in stderr
         assert "free there now" in stderr and "fix: free space" in stderr
         info = json.loads((run_dir / "run_info.json").read_text())
