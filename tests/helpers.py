@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from lib.common.errors import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +67,15 @@ def tiny_model_on(dest: Path, records: Sequence[dict]) -> Path:
     from lib.llm.stages import record_texts
 
     return build_tiny_model(dest, record_texts(records))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """torch on one thread for a test module: on two shared cores a second thread mostly waits. A module
+    that imports it (`from helpers import one_thread`) gets it for all its tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -126,16 +126,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def get_family(name: str) -> Family:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        valid = ", ".join(FAMILIES)
-        raise UsageError(
-            f"unknown family '{name}'. Valid families: {valid}.", fix=f"pick one of: {valid}"
-        ) from None
-
-
 def draw_parameters(family: Family, count: int, rng: np.random.Generator) -> list[dict[str, float | int]]:
     """`count` parameter sets of the family, each value on its printed grid (module docstring)."""
     columns = {name: rng_range.draw(rng, count) for name, rng_range in family.ranges.items()}
@@ -230,7 +220,7 @@ def _system(name: str, values: tuple) -> System:
 
 def family_system(name: str, params: Mapping[str, float | int]) -> System:
     """The System of one family member, from its drawn values."""
-    family = get_family(name)
+    family = FAMILIES[check_system_name(name)]  # a family's name (a fixed system's has no params)
     return _system(name, tuple(params[key] for key in family.ranges))
 
 

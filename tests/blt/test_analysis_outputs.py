@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import call_script
+from helpers import call_script, one_thread  # noqa: F401  (one_thread: a module fixture)
 
 from lib.blt import analysis
 from lib.blt.data import build_default_corpus
@@ -22,16 +22,6 @@ from lib.common.outputs import MANIFEST
 
 TINY = ["hidden_size=32", "num_layers=1", "num_heads=2", "block_size=32", "batch_size=8",
         "gradient_accumulation_steps=1", "warmup_steps=2", "log_steps=10", "num_workers=0"]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: a second thread mostly waits
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, call_script, load_script, run
+from helpers import ROOT, call_script, load_script, one_thread, run  # noqa: F401  (one_thread: a module fixture)
 
 from lib.blt.analysis import analyze_blt, config_of_run
 from lib.blt.data import BOS, EOS, build_default_corpus, load_byte_data
@@ -39,16 +39,6 @@ TINY = [
     "num_workers=0",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
