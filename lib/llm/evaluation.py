@@ -15,6 +15,11 @@ each with its mean and median and a percentile-bootstrap 95% interval (`bootstra
 and over all systems. The same table is computed for two reference controllers from the records
 themselves: the exact optimum (`u_opt`, gap 0 by construction) and u = 0 (score 0 by construction), plus the
 printed label the model is trained to copy (`label`), whose gap is the rounding of the controls.
+
+Two answers to the same problem are compared by the log-ratio of their gaps (`log_gap_ratio`): a failure
+(unparsed or infeasible) counts as an infinite gap, and gaps under GAP_FLOOR count as equal. It ranks a
+model against a baseline (lib/llm/verdict.py), a second stage against the first and best-of-k against greedy
+(`paired_log_ratio`); `best_of_rows` keeps each problem's best of its first k samples.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ REFERENCES = (
     "label",
     "zero",
 )  # reference controllers computed from the records (module docstring)
+# Gaps under 0.1% count as equal when two answers are compared: the size of the printed labels' own rounding.
+GAP_FLOOR = 1e-3
 
 
 @dataclass
@@ -173,6 +180,33 @@ def closed_loop(
 # ---------------------------------------------------------------- scoring
 
 
+def best_of_rows(rows: SampleRows, k: int) -> SampleRows:
+    """Per record, the best of its first k samples as the simulator ranks them, as rows with k = 1 in the same
+    record order: feasible before parsed-but-infeasible before unparsed; then the lowest cost J among feasible
+    samples and the lowest violation among infeasible ones; the earliest sample on ties. The first k, not any
+    k: best-of-8 then holds best-of-4's choice among its candidates, so it is never ranked worse."""
+    if not 1 <= k <= rows.k:
+        raise ValueError(f"best of {k} needs 1 <= k <= {rows.k} samples per record")
+    m = rows.metrics
+    records = len(rows) // rows.k
+    tier = np.where(m["feasible"], 0, np.where(m["parsed"], 1, 2))
+    # J of a diverging feasible answer is inf: ranked last among the feasible, never NaN-compared
+    value = np.where(m["feasible"], m["J"], np.where(m["parsed"], m["violation"], 0.0))
+    value = np.nan_to_num(value, nan=np.inf)
+    first_k = (tier.reshape(records, rows.k)[:, :k], value.reshape(records, rows.k)[:, :k])
+    # lexsort: the last key is the primary one, and the sort is stable (the earliest sample wins ties)
+    chosen = np.arange(records) * rows.k + np.lexsort((first_k[1], first_k[0]), axis=-1)[:, 0]
+    return SampleRows(
+        k=1,
+        system=[rows.system[i] for i in chosen],
+        record_id=[rows.record_id[i] for i in chosen],
+        completion=[rows.completion[i] for i in chosen],
+        reason=[rows.reason[i] for i in chosen],
+        u=[rows.u[i] for i in chosen],
+        metrics={name: values[chosen] for name, values in rows.metrics.items()},
+    )
+
+
 def score_samples(records: list[dict], rows: SampleRows) -> SampleRows:
     """Fill rows.metrics: every number of lib.control.metrics per sample (NaN / False where unparsed)."""
     k = rows.k
@@ -283,6 +317,72 @@ def paired_difference(before: np.ndarray, after: np.ndarray, seed: int = 0) -> d
         "median_change": _finite_or_none(point_change),
         "median_change_ci": ci(change),
     }
+
+
+def failures_infinite(gap: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+    """Per answer the gap where it is feasible, +inf where not (unparsed or out of bounds): the gap that
+    `log_gap_ratio` compares, a failure being the worst answer and never left out."""
+    gap = np.asarray(gap, dtype=float)
+    return np.where(np.asarray(feasible, dtype=bool) & np.isfinite(gap), gap, np.inf)
+
+
+def log_gap_ratio(model: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """Per problem ln(max(g_model, GAP_FLOOR) / max(g_baseline, GAP_FLOOR)) of gaps from `failures_infinite`:
+    +inf where only the model fails, -inf where only the baseline fails, 0 where both do."""
+    m, b = np.maximum(model, GAP_FLOOR), np.maximum(baseline, GAP_FLOOR)
+    with np.errstate(invalid="ignore"):
+        d = np.log(m) - np.log(b)
+    return np.where(np.isinf(m) & np.isinf(b), 0.0, d)
+
+
+def paired_log_ratio(before: np.ndarray, after: np.ndarray, seed: int = 0) -> dict:
+    """How `after` changes the gap of `before` on the same problems (per-problem gaps, failures +inf as
+    `failures_infinite` gives them), d_i = log_gap_ratio(after_i, before_i):
+
+    - mean_log_ratio: the mean of d over the problems where both answers are feasible, with a percentile-
+      bootstrap 95% interval (those problems resampled, pairs kept); typical_ratio = exp(mean), the factor a
+      typical gap is multiplied by (0.9: 10% smaller). A failure has no finite ratio, so it is counted apart:
+    - only_after_failed / only_before_failed / both_failed: the problems where one or both answers failed;
+    - after_better: the share of ALL problems where after has the lower floored gap (a feasible answer beats
+      a failure, two failures tie), and median_log_ratio over all problems (failures as +-inf, as in the
+      verdict), each with its bootstrap interval over all problems (the median's from order statistics:
+      its draws may be infinite)."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    d = log_gap_ratio(after, before)
+    n, finite = int(d.size), np.isfinite(before) & np.isfinite(after)  # not d's: both failing gives d = 0
+    out: dict = {
+        "problems": n,
+        "both_feasible": int(finite.sum()),
+        "only_after_failed": int(np.sum(np.isinf(after) & np.isfinite(before))),
+        "only_before_failed": int(np.sum(np.isinf(before) & np.isfinite(after))),
+        "both_failed": int(np.sum(np.isinf(after) & np.isinf(before))),
+        "mean_log_ratio": None, "mean_log_ratio_ci": [None, None],
+        "typical_ratio": None, "typical_ratio_ci": [None, None],
+        "after_better": None, "after_better_ci": [None, None],
+        "median_log_ratio": None, "median_log_ratio_ci": [None, None],
+    }  # fmt: skip
+    if n == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    kept = d[finite]
+    if kept.size:
+        means = kept[rng.integers(0, kept.size, size=(BOOTSTRAP_RESAMPLES, kept.size))].mean(axis=1)
+        low, high = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+        out["mean_log_ratio"], out["mean_log_ratio_ci"] = float(kept.mean()), [low, high]
+        out["typical_ratio"] = math.exp(out["mean_log_ratio"])
+        out["typical_ratio_ci"] = [math.exp(low), math.exp(high)]
+    rows = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    better = (d < 0).astype(float)
+    out["after_better"] = float(better.mean())
+    out["after_better_ci"] = [float(v) for v in np.percentile(better[rows].mean(axis=1), [2.5, 97.5])]
+    with np.errstate(invalid="ignore"):  # a middle pair of -inf and +inf has no median: null
+        medians = np.median(d[rows], axis=1)
+        out["median_log_ratio"] = _finite_or_none(float(np.median(d)))
+    out["median_log_ratio_ci"] = [
+        _finite_or_none(float(np.percentile(medians, 2.5, method="lower"))),
+        _finite_or_none(float(np.percentile(medians, 97.5, method="higher"))),
+    ]
+    return out
 
 
 def describe(values: np.ndarray, seed: int = 0) -> dict:

@@ -12,7 +12,8 @@ The verdict's statistic, per problem i (the first answer of each):
 The best baseline has the smallest median g. The model beats it when the 95% bootstrap interval of the
 median of d (problems resampled, pairs kept) lies below 0, loses when it lies above, and is not
 distinguishable from it otherwise. GAP_FLOOR: gaps under 0.1% count as equal, the size of the printed
-labels' own rounding. Success@10% is compared the same way (the paired difference of rates).
+labels' own rounding (GAP_FLOOR and d live in lib/llm/evaluation.py, which compares every other pair the
+same way). Success@10% is compared the same way (the paired difference of rates).
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ import numpy as np
 
 from lib.control.baselines import ABOUT, BASELINES, FittedBaselines, problem_features, state_features
 from lib.control.families import system_groups
-from lib.llm.evaluation import BOOTSTRAP_RESAMPLES, SampleRows, closed_loop, score_samples
+from lib.llm.evaluation import (
+    BOOTSTRAP_RESAMPLES,
+    SampleRows,
+    closed_loop,
+    failures_infinite,
+    log_gap_ratio,
+    score_samples,
+)
 
-GAP_FLOOR = 1e-3
 VERDICT_KEY = "success@10%"
 
 
@@ -79,17 +86,7 @@ def baseline_rows(
 def problem_gaps(rows: SampleRows) -> np.ndarray:
     """[records] the first answer's gap where feasible, +inf where not (the module docstring's g)."""
     first = np.arange(0, len(rows), rows.k)
-    gap = rows.metrics["gap"][first]
-    return np.where(rows.metrics["feasible"][first] & np.isfinite(gap), gap, np.inf)
-
-
-def log_gap_ratio(model: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """d_i of the module docstring: ln of the ratio of floored gaps, +inf where only the model fails, -inf
-    where only the baseline fails, 0 where both do."""
-    m, b = np.maximum(model, GAP_FLOOR), np.maximum(baseline, GAP_FLOOR)
-    with np.errstate(invalid="ignore"):
-        d = np.log(m) - np.log(b)
-    return np.where(np.isinf(m) & np.isinf(b), 0.0, d)
+    return failures_infinite(rows.metrics["gap"][first], rows.metrics["feasible"][first])
 
 
 def _finite(value: float) -> float | None:
