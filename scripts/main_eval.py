@@ -6,13 +6,16 @@ Usage:
         --dataset di_vdp --num-samples 100 --output-dir results/compare
     python scripts/main_eval.py --model-path latest --dataset di_vdp --eval-mode mpc --replan-every 10
     python scripts/main_eval.py --model-path latest --dataset di_vdp --eval-mode format
+    python scripts/main_eval.py --model-path models/double_integrator/sft/latest --dataset di_vdp --best-of-k 4 8 16
     python scripts/main_eval.py --eval-mode analyze --model-type blt --model-path models/blt/latest
 
 --model-path takes one or several of: a run folder (models/<scope>/<stage>/<run_id>), a stage folder with a
 `latest` file, 'latest' (the newest completed GRPO run), 'embedded' or another base model. Every model
 answers the same --num-samples eval records of --dataset (--samples-per-prompt k answers each, for pass@k;
 k > 1 needs --temperature > 0), in batches of --batch-size (vLLM on CUDA when installed, model.generate
-elsewhere).
+elsewhere). --best-of-k 4 8 16 (control mode) adds inference-time rows: each model also draws 16 answers
+per problem at --best-of-temperature, and '<label> best-of-k' keeps per problem the best of its first k by
+simulation (docs/evaluation.md, "Best of k").
 
 Modes: `control` simulates each answer open loop; `mpc` closes the loop, re-planning from the simulated state
 every --replan-every steps; `format` reports the answer-format checks of verify_grpo_format.py; `analyze`
@@ -62,6 +65,8 @@ FLAG_KEYS = {
     "max_new_tokens": ("control", "eval.max_new_tokens"),
     "eval_mode": ("control", "eval.mode"),
     "replan_every": ("control", "eval.replan_every"),
+    "best_of_k": ("control", "eval.best_of_k"),
+    "best_of_temperature": ("control", "eval.best_of_temperature"),
     "save_plots": ("both", "eval.save_plots"),
     "plot_instances": ("control", "eval.plot_instances"),
     "output_dir": ("both", "eval.output_dir"),
@@ -93,6 +98,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--max-new-tokens", type=int, help="longest answer in tokens; eval.max_new_tokens")
     flag("--eval-mode", choices=MODES, help="eval.mode (analyze: the byte-level model, --model-type blt)")
     flag("--replan-every", type=int, help="MPC: steps applied from each plan; eval.replan_every")
+    flag(
+        "--best-of-k",
+        type=int,
+        nargs="+",
+        help="control mode: add a '<label> best-of-k' row per k, the best of k sampled answers; eval.best_of_k",
+    )
+    flag(
+        "--best-of-temperature",
+        type=float,
+        help="temperature of the best-of-k samples; eval.best_of_temperature",
+    )
     flag("--save-plots", action="store_const", const=True, help="write the figures too; eval.save_plots")
     flag(
         "--plot-instances", type=int, help="instances per system with trajectory figures; eval.plot_instances"

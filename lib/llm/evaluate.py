@@ -5,8 +5,9 @@ scripts/main_eval.py parses flags into a config and calls `evaluate_from_config`
 
 The order, top to bottom: the problems (a dataset's eval split, or fresh ones for the format check), every
 check that can fail before a model loads (settings, output folder, models), then each model in turn
-(load, answer, score), the reference rows, the baselines fitted on the dataset's train split with the
-models' verdict against the best of them (lib/llm/verdict.py), and the files, staged in a hidden folder and moved in at the end
+(load, answer, score; with eval.best_of_k also K sampled answers and a best-of-k row per k), the
+reference rows, the baselines fitted on the dataset's train split with the models' verdict against the best
+of them (lib/llm/verdict.py), and the files, staged in a hidden folder and moved in at the end
 (lib/common/outputs.py decides what may be replaced).
 """
 
@@ -31,8 +32,11 @@ from lib.control.families import record_system
 from lib.control.systems import get_system
 from lib.llm.evaluation import (
     REFERENCES,
+    SampleRows,
     answer_records,
+    best_of_rows,
     format_rates,
+    paired_log_ratio,
     reference_rows,
     score_samples,
     summarize,
@@ -47,7 +51,7 @@ from lib.llm.report import (
     render_report,
     sample_lines,
 )
-from lib.llm.verdict import baseline_rows, baselines_about, coverage, verdicts
+from lib.llm.verdict import baseline_rows, baselines_about, coverage, problem_gaps, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,15 @@ def check_control_settings(cfg: dict) -> None:
         raise UsageError(
             f"{len(labels)} --labels (eval.labels) for {len(models)} --model-path values (eval.model_path).",
             fix="give one label per model, in the same order, or none.",
+        )
+    best_of = settings["best_of_k"]
+    if best_of and settings["mode"] != "control":
+        # MPC re-plans from states the samples would each lead to differently, and the format check has no
+        # cost to rank by: best of k is defined for open-loop answers only
+        raise UsageError(
+            f"--best-of-k {' '.join(map(str, best_of))} (eval.best_of_k) ranks open-loop answers by their "
+            f"simulated cost; --eval-mode {settings['mode']} has no such ranking.",
+            fix="drop --best-of-k, or evaluate with --eval-mode control.",
         )
     if cfg["data"]["dataset_name"]:
         return
@@ -102,16 +115,18 @@ def model_label(described: str, reference: str) -> str:
     return Path(reference).name if Path(reference).expanduser().exists() else reference
 
 
-def make_answerer(model, tokenizer, setup, cfg: dict, workdir: Path):
-    """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate."""
+def make_answerer(model, tokenizer, setup, cfg: dict, workdir: Path, temperature: float | None = None):
+    """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate;
+    at eval.temperature unless `temperature` is given (the best-of-k samples)."""
     from lib.llm.generation import generate_completions, vllm_generator
 
     settings = cfg["eval"]
+    temperature = settings["temperature"] if temperature is None else temperature
     if setup.vllm:
         merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
-        return vllm_generator(str(merged), settings["max_new_tokens"], settings["temperature"], cfg["seed"])
+        return vllm_generator(str(merged), settings["max_new_tokens"], temperature, cfg["seed"])
     model.to(setup.device)
     return lambda prompts: generate_completions(
         model,
@@ -119,34 +134,67 @@ def make_answerer(model, tokenizer, setup, cfg: dict, workdir: Path):
         prompts,
         settings["max_new_tokens"],
         settings["batch_size"],
-        settings["temperature"],
+        temperature,
         cfg["seed"],
         progress=True,
     )
 
 
+def timed_answerer(answer):
+    """(answer counting its prompts and seconds, the counts): what metrics.json reports as timing."""
+    calls = {"prompts": 0, "seconds": 0.0}
+
+    def timed(prompts):
+        start = time.perf_counter()
+        texts = answer(prompts)
+        calls["seconds"] += time.perf_counter() - start
+        calls["prompts"] += len(prompts)
+        return texts
+
+    return timed, calls
+
+
+def best_of_results(
+    label: str,
+    described: str,
+    greedy: SampleRows,
+    samples: SampleRows,
+    best_of: Sequence[int],
+    temperature: float,
+    calls: dict,
+    seed: int,
+) -> list[dict]:
+    """One result per k of eval.best_of_k: '<label> best-of-<k>', the best of each record's first k samples
+    (lib.llm.evaluation.best_of_rows), with what makes it an inference-time row (`best_of`): k, the
+    temperature, the samples drawn per problem, and against the model's own row `greedy` (its first answer
+    of each problem: greedy unless eval.temperature > 0) the paired log-ratio of gaps (`vs_greedy`) and the
+    share of problems where it beats that answer (`beats_greedy`: a lower gap, gaps under GAP_FLOOR equal,
+    or feasible where the greedy answer is not)."""
+    out = []
+    for k in best_of:
+        rows = best_of_rows(samples, k)
+        paired = paired_log_ratio(problem_gaps(greedy), problem_gaps(rows), seed)
+        about = {"k": k, "temperature": temperature, "samples_drawn": samples.k, "greedy": label,
+                 "beats_greedy": paired["after_better"], "vs_greedy": paired}  # fmt: skip
+        out.append({"label": f"{label} best-of-{k}", "model": described, "rows": rows, "calls": calls,
+                    "best_of": about})  # fmt: skip
+    return out
+
+
 def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]:
-    """Load each model in turn, let it answer, score the answers; one dict per model."""
+    """Load each model in turn, let it answer, score the answers; one dict per model, followed by its
+    best-of-k rows when eval.best_of_k is set (`best_of_results`)."""
     from lib.common.device import settings_from_config, setup_device
 
     settings = cfg["eval"]
-    k, mode = settings["samples_per_prompt"], settings["mode"]
+    k, mode, best_of = settings["samples_per_prompt"], settings["mode"], settings["best_of_k"]
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
     results = []
     for i, reference in enumerate(settings["model_path"]):
         model, tokenizer, described = load_model_reference(reference, cfg, setup)
         label = settings["labels"][i] if settings["labels"] else model_label(described, reference)
-        answer = make_answerer(model, tokenizer, setup, cfg, workdir)
-        calls = {"prompts": 0, "seconds": 0.0}
-
-        def timed(prompts, answer=answer, calls=calls):
-            start = time.perf_counter()
-            texts = answer(prompts)
-            calls["seconds"] += time.perf_counter() - start
-            calls["prompts"] += len(prompts)
-            return texts
-
+        timed, calls = timed_answerer(make_answerer(model, tokenizer, setup, cfg, workdir))
         print(f"[{label}] {described}: answering {len(records)} problems x {k}")
         if mode == "format":
             texts = timed([r["prompt"] for r in records for _ in range(k)])
@@ -159,7 +207,19 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
         else:
             rows = score_samples(records, answer_records(records, timed, k, mode, settings["replan_every"]))
             results.append({"label": label, "model": described, "rows": rows, "calls": calls})
-        del model, answer
+        if best_of:  # check_control_settings allows it in control mode only
+            most, temperature = max(best_of), settings["best_of_temperature"]
+            print(f"[{label}] best of {', '.join(map(str, best_of))}: {len(records)} problems x {most} "
+                  f"samples at temperature {temperature}")  # fmt: skip
+            sampler, sampled = timed_answerer(
+                make_answerer(model, tokenizer, setup, cfg, workdir, temperature=temperature)
+            )
+            samples = score_samples(records, answer_records(records, sampler, most, "control"))
+            results += best_of_results(
+                label, described, rows, samples, best_of, temperature, sampled, cfg["seed"]
+            )
+            del sampler
+        del model, timed
         gc.collect()
     if len({r["label"] for r in results}) != len(results):
         raise UsageError(

@@ -13,6 +13,7 @@ import numpy as np
 from lib.control.answer import parse_controls
 from lib.control.families import record_system
 from lib.control.metrics import SUCCESS_EPS
+from lib.llm.evaluation import GAP_FLOOR
 from lib.llm.models import run_of_description
 
 SUCCESS_KEYS = [f"success@{round(eps * 100)}%" for eps in SUCCESS_EPS]
@@ -63,8 +64,9 @@ def metrics_document(
     ref_summaries: Mapping,
     baselines: Mapping,
 ) -> dict:
-    """metrics.json: the context, each model's summary per system and timing, the reference rows, and (with a
-    train split) the baselines, each model's verdict against the best of them, and the coverage."""
+    """metrics.json: the context, each model's summary per system and timing (a best-of-k row: the timing of
+    its samples, and `best_of`), the reference rows, and (with a train split) the baselines, each model's
+    verdict against the best of them, and the coverage."""
     models = {}
     for result in results:
         calls = result["calls"]
@@ -78,6 +80,8 @@ def metrics_document(
                 "answers_per_second": per_second,
             },
         }
+        if "best_of" in result:  # an inference-time row: k, temperature, its share better than greedy
+            models[result["label"]]["best_of"] = result["best_of"]
     document = {"context": dict(context), "models": models, "references": dict(ref_summaries)}
     if baselines:
         summaries_of = baselines["summaries"]
@@ -118,6 +122,74 @@ def verdict_lines(verdicts: Mapping) -> list[str]:
             f"({_signed_pct(v['success@10%_difference'], 1)} points [{_signed_pct(dlow)}, {_signed_pct(dhigh)}]); "
             f"{v['problems']} problems."
         )
+    return lines
+
+
+LOG_RATIO_HEADER = [
+    "| after vs before | problems | mean ln ratio, both feasible [95% CI] | typical ratio [95% CI] | "
+    "after better [95% CI] | median ln ratio, all [95% CI] | failed: only after / only before / both |",
+    "|---|---:|---|---|---|---|---|",
+]
+LOG_RATIO_NOTE = (
+    f"Per problem, ln(max(g_after, {GAP_FLOOR:g}) / max(g_before, {GAP_FLOOR:g})) of the two gaps "
+    "(lib/llm/evaluation.py, `paired_log_ratio`): its mean over the problems where both answers are feasible, "
+    "with a bootstrap interval over problems; the typical ratio exp(mean) (0.9: gaps 10% smaller); the share "
+    f"of all problems where after has the lower gap (gaps under {GAP_FLOOR:.1%} equal, a feasible answer beats "
+    "a failure, two failures tie); the median over all problems with a failure as an infinite gap; and the problems where one or "
+    "both answers failed (unparsed or out of bounds)."
+)
+
+
+def log_ratio_row(name: str, d: Mapping) -> str:
+    """One row of LOG_RATIO_HEADER's table from lib.llm.evaluation.paired_log_ratio's dict."""
+
+    def number(value, digits: str = "+.3g") -> str:
+        return "-" if value is None else format(value, digits)
+
+    def interval(pair, digits: str = "+.3g") -> str:
+        return f"[{number(pair[0], digits)}, {number(pair[1], digits)}]"
+
+    low, high = d["after_better_ci"]
+    better = (
+        "-"
+        if d["after_better"] is None
+        else f"{100 * d['after_better']:.1f}% [{100 * low:.0f}, {100 * high:.0f}]"
+    )
+    cells = [
+        name,
+        str(d["problems"]),
+        f"{number(d['mean_log_ratio'])} {interval(d['mean_log_ratio_ci'])} (n = {d['both_feasible']})",
+        f"{number(d['typical_ratio'], '.3g')} {interval(d['typical_ratio_ci'], '.3g')}",
+        better,
+        f"{number(d['median_log_ratio'])} {interval(d['median_log_ratio_ci'])}",
+        f"{d['only_after_failed']} / {d['only_before_failed']} / {d['both_failed']}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def best_of_lines(results: Sequence[Mapping]) -> list[str]:
+    """report.md's "Best of k" section: each best-of-k row against its model's own answers, paired; [] when
+    no row is one."""
+    rows = [r for r in results if "best_of" in r]
+    if not rows:
+        return []
+    first = rows[0]["best_of"]
+    lines = [
+        "## Best of k",
+        "",
+        f"Inference-time rows: each model also drew {first['samples_drawn']} answers per problem at "
+        f"temperature {first['temperature']}, and '<model> best-of-k' keeps per problem the best of its "
+        "first k as the simulator ranks them (feasible first, then the lowest cost). Legitimate at "
+        "inference, since the simulator is known; it bounds what a second stage can distil from the model's own samples. Below, "
+        "each against its model's own (greedy) answer to the same problems.",
+        "",
+        LOG_RATIO_NOTE,
+        "",
+        *LOG_RATIO_HEADER,
+    ]
+    lines += [
+        log_ratio_row(f"{r['label']} vs {r['best_of']['greedy']}", r["best_of"]["vs_greedy"]) for r in rows
+    ]
     return lines
 
 
@@ -186,16 +258,17 @@ def render_report(
     baselines: Mapping,
 ) -> str:
     """report.md: the verdict against the best baseline first, what was evaluated, one table per system
-    (models, the reference controllers, the baselines), coverage, the parse failures by reason, generation
-    speed, and the figures."""
+    (models and their best-of-k rows, the reference controllers, the baselines), coverage, each best-of-k row
+    against its model's answers, the parse failures by reason, generation speed, and the figures."""
     k = context["samples_per_prompt"]
     mode = context["eval_mode"] + (
         f" (re-plan every {context['replan_every']} steps)" if context["replan_every"] else ""
     )
+    models = [r for r in results if "best_of" not in r]
     out = [
         f"# Evaluation on `{context['dataset']}` ({context['records']} eval problems, mode {mode})",
         "",
-        "Models: " + ", ".join(f"**{r['label']}** ({r['model']})" for r in results) + ". "
+        "Models: " + ", ".join(f"**{r['label']}** ({r['model']})" for r in models) + ". "
         f"{k} answer(s) per problem, temperature {context['temperature']} "
         f"({'greedy' if context['temperature'] == 0 else 'sampled'}), at most {context['max_new_tokens']} new tokens, "
         f"seed {context['seed']}; commit {context['git_commit']}, {context['created_at']}.",
@@ -229,6 +302,9 @@ def render_report(
             )
             out.append(f"- **{name}**: {about['what']} ({'; '.join(x for x in (details, missing) if x)}).")
         out += ["", *coverage_lines(baselines["coverage"])]
+    best_of = best_of_lines(results)
+    if best_of:
+        out += ["", *best_of]
     out += ["", "## Parse failures", ""]
     for r in results:
         failures = summaries[r["label"]]["all"]["parse_failures"]
@@ -237,8 +313,11 @@ def render_report(
     out += ["", "## Generation", ""]
     for r in results:
         calls = r["calls"]
+        if "best_of" in r and r["best_of"]["k"] != r["best_of"]["samples_drawn"]:
+            continue  # the best-of rows of a model share its samples: listed once, under the largest k
         speed = f"{calls['prompts'] / calls['seconds']:.2f} answers/s" if calls["seconds"] > 0 else "-"
-        out.append(f"- **{r['label']}**: {calls['prompts']} answers in {calls['seconds']:.1f} s ({speed})")
+        name = f"{r['best_of']['greedy']} samples for best-of-k" if "best_of" in r else r["label"]
+        out.append(f"- **{name}**: {calls['prompts']} answers in {calls['seconds']:.1f} s ({speed})")
     if figures:
         out += ["", "## Figures", ""]
         out += [f"![{title}]({name})" for name, title in figures]
@@ -278,9 +357,12 @@ def render_figures(
     baselines: Mapping,
 ) -> list[tuple[str, str]]:
     """Draw every figure into folder; returns (file name, title) pairs in report order. context: main_eval's
-    (dataset, eval_mode, samples_per_prompt); plot_instances: instances per system with trajectory figures."""
+    (dataset, eval_mode, samples_per_prompt); plot_instances: instances per system with trajectory figures.
+    Best-of-k rows are left out: up to 8 more curves and bars of the same model would bury the models and
+    baselines (their numbers are in the tables), and a figure's file names stay what `planned_files` knows."""
     from lib.llm import plots
 
+    results = [r for r in results if "best_of" not in r]
     figures: list[tuple[str, str]] = []
     labels = [r["label"] for r in results]
     all_rows = {REFERENCE_NAMES[n]: ref_summaries[n]["all"] for n in ("optimal", "zero")}

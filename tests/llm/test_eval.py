@@ -244,6 +244,51 @@ def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp
     assert not list(again.glob("*.png"))  # no --save-plots, no figures
 
 
+def test_cli_best_of_k_adds_inference_time_rows(workspace, tmp_path):
+    out = tmp_path / "best"
+    assert eval_main(cli_args(workspace, out, "--best-of-k", "2", "--best-of-temperature", "0.9")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["tiny", "tiny best-of-2"]
+    row = metrics["models"]["tiny best-of-2"]
+    assert row["summary"]["all"]["samples"] == 4  # one chosen answer per problem
+    assert row["timing"]["answers"] == 8  # the 2 samples drawn for each of the 4 problems
+    about = row["best_of"]
+    assert (about["k"], about["temperature"], about["samples_drawn"], about["greedy"]) == (2, 0.9, 2, "tiny")
+    # 8 tokens never hold 50 controls: every answer fails, so best of 2 never beats greedy, and both fail
+    assert about["beats_greedy"] == 0.0 and about["vs_greedy"]["both_failed"] == 4
+    assert metrics["vs_best_baseline"]["tiny best-of-2"]["beats_best_baseline"] == "no"
+    report = (out / "report.md").read_text()
+    assert (
+        "| tiny best-of-2 |" in report and "## Best of k" in report and "| tiny best-of-2 vs tiny |" in report
+    )
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["model"] for s in samples].count("tiny best-of-2") == 4
+
+
+def test_best_of_k_rows_choose_the_best_sample_of_each_problem(records):
+    from lib.llm.evaluate import best_of_results
+
+    def zeros_then_optimum(prompts):  # per problem: sample 0 does nothing, sample 1 is the optimum
+        out = []
+        for i, prompt in enumerate(prompts):
+            record = next(r for r in records if r["prompt"] == prompt)
+            out.append(exact_optimum(record) if i % 2 else wrap(np.zeros(record["horizon"]["steps"])))
+        return out
+
+    greedy = score_samples(
+        records, answer_records(records, by_prompt(records, lambda r: r["completion"][0]["content"]))
+    )
+    samples = score_samples(records, answer_records(records, zeros_then_optimum, 2))
+    calls = {"prompts": 2 * len(records), "seconds": 1.0}
+    (result,) = best_of_results("m", "a model", greedy, samples, [2], 0.5, calls, seed=0)
+    assert result["label"] == "m best-of-2" and result["calls"] is calls
+    assert np.abs(result["rows"].metrics["gap"]).max() < 1e-9  # the optimum, picked on every problem
+    # against the printed labels (rounded, within 1% of J*): better wherever rounding costs over 0.1%
+    label_gaps = greedy.metrics["gap"]
+    assert result["best_of"]["beats_greedy"] == pytest.approx(np.mean(label_gaps > 1e-3))
+    assert result["best_of"]["vs_greedy"]["both_feasible"] == len(records)
+
+
 def test_cli_replaces_its_own_previous_files_only(workspace, tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
@@ -278,6 +323,10 @@ def test_cli_compares_models_and_checks_format(workspace, tmp_path):
         ["--system", "pendulum"],
         ["--dataset", "nope"],
         ["--eval-mode", "analyze"],
+        ["--best-of-k", "2", "--eval-mode", "mpc"],  # best of k ranks open-loop answers only
+        ["--best-of-k", "2", "--eval-mode", "format"],
+        ["--best-of-k", "2048"],  # over 1024 samples a problem (the schema's limit)
+        ["--best-of-k", "1"],  # best of 1 is a sampled answer, not a ranking
     ],
 )
 def test_cli_bad_input_exits_2_and_writes_nothing(workspace, tmp_path, extra):
@@ -341,11 +390,13 @@ def test_each_flag_equals_its_key_value_override(tmp_path):
     flags = ["--model-path", "a", "b", "--labels", "x", "y", "--dataset", "mix", "--system", "van_der_pol",
              "--num-samples", "5", "--samples-per-prompt", "2", "--temperature", "0.5", "--batch-size", "3",
              "--max-new-tokens", "9", "--eval-mode", "mpc", "--replan-every", "5", "--save-plots",
-             "--plot-instances", "1", "--output-dir", str(tmp_path), "--seed", "7"]  # fmt: skip
+             "--plot-instances", "1", "--output-dir", str(tmp_path), "--seed", "7", "--best-of-k", "4", "8",
+             "--best-of-temperature", "0.7"]  # fmt: skip
     keys = ["eval.model_path=a,b", "eval.labels=x,y", "data.dataset_name=mix", "data.system=van_der_pol",
             "eval.num_samples=5", "eval.samples_per_prompt=2", "eval.temperature=0.5", "eval.batch_size=3",
             "eval.max_new_tokens=9", "eval.mode=mpc", "eval.replan_every=5", "eval.save_plots=true",
-            "eval.plot_instances=1", f"eval.output_dir={tmp_path}", "seed=7"]  # fmt: skip
+            "eval.plot_instances=1", f"eval.output_dir={tmp_path}", "seed=7", "eval.best_of_k=4,8",
+            "eval.best_of_temperature=0.7"]  # fmt: skip
     assert resolved(*flags) == resolved(*keys)
     # the original project's spellings: --eval_mode, --model_path, ...
     underscores = ["--" + f[2:].replace("-", "_") if f.startswith("--") else f for f in flags]
