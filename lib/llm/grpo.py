@@ -25,6 +25,11 @@ def check_config(cfg: dict) -> None:
         )
 
 
+def training_records(cfg: dict, model, tokenizer, setup: DeviceSetup, train: list[dict], run_dir, processes):
+    """GRPO samples its answers from the dataset's prompts as they are. (The corrected stage builds its own here.)"""
+    return train
+
+
 def arguments(cfg: dict, common: dict, setup: DeviceSetup):
     """GRPOConfig: the shared TrainingArguments (lib.llm.stages.common_args) plus GRPO's own."""
     from trl import GRPOConfig

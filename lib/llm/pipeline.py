@@ -1,5 +1,6 @@
-"""The pipeline (docs/ARCHITECTURE.md, "Pipelines"): data -> sft -> eval_sft -> grpo -> eval_grpo -> report,
-each phase a script run in its own process (so memory is returned between phases) with the pipeline
+"""The pipeline (docs/ARCHITECTURE.md, "Pipelines"): data -> sft -> eval_sft -> grpo -> eval_grpo -> report
+(and corrected -> eval_corrected, the solver-corrected stage from the same SFT run, where pipeline.phases names
+them), each phase a script run in its own process (so memory is returned between phases) with the pipeline
 folder's config.json plus the few `key=value` overrides that are the phase's own (run id, models to
 evaluate, output folder). The folder's format is lib/llm/pipeline_folder.py; the report
 lib/llm/pipeline_report.py. scripts/run_pipeline.py parses its flags and calls `run_pipeline`; slurm/pipeline.sh
@@ -99,6 +100,13 @@ def phase_grpo(cfg: dict, run_dir: Path) -> int:
     return _train(cfg, run_dir, "grpo", init)
 
 
+def phase_corrected(cfg: dict, run_dir: Path) -> int:
+    sft = training_run(cfg, "sft", run_dir.name)
+    # the corrected stage answers with this pipeline's SFT run when it made one; else corrected.init_from
+    init = [f"corrected.init_from={sft}"] if (sft / "run_info.json").is_file() else []
+    return _train(cfg, run_dir, "corrected", init)
+
+
 def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
     """main_eval.py with the pipeline's config (eval.*, data.dataset_name, seed); only the models, their labels,
     the output folder and whether to draw figures are the phase's own."""
@@ -132,6 +140,10 @@ def phase_eval_grpo(cfg: dict, run_dir: Path) -> int:
     return _evaluate(cfg, run_dir, "grpo")
 
 
+def phase_eval_corrected(cfg: dict, run_dir: Path) -> int:
+    return _evaluate(cfg, run_dir, "corrected")
+
+
 def phase_report(cfg: dict, run_dir: Path) -> int:
     from lib.llm.pipeline_report import write_pipeline_report
 
@@ -146,6 +158,8 @@ PHASE_FUNCTIONS = {
     "eval_sft": phase_eval_sft,
     "grpo": phase_grpo,
     "eval_grpo": phase_eval_grpo,
+    "corrected": phase_corrected,
+    "eval_corrected": phase_eval_corrected,
     "report": phase_report,
 }
 

@@ -13,6 +13,11 @@ def check_config(cfg: dict) -> None:
     """Nothing to check beyond the schema (GRPO checks its rewards here)."""
 
 
+def training_records(cfg: dict, model, tokenizer, setup: DeviceSetup, train: list[dict], run_dir, processes):
+    """SFT trains on the dataset's records as they are. (The corrected stage builds its own here.)"""
+    return train
+
+
 def arguments(cfg: dict, common: dict, setup: DeviceSetup):
     """SFTConfig: the shared TrainingArguments (lib.llm.stages.common_args) plus SFT's own."""
     from trl import SFTConfig

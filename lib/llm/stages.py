@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 STAGES = ("sft", "grpo")
 SFT_FIELDS = ("prompt", "completion")
 GRPO_FIELDS = ("prompt", "system", "x0", "J_opt")
+CORRECTED_FIELDS = ("prompt", "completion", "system", "x0", "decimals")
 
 
 def scope_of(cfg: dict) -> str:
@@ -53,13 +54,14 @@ def stage_dir(cfg: dict, stage: str) -> Path:
 
 def resumable_run_id(cfg: dict) -> str:
     """With --resume and no run_id: the newest run of the first stage this job runs."""
-    return newest_run(stage_dir(cfg, "grpo" if cfg["training_type"] == "grpo" else "sft"))
+    return newest_run(stage_dir(cfg, "sft" if cfg["training_type"] == "both" else cfg["training_type"]))
 
 
 def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], dict]:
     """(train records, eval records, info) for a stage (lib.control.dataset_format.load_records): filtered to
-    data.system, the train split capped at data.sft_max_samples or data.grpo_max_samples, the eval split (for
-    SFT's final eval loss) at data.eval_max_samples."""
+    data.system, the train split capped at data.grpo_max_samples for GRPO, data.sft_max_samples for the others
+    (the corrected stage answers SFT's prompts), the eval split (for SFT's final eval loss) at
+    data.eval_max_samples."""
     data = cfg["data"]
     if not data["dataset_name"]:
         raise UsageError(
@@ -68,12 +70,12 @@ def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], d
             "shows the datasets.",
         )
     path = repo_path(data["datasets_dir"]) / data["dataset_name"]
-    cap = data["sft_max_samples"] if stage == "sft" else data["grpo_max_samples"]
+    cap = data["grpo_max_samples"] if stage == "grpo" else data["sft_max_samples"]
     train, info = load_records(path, "train", data["system"], cap or None)
     evaluation = []
     if stage == "sft" and data["eval_max_samples"]:
         evaluation = load_records(path, "eval", data["system"], data["eval_max_samples"])[0]
-    needed = SFT_FIELDS if stage == "sft" else GRPO_FIELDS
+    needed = {"sft": SFT_FIELDS, "grpo": GRPO_FIELDS, "corrected": CORRECTED_FIELDS}[stage]
     for record in train[:1] + evaluation[:1]:
         missing = [f for f in needed if f not in record]
         if missing:
@@ -99,7 +101,7 @@ def check_lengths(tokenizer, records: list[dict], cfg: dict, stage: str) -> list
         )
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    if stage == "sft":
+    if stage != "grpo":  # SFT, and the corrected stage whose label records are SFT's
         lengths = [tokens(r["prompt"] + r["completion"]) for r in records]
         room = limit
         what = "prompt + completion"
@@ -120,7 +122,7 @@ def check_lengths(tokenizer, records: list[dict], cfg: dict, stage: str) -> list
             fix="raise model.max_seq_length (or --max-seq-length), lower grpo.max_completion_length, or set "
             "data.allow_truncation=true to truncate (SFT) / drop (GRPO) them.",
         )
-    if stage == "sft":
+    if stage != "grpo":
         log.warning(
             "%d SFT records will be truncated to %d tokens (data.allow_truncation)", len(too_long), limit
         )

@@ -36,8 +36,9 @@ from lib.common.runs import (
     refuse_foreign_latest,
     run_lock,
 )
-from lib.llm import grpo, sft
+from lib.llm import corrected, grpo, sft
 from lib.llm.callbacks import attach_trainer, stage_callbacks
+from lib.llm.corrected import corrected_init_run
 from lib.llm.grpo import grpo_init_run
 from lib.llm.models import EMBEDDED, SCRATCH, load_start_model, resolve_model_name, start_model_name
 from lib.llm.stages import (
@@ -56,8 +57,8 @@ from lib.llm.stages import (
 )
 
 log = logging.getLogger(__name__)
-STAGE_MODULES = {"sft": sft, "grpo": grpo}  # what each stage does differently: check_config, arguments,
-# trainer, final_metrics
+# what each stage does differently: check_config, training_records, arguments, trainer, final_metrics
+STAGE_MODULES = {"sft": sft, "grpo": grpo, "corrected": corrected}
 
 
 def train_stage(
@@ -70,7 +71,8 @@ def train_stage(
     processes: Processes | None = None,
 ) -> tuple[Path, bool]:
     """One stage from its config to its finished run folder; (run folder, completed). Every stage runs in
-    this order; init_run is the finished run it starts from (GRPO after SFT), None for the base model."""
+    this order; init_run is the finished run it starts from (GRPO or the corrected stage after SFT), None for
+    the base model."""
     stage_module = STAGE_MODULES[stage]
     stage_module.check_config(cfg)
     train, evaluation, info = load_stage_records(cfg, stage)
@@ -86,6 +88,7 @@ def train_stage(
     processes = processes or Processes()
     run_dir = start_run(cfg, stage, run_id, argv, setup, recorded, processes)
     try:
+        train = stage_module.training_records(cfg, model, tokenizer, setup, train, run_dir, processes)
         args = stage_module.arguments(cfg, common_args(cfg[stage], cfg, setup, run_dir), setup)
         with StopOnSignal() as stop:
             callbacks = stage_callbacks(cfg, stage, tokenizer, run_dir, stop, processes)
@@ -159,8 +162,8 @@ def _run_stage(
             recorded = previous["init_run"]
             init = Path(recorded) if recorded else None
         else:
-            init = grpo_init_run(cfg, sft_run)
-        run_dir, done = train_stage(cfg, "grpo", setup, run_id, argv, init, processes)
+            init = grpo_init_run(cfg, sft_run) if stage == "grpo" else corrected_init_run(cfg)
+        run_dir, done = train_stage(cfg, stage, setup, run_id, argv, init, processes)
     if not done:
         if processes.is_main:
             print(

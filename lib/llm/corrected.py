@@ -1,0 +1,270 @@
+"""Solver-corrected on-policy SFT (DAgger with the exact solver as teacher): what this stage does differently
+from SFT. The order of a stage is lib/llm/training.py, `train_stage`; docs/training.md, "Solver-corrected SFT".
+
+SFT teaches the rest of an answer that follows an OPTIMAL beginning. At test time the model continues its
+OWN slightly wrong beginning, and its errors compound along the horizon (behaviour cloning's error grows
+with the square of the horizon, DAgger's linearly: Ross, Gordon & Bagnell, AISTATS 2011). Our labels come
+from an exact solver, so the right continuation of any beginning is known:
+
+    1. the start model (corrected.init_from) answers corrected.prompts train prompts greedily;
+    2. each answer that parses is cut after k of its controls, for corrected.cuts_per_answer different k
+       drawn from 1 .. N-1 (seeded);
+    3. the state x_k those k controls reach is simulated (the one simulator), and the rest of the problem,
+       same discretisation, bounds, stage and terminal cost over the remaining N - k steps, is solved from
+       x_k exactly as the labels are (`optimal_rest`: the QP for linear systems, the certified multi-start
+       NLP otherwise) and rounded onto the printed grid as labels are;
+    4. the record "prompt + own answer up to its k-th comma -> the optimal rest" is trained with the loss on
+       the rest only, mixed with corrected.label_records original labels (loss on the whole answer, as SFT).
+
+The records are token ids with a completion mask (TRL's pre-tokenized format), cut at a token boundary of
+the rendered chat text: a label record is exactly the tokens SFT trains on. They are built once per run and
+kept in the run folder (CORRECTED_RECORDS), so a run resumed after SIGTERM trains on the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from lib.common.atomic import write_text_atomic
+from lib.common.device import DeviceSetup
+from lib.common.distributed import Processes
+from lib.common.errors import UsageError
+from lib.common.runs import mean_of_last
+from lib.control.answer import format_controls, parse_controls
+from lib.control.families import record_system
+from lib.control.references import solve_family, solve_linear, solve_nonlinear
+from lib.control.systems import System, simulate
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("input_ids", "completion_mask")  # the pre-tokenized columns SFTTrainer reads
+CORRECTED_RECORDS = "corrected_records.jsonl"  # the run's training records, built once (module docstring)
+CORRECTED_SUMMARY = "corrected_records.json"  # what was built from how many answers, and the time it took
+
+
+def check_config(cfg: dict) -> None:
+    """Nothing to check beyond the schema: the start run is checked when it is resolved."""
+
+
+def arguments(cfg: dict, common: dict, setup: DeviceSetup):
+    """SFTConfig: the shared TrainingArguments plus the completion-only loss on pre-tokenized records."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common,
+        max_length=cfg["model"]["max_seq_length"],
+        completion_only_loss=True,
+        per_device_eval_batch_size=cfg["corrected"]["per_device_train_batch_size"],
+    )
+
+
+def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], evaluation: list[dict],
+            callbacks: list):  # fmt: skip
+    """SFTTrainer over the mixed records (no eval loss: the held-out control metrics judge this stage)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in train]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def final_metrics(cfg: dict, trainer, output, evaluation: list[dict], stopped: bool) -> dict:
+    """metrics.json of a finished run: the training loss and the mean of the last logged losses."""
+    return {
+        "train_loss": output.training_loss,
+        "final_loss": mean_of_last(trainer.state.log_history, "loss"),
+    }
+
+
+# ---------------------------------------------------------------- the records
+
+
+def training_records(
+    cfg: dict, model, tokenizer, setup: DeviceSetup, train: list[dict], run_dir: Path, processes: Processes
+) -> list[dict]:
+    """The stage's records (module docstring): read from the run folder when an earlier start of this run
+    built them, else built from the start model's own answers and written there (main process)."""
+    path = run_dir / CORRECTED_RECORDS
+    if path.is_file():
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        log.info("corrected: %d records from %s (built when the run started)", len(records), path)
+        return records
+    settings = cfg["corrected"]
+    start = time.perf_counter()
+    order = np.random.default_rng(cfg["seed"]).permutation(len(train))
+    asked = [train[i] for i in order[: settings["prompts"]]]
+    answers = own_answers(model, tokenizer, setup, asked, settings, cfg["seed"])
+    answered = time.perf_counter() - start
+    cut_rng = np.random.default_rng([cfg["seed"], 1])
+    corrected, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, cfg["seed"])
+    wanted = len(corrected) if settings["label_records"] < 0 else settings["label_records"]
+    labels = [train[i] for i in order[: min(wanted, len(train))]]
+    records, limit = [], cfg["model"]["max_seq_length"]
+    for r in labels:
+        records.append(
+            _with(tokenized(tokenizer, r["prompt"], r["completion"][-1]["content"], 0), id=r["id"], k=0)
+        )
+    for row in corrected:
+        record = row.pop("record")
+        records.append(
+            _with(tokenized(tokenizer, record["prompt"], row.pop("content"), row.pop("cut")), **row)
+        )
+    # an own answer may be longer than any label: TRL would cut such a record at max_length, rest included
+    kept = [
+        r for r in records if r is not None and len(r["input_ids"]) <= limit and any(r["completion_mask"])
+    ]
+    summary["dropped_too_long_or_unrendered"] = len(records) - len(kept)
+    records = kept
+    # one shuffle of the mix, so a run capped by max_steps sees both kinds from its first step
+    records = [records[i] for i in np.random.default_rng([cfg["seed"], 2]).permutation(len(records))]
+    summary |= {
+        "label_records": len(labels),
+        "records": len(records),
+        "answer_seconds": round(answered, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("corrected: %s", summary)
+    if processes.is_main:
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(run_dir / CORRECTED_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return records
+
+
+def _with(tokens: dict | None, **fields) -> dict | None:
+    return None if tokens is None else tokens | fields
+
+
+def own_answers(
+    model, tokenizer, setup: DeviceSetup, records: list[dict], settings: dict, seed: int
+) -> list[str]:
+    """The start model's greedy answer to each record's prompt (the answers the evaluation would see)."""
+    from lib.llm.generation import generate_completions
+
+    model.to(setup.device)
+    return generate_completions(
+        model, tokenizer, [r["prompt"] for r in records], settings["max_new_tokens"],
+        settings["generation_batch_size"], 0.0, seed, progress=True,
+    )  # fmt: skip
+
+
+def corrected_records(
+    records: list[dict], answers: list[str], cuts: int, rng: np.random.Generator, seed: int = 0
+) -> tuple[list[dict], dict]:
+    """(rows, summary): for each answer that parses, `cuts` rows {record, content, cut, id, k, x_k}: the
+    answer's text up to the comma after its k-th control (character `cut`), then the optimal rest of the
+    record's problem from the state x_k those k controls reach, printed as its label is."""
+    planned = []  # (record, answer, parsed controls, k)
+    for record, answer in zip(records, answers, strict=True):
+        system = record_system(record)
+        parsed = parse_controls(answer, system.steps)
+        if not parsed.ok or system.steps < 2:
+            continue
+        ks = rng.choice(np.arange(1, system.steps), size=min(cuts, system.steps - 1), replace=False)
+        planned += [(record, answer, parsed.values, int(k)) for k in sorted(ks)]
+    groups: dict[tuple, list[int]] = {}  # one solve per (problem, k): a fixed system's rows in one batch
+    systems: dict[tuple, System] = {}
+    for i, (record, _, _, k) in enumerate(planned):
+        system = record_system(record)
+        groups.setdefault((id(system), k), []).append(i)
+        systems[(id(system), k)] = system
+    rows: list[dict] = [{}] * len(planned)
+    for key, idx in groups.items():
+        system, k = systems[key], key[1]
+        x0 = np.array([planned[i][0]["x0"] for i in idx], dtype=float)
+        prefix = np.array([planned[i][2][:k] for i in idx])
+        x_k, rest = optimal_rest(system, x0, prefix, planned[idx[0]][0]["decimals"], seed)
+        for j, i in enumerate(idx):
+            record, answer, _, _ = planned[i]
+            if not np.all(np.isfinite(x_k[j])):
+                continue  # the own controls diverged: no rest problem to solve
+            cut = _after_control(answer, k)
+            content = answer[:cut] + " " + format_controls(rest[j], record["decimals"]) + "</CONTROLS>"
+            rows[i] = {"record": record, "content": content, "cut": cut, "id": record["id"], "k": k,
+                       "x_k": x_k[j].tolist()}  # fmt: skip
+    rows = [r for r in rows if r]
+    summary = {
+        "prompts": len(records),
+        "parsed_answers": len({id(p[0]) for p in planned}),
+        "corrected_records": len(rows),
+    }
+    return rows, summary
+
+
+def optimal_rest(
+    system: System, x0: np.ndarray, prefix: np.ndarray, decimals: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x_k [B, n], rest [B, N-k]): the state the controls `prefix` [B, k] reach from x0 [B, n], and the
+    label of the rest of the problem from there: the same problem over the remaining N - k steps (the
+    stage cost of x_k is a constant there), solved and rounded onto the grid as labels are."""
+    k = prefix.shape[1]
+    x_k = simulate(system, x0, prefix)[:, -1]
+    rest = replace(system, steps=system.steps - k)
+    finite = np.all(np.isfinite(x_k), axis=1)
+    out = np.full((len(x0), rest.steps), np.nan)
+    if not finite.any():
+        return x_k, out
+    if rest.is_linear:
+        out[finite] = solve_linear(rest, x_k[finite], decimals).u_label
+    elif rest.family:
+        solved = solve_family([rest] * int(finite.sum()), x_k[finite], decimals, seed)
+        out[finite] = np.stack([s.u_label[0] for s in solved])
+    else:
+        out[finite] = solve_nonlinear(rest, x_k[finite], decimals, seed).u_label
+    return x_k, out
+
+
+def _after_control(answer: str, k: int) -> int:
+    """Where the answer's text continues after its k-th control: the index just past the k-th comma of its
+    <CONTROLS> block (the answer parsed, so the block and k + 1 numbers are there)."""
+    at = answer.index("<CONTROLS>") + len("<CONTROLS>")
+    for _ in range(k):
+        at = answer.index(",", at) + 1
+    return at
+
+
+def tokenized(tokenizer, prompt: list[dict], content: str, cut: int) -> dict | None:
+    """{input_ids, completion_mask} of the chat `prompt` answered with `content`, the loss on the answer from
+    character `cut` on (0: the whole answer, as SFT). The rendered text is tokenized whole, as SFT's
+    records are, and every token that ends after the cut is trained: a token spanning the cut (", -" in a
+    tokenizer that merges them) belongs to the rest. None when the chat template does not render the
+    answer's beginning verbatim."""
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": content}], tokenize=False)
+    if not full.startswith(head + content[:cut]):
+        return None
+    boundary = len(head) + cut
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(end > boundary) for _, end in encoded["offset_mapping"]]
+    return {"input_ids": list(encoded["input_ids"]), "completion_mask": mask}
+
+
+def corrected_init_run(cfg: dict) -> Path:
+    """The finished run the stage starts from (corrected.init_from): 'latest' SFT run, or a run folder."""
+    from lib.common.config import repo_path
+    from lib.common.runs import latest_run, read_run_info
+    from lib.llm.stages import stage_dir
+
+    choice = cfg["corrected"]["init_from"]
+    if choice == "latest":
+        run = latest_run(stage_dir(cfg, "sft"))
+        if run is None:
+            raise UsageError(
+                f"corrected.init_from=latest but there is no completed SFT run in {stage_dir(cfg, 'sft')}.",
+                fix="train SFT first (--training-type sft), or set corrected.init_from to a run folder.",
+            )
+        return run
+    run = repo_path(choice)
+    read_run_info(run)
+    return run
