@@ -1,6 +1,7 @@
-"""The pipeline's own report: base vs SFT vs GRPO side by side (from the evaluation phases' metrics.json),
-GRPO - SFT paired on the same problems, the reference rows, and each phase's time (the folder's format:
-lib/llm/pipeline_folder.py).
+"""The pipeline's own report: base vs SFT vs GRPO side by side (from the evaluation phases' metrics.json,
+with their best-of-k rows), each second stage - SFT paired on the same problems (differences and the
+log-ratio of gaps), each best-of-k row against its model's greedy answers, the reference rows, and each
+phase's time (the folder's format: lib/llm/pipeline_folder.py).
 
 The pipeline folder is shared with the user (notes, a report.md of their own): the report phase replaces only
 the report.md, metrics.json and comparison.png it wrote itself (lib/common/outputs.py, PIPELINE: its
@@ -20,7 +21,16 @@ from lib.common.atomic import write_json_atomic, write_text_atomic
 from lib.common.errors import UsageError
 from lib.common.outputs import Writer, check_output_folder, replace_outputs, staging
 from lib.llm.pipeline_folder import read_state
-from lib.llm.report import REFERENCE_NAMES, SUCCESS_KEYS, systems_to_show, table_lines, verdict_lines
+from lib.llm.report import (
+    LOG_RATIO_HEADER,
+    LOG_RATIO_NOTE,
+    REFERENCE_NAMES,
+    SUCCESS_KEYS,
+    log_ratio_row,
+    systems_to_show,
+    table_lines,
+    verdict_lines,
+)
 
 
 def _pipeline_legacy(folder: Path) -> set[str]:
@@ -48,7 +58,7 @@ PIPELINE = Writer(
 def _unreadable(path: Path, what: str) -> UsageError:
     """An evaluation phase's file the report cannot use: moved away, the phase writes it again."""
     run_dir, folder = path.parent.parent, path.parent.name
-    phase = {"sft_evaluation": "eval_sft", "grpo_evaluation": "eval_grpo"}.get(folder, "its evaluation")
+    phase = f"eval_{folder.removesuffix('_evaluation')}"  # <stage>_evaluation is written by eval_<stage>
     return UsageError(
         f"{path} {what}: the report reads each evaluation phase's metrics.json and samples.jsonl.",
         fix=f"move {path} away (the evaluation replaces only files it wrote itself), then run that phase "
@@ -94,19 +104,21 @@ def _first_samples(path: Path, model: str) -> dict[str, dict]:
     return samples
 
 
-def grpo_vs_sft(run_dir: Path) -> dict | None:
-    """GRPO - SFT on the same held-out problems (paired by record id, first sample of each): gap and score
-    S with bootstrap intervals (lib.llm.evaluation.paired_difference); None without both evaluations."""
-    from lib.llm.evaluation import paired_difference
+def stage_vs_sft(run_dir: Path, stage: str) -> dict | None:
+    """<stage> - SFT on the same held-out problems (paired by record id, first sample of each; the stage's
+    evaluation labels its model by the stage's name): gap and score S with bootstrap intervals
+    (lib.llm.evaluation.paired_difference), and under gap.log_ratio the per-problem log-ratio of the gaps,
+    failures counted as infinite gaps (paired_log_ratio); None without both evaluations."""
+    from lib.llm.evaluation import failures_infinite, paired_difference, paired_log_ratio
 
-    sft_path, grpo_path = (
+    sft_path, after_path = (
         run_dir / "sft_evaluation" / "samples.jsonl",
-        run_dir / "grpo_evaluation" / "samples.jsonl",
+        run_dir / f"{stage}_evaluation" / "samples.jsonl",
     )
-    if not (sft_path.is_file() and grpo_path.is_file()):
+    if not (sft_path.is_file() and after_path.is_file()):
         return None
-    sft, grpo = _first_samples(sft_path, "sft"), _first_samples(grpo_path, "grpo")
-    ids = [i for i in sft if i in grpo]
+    sft, after = _first_samples(sft_path, "sft"), _first_samples(after_path, stage)
+    ids = [i for i in sft if i in after]
     if not ids:
         return None
 
@@ -115,44 +127,79 @@ def grpo_vs_sft(run_dir: Path) -> dict | None:
             [np.nan if samples[i].get(key) is None else samples[i][key] for i in ids], dtype=float
         )
 
+    gap = paired_difference(column(sft, "gap"), column(after, "gap"))
+    gap["log_ratio"] = paired_log_ratio(
+        failures_infinite(column(sft, "gap"), column(sft, "feasible") == 1),
+        failures_infinite(column(after, "gap"), column(after, "feasible") == 1),
+    )
     return {
         "problems": len(ids),
-        "gap": paired_difference(column(sft, "gap"), column(grpo, "gap")),
-        "score": paired_difference(column(sft, "score"), column(grpo, "score")),
+        "gap": gap,
+        "score": paired_difference(column(sft, "score"), column(after, "score")),
     }
 
 
-def paired_lines(paired: Mapping) -> list[str]:
+def paired_lines(paired: Mapping, stage: str) -> list[str]:
+    """The '<STAGE> - SFT' section: the paired differences of gap and S, then the log-ratio of gaps."""
+
     def number(value) -> str:
         return "-" if value is None else f"{value:+.3g}"
 
     def interval(pair) -> str:
         return f"[{number(pair[0])}, {number(pair[1])}]"
 
+    name = stage.upper()
     lines = [
-        "## GRPO - SFT on the same problems (paired)",
+        f"## {name} - SFT on the same problems (paired)",
         "",
         f"{paired['problems']} problems answered by both; a difference counts the problems where both answers "
-        "parsed. Negative gap differences and positive S differences mean GRPO did better.",
+        f"parsed. Negative gap differences and positive S differences mean {name} did better.",
         "",
-        "| metric | problems | mean difference | median difference | median GRPO / median SFT - 1 |",
+        f"| metric | problems | mean difference | median difference | median {name} / median SFT - 1 |",
         "|---|---:|---|---|---|",
     ]
-    for key, name in (("gap", "gap (J - J*) / J*"), ("score", "score S")):
+    for key, metric in (("gap", "gap (J - J*) / J*"), ("score", "score S")):
         d = paired[key]
         lines.append(
-            f"| {name} | {d['n']} | {number(d['mean_diff'])} {interval(d['mean_diff_ci'])} | "
+            f"| {metric} | {d['n']} | {number(d['mean_diff'])} {interval(d['mean_diff_ci'])} | "
             f"{number(d['median_diff'])} {interval(d['median_diff_ci'])} | "
             f"{number(d['median_change'])} {interval(d['median_change_ci'])} |"
         )
-    return lines
+    return [
+        *lines,
+        "",
+        LOG_RATIO_NOTE,
+        "",
+        *LOG_RATIO_HEADER,
+        log_ratio_row(f"{name} vs SFT", paired["gap"]["log_ratio"]),
+    ]
+
+
+def best_of_pipeline_lines(models: Mapping[str, Mapping]) -> list[str]:
+    """Each best-of-k row of the evaluations against its model's greedy answers on the same problems (the
+    evaluation's metrics.json: best_of.vs_greedy): what a second stage could distil; [] without such rows."""
+    rows = {label: entry["best_of"] for label, entry in models.items() if "best_of" in entry}
+    if not rows:
+        return []
+    return [
+        "## Best of k - greedy on the same problems (paired)",
+        "",
+        "Inference-time rows: '<model> best-of-k' keeps per problem the best of k sampled answers as the "
+        "simulator ranks them; the gap it closes against the model's own greedy answer bounds what a second "
+        "stage can distil from the model's samples. " + LOG_RATIO_NOTE,
+        "",
+        *LOG_RATIO_HEADER,
+        *(log_ratio_row(f"{label} vs {about['greedy']} at temperature {about['temperature']}",
+                        about["vs_greedy"]) for label, about in rows.items()),
+    ]  # fmt: skip
 
 
 def write_pipeline_report(run_dir: Path) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
-    the evaluation phases' metrics.json), each model's verdict against the best baseline, the reference and
-    baseline rows, and how long each phase took (its state.json, lib.llm.pipeline). Replaces only the report
-    files it wrote itself (module docstring)."""
+    the evaluation phases' metrics.json, best-of-k rows included), each model's verdict against the best
+    baseline, the reference and baseline rows, best-of-k - greedy and each second stage - SFT paired
+    (metrics.json: `<stage>_minus_sft`), and how long each phase took (its state.json, lib.llm.pipeline).
+    Replaces only the report files it wrote itself (module docstring)."""
     state = read_state(run_dir)
     models: dict[str, Mapping] = {}
     references: Mapping = {}
@@ -160,7 +207,9 @@ def write_pipeline_report(run_dir: Path) -> Path:
     verdicts: dict[str, Mapping] = {}
     context: Mapping = {}
     sources = []
-    for folder in ("sft_evaluation", "grpo_evaluation"):
+    # every evaluation phase of the pipeline (eval_sft, eval_grpo, and any other stage's), in phase order
+    stages = [phase.removeprefix("eval_") for phase in state["phases"] if phase.startswith("eval_")]
+    for folder in (f"{stage}_evaluation" for stage in stages):
         path = run_dir / folder / "metrics.json"
         if not path.is_file():
             continue
@@ -176,7 +225,7 @@ def write_pipeline_report(run_dir: Path) -> Path:
     files = ["metrics.json", "report.md", *(["comparison.png"] if models else [])]
     check_output_folder(run_dir, files, PIPELINE)
     out = [f"# Pipeline {run_dir.name}", ""]
-    paired = None
+    paired: dict[str, dict] = {}  # stage -> its paired comparison with SFT
     if not models:
         out.append("No evaluation phase has completed: nothing to compare yet.")
     else:
@@ -200,9 +249,14 @@ def write_pipeline_report(run_dir: Path) -> Path:
                 *table_lines(rows, context["samples_per_prompt"]),
             ]
         out += ["", "![model comparison](comparison.png)"]
-        paired = grpo_vs_sft(run_dir)
-        if paired:
-            out += ["", *paired_lines(paired)]
+        best_of = best_of_pipeline_lines(models)
+        if best_of:
+            out += ["", *best_of]
+        for stage in (s for s in stages if s != "sft"):  # every second stage against the first
+            pair = stage_vs_sft(run_dir, stage)
+            if pair:
+                paired[stage] = pair
+                out += ["", *paired_lines(pair, stage)]
     out += ["", "## Phases", "", "| phase | status | exit | elapsed |", "|---|---|---:|---:|"]
     for phase, entry in state["phases"].items():
         if phase == "report" and entry.get("status") == "running":
@@ -213,16 +267,18 @@ def write_pipeline_report(run_dir: Path) -> Path:
                    f"{'' if elapsed is None else f'{elapsed:.0f} s'} |")  # fmt: skip
     document = {"pipeline": run_dir.name, "context": context, "models": models, "references": references,
                 "phases": state["phases"]}  # fmt: skip
-    if paired:
-        document["grpo_minus_sft"] = paired
+    for stage, pair in paired.items():
+        document[f"{stage}_minus_sft"] = pair
     if baselines:
         document["baselines"], document["vs_best_baseline"] = baselines, verdicts
     with staging(run_dir, PIPELINE) as staged:
         if models:
             from lib.llm import plots
 
-            title = f"{run_dir.name}: {' vs '.join(models)} on {context['dataset']}"
-            summaries = {label: entry["summary"]["all"] for label, entry in models.items()}
+            # best-of-k rows only in the tables: up to 8 more bars a model would bury base vs SFT vs GRPO
+            shown = {label: entry for label, entry in models.items() if "best_of" not in entry}
+            title = f"{run_dir.name}: {' vs '.join(shown)} on {context['dataset']}"
+            summaries = {label: entry["summary"]["all"] for label, entry in shown.items()}
             plots.plot_comparison(summaries, SUCCESS_KEYS, title, staged / "comparison.png")
         write_json_atomic(staged / "metrics.json", document)
         write_text_atomic(staged / "report.md", "\n".join(out) + "\n")

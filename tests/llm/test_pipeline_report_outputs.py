@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import ROOT, call_script
 
@@ -82,3 +83,72 @@ def test_an_evaluation_metrics_json_it_cannot_read_exits_2_naming_it(tmp_path, c
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(metrics) in err and "--phase eval_sft" in err, err
     assert not (run_dir / "report.md").exists()
+
+
+# ---------------------------------------------------------------- best of k and second stage - SFT, paired
+
+
+def write_evaluation(folder: Path, records: list[dict], results: list[dict]) -> None:
+    """An evaluation phase's metrics.json and samples.jsonl from scored answers, as main_eval writes them."""
+    from lib.llm.evaluation import REFERENCES, reference_rows, summarize
+    from lib.llm.report import metrics_document, sample_lines
+
+    context = {"dataset": "pairs", "records": len(records), "eval_mode": "control", "samples_per_prompt": 1,
+               "temperature": 0.0, "max_new_tokens": 512, "seed": 0}  # fmt: skip
+    summaries = {r["label"]: summarize(r["rows"]) for r in results}
+    references = {name: summarize(reference_rows(records, name)) for name in REFERENCES}
+    folder.mkdir()
+    (folder / "metrics.json").write_text(
+        json.dumps(metrics_document(context, results, summaries, references, {}))
+    )
+    (folder / "samples.jsonl").write_text(sample_lines(results))
+
+
+def test_the_report_pairs_best_of_k_with_greedy_and_grpo_with_sft(tmp_path):
+    """Doubles for the models: SFT answers 0.8 u*, its samples alternate 0.8 u* and u*, GRPO answers 0.9 u*;
+    the optimum's gap is 0, so both improvements are clear on every problem."""
+    from helpers import make_dataset
+
+    from lib.control.dataset_format import load_records
+    from lib.llm.evaluate import best_of_results
+    from lib.llm.evaluation import answer_records, score_samples
+
+    records = load_records(make_dataset(tmp_path, "pairs", ["double_integrator"], 2, 24), "eval")[0]
+
+    def scaled(*factors):  # sample j of each record answers factors[j % len(factors)] * u*
+        def answer(prompts):
+            out = []
+            for j, prompt in enumerate(prompts):
+                record = next(r for r in records if r["prompt"] == prompt)
+                u = factors[j % len(factors)] * np.asarray(record["u_opt"])
+                out.append(
+                    f"<REASONING>r</REASONING><CONTROLS>{', '.join(repr(float(v)) for v in u)}</CONTROLS>"
+                )
+            return out
+
+        return answer
+
+    calls = {"prompts": len(records), "seconds": 1.0}
+    sft = score_samples(records, answer_records(records, scaled(0.8)))
+    samples = score_samples(records, answer_records(records, scaled(0.8, 1.0), 2))
+    grpo = score_samples(records, answer_records(records, scaled(0.9)))
+    run_dir = new_pipeline(tmp_path)
+    write_evaluation(run_dir / "sft_evaluation", records, [
+        {"label": "sft", "model": "sft run", "rows": sft, "calls": calls},
+        *best_of_results("sft", "sft run", sft, samples, [2], 0.5, calls, seed=0)])  # fmt: skip
+    write_evaluation(run_dir / "grpo_evaluation", records,
+                     [{"label": "grpo", "model": "grpo run", "rows": grpo, "calls": calls}])  # fmt: skip
+    assert report_phase(run_dir) == EXIT_OK
+    report = (run_dir / "report.md").read_text()
+    assert "| sft best-of-2 | 24 |" in report  # a row of the tables, like the models'
+    assert "## Best of k - greedy on the same problems (paired)" in report
+    assert "| sft best-of-2 vs sft at temperature 0.5 | 24 |" in report
+    assert "## GRPO - SFT on the same problems (paired)" in report and "| GRPO vs SFT | 24 |" in report
+    document = json.loads((run_dir / "metrics.json").read_text())
+    pair = document["grpo_minus_sft"]
+    assert set(pair) == {"problems", "gap", "score"} and pair["problems"] == 24
+    ratio = pair["gap"]["log_ratio"]
+    assert ratio["both_feasible"] == 24 and ratio["after_better"] == 1.0
+    assert ratio["typical_ratio_ci"][1] < 1  # GRPO's gaps are smaller, the interval excludes no change
+    best = document["models"]["sft best-of-2"]["best_of"]
+    assert best["beats_greedy"] == 1.0 and best["vs_greedy"]["typical_ratio"] < 0.1  # the optimum: gap 0
