@@ -9,7 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from lib.llm.evaluation import GAP_FLOOR, SampleRows, best_of_rows, log_gap_ratio, paired_log_ratio
+from lib.llm.evaluation import (
+    GAP_FLOOR,
+    SampleRows,
+    best_of_rows,
+    log_gap_ratio,
+    paired_difference,
+    paired_log_ratio,
+)
 
 NAN = math.nan
 
@@ -154,6 +161,11 @@ def test_a_ten_percent_improvement_on_1000_problems_is_seen():
     low, high = d["mean_log_ratio_ci"]
     assert high < 0 and d["typical_ratio_ci"][1] < 1  # the interval excludes "no change"
     assert d["typical_ratio"] == pytest.approx(0.9, abs=0.03)
+    # pairing by problem cancels the spread between easy and hard problems: a much narrower interval than
+    # the one of the medians' relative change on the same answers
+    change_low, change_high = paired_difference(before, after, seed=1)["median_change_ci"]
+    ratio_low, ratio_high = d["typical_ratio_ci"]
+    assert ratio_high - ratio_low < (change_high - change_low) / 2
     same = paired_log_ratio(before, before * np.exp(rng.normal(0, 0.3, 1000)), seed=1)
     assert same["mean_log_ratio_ci"][0] < 0 < same["mean_log_ratio_ci"][1]  # no change: 0 inside
 
