@@ -109,6 +109,13 @@ def training_records(
     answered = time.perf_counter() - start
     cut_rng = np.random.default_rng([cfg["seed"], 1])
     corrected, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, cfg["seed"])
+    if not corrected:
+        raise UsageError(
+            f"corrected: none of the start model's {len(asked)} answers parsed with the right number of controls "
+            f"({init_name(run_dir)}), so there is nothing to correct.",
+            fix="start from an SFT run whose evaluation parses most answers (train it longer), or raise "
+            "corrected.max_new_tokens if its answers were cut short.",
+        )
     wanted = len(corrected) if settings["label_records"] < 0 else settings["label_records"]
     labels = [train[i] for i in order[: min(wanted, len(train))]]
     records, limit = [], cfg["model"]["max_seq_length"]
@@ -144,6 +151,14 @@ def training_records(
 
 def _with(tokens: dict | None, **fields) -> dict | None:
     return None if tokens is None else tokens | fields
+
+
+def init_name(run_dir: Path) -> str:
+    """The start run as run_info.json records it, for messages."""
+    try:
+        return "start run " + json.loads((run_dir / "run_info.json").read_text())["init_run"]
+    except (OSError, ValueError, KeyError):
+        return "the start run"
 
 
 def own_answers(
