@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--resume", action="store_true", help="continue run.run_id (default: the newest run)")
     add("--system", help="train on this system's records only (models/<system>/); data.system")
     add("--dataset-name", help="a dataset under datasets/ (see --list-datasets); data.dataset_name")
-    add("--training-type", choices=["sft", "grpo", "both", "corrected"], help="training_type")
+    add("--training-type", choices=["sft", "grpo", "both", "corrected", "rft"], help="training_type")
     add("--sft-max-samples", type=int, help="at most this many SFT records; data.sft_max_samples")
     add("--grpo-max-samples", type=int, help="at most this many GRPO prompts; data.grpo_max_samples")
     add(

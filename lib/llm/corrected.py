@@ -18,7 +18,7 @@ from an exact solver, so the right continuation of any beginning is known:
 
 The records are token ids with a completion mask (TRL's pre-tokenized format), cut at a token boundary of
 the rendered chat text: a label record is exactly the tokens SFT trains on. They are built once per run and
-kept in the run folder (CORRECTED_RECORDS), so a run resumed after SIGTERM trains on the same records.
+kept in the run folder (RECORDS_FILE), so a run resumed after SIGTERM trains on the same records.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from lib.control.systems import System, simulate
 log = logging.getLogger(__name__)
 
 FIELDS = ("input_ids", "completion_mask")  # the pre-tokenized columns SFTTrainer reads
-CORRECTED_RECORDS = "corrected_records.jsonl"  # the run's training records, built once (module docstring)
-CORRECTED_SUMMARY = "corrected_records.json"  # what was built from how many answers, and the time it took
+RECORDS_FILE = "stage_records.jsonl"  # the run's training records, built once (module docstring)
+SUMMARY_FILE = "stage_records.json"  # what was built from how many answers, and the time it took
 
 
 def check_config(cfg: dict) -> None:
@@ -53,14 +53,14 @@ def check_config(cfg: dict) -> None:
 
 
 def arguments(cfg: dict, common: dict, setup: DeviceSetup):
-    """SFTConfig: the shared TrainingArguments plus the completion-only loss on pre-tokenized records."""
+    """SFTConfig: the shared TrainingArguments plus the completion-only loss on pre-tokenized records (the
+    rejection-sampling stage, lib/llm/rft.py, trains the same way)."""
     from trl import SFTConfig
 
     return SFTConfig(
         **common,
         max_length=cfg["model"]["max_seq_length"],
         completion_only_loss=True,
-        per_device_eval_batch_size=cfg["corrected"]["per_device_train_batch_size"],
     )
 
 
@@ -96,11 +96,9 @@ def training_records(
 ) -> list[dict]:
     """The stage's records (module docstring): read from the run folder when an earlier start of this run
     built them, else built from the start model's own answers and written there (main process)."""
-    path = run_dir / CORRECTED_RECORDS
-    if path.is_file():
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        log.info("corrected: %d records from %s (built when the run started)", len(records), path)
-        return records
+    kept = kept_records(run_dir)
+    if kept is not None:
+        return kept
     settings = cfg["corrected"]
     start = time.perf_counter()
     order = np.random.default_rng(cfg["seed"]).permutation(len(train))
@@ -108,45 +106,70 @@ def training_records(
     answers = own_answers(model, tokenizer, setup, asked, settings, cfg["seed"])
     answered = time.perf_counter() - start
     cut_rng = np.random.default_rng([cfg["seed"], 1])
-    corrected, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, cfg["seed"])
-    if not corrected:
+    rows, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, cfg["seed"])
+    if not rows:
         raise UsageError(
             f"corrected: none of the start model's {len(asked)} answers parsed with the right number of controls "
             f"({init_name(run_dir)}), so there is nothing to correct.",
             fix="start from an SFT run whose evaluation parses most answers (train it longer), or raise "
             "corrected.max_new_tokens if its answers were cut short.",
         )
-    wanted = len(corrected) if settings["label_records"] < 0 else settings["label_records"]
-    labels = [train[i] for i in order[: min(wanted, len(train))]]
-    records, limit = [], cfg["model"]["max_seq_length"]
-    for r in labels:
-        records.append(
-            _with(tokenized(tokenizer, r["prompt"], r["completion"][-1]["content"], 0), id=r["id"], k=0)
-        )
-    for row in corrected:
-        record = row.pop("record")
-        records.append(
-            _with(tokenized(tokenizer, record["prompt"], row.pop("content"), row.pop("cut")), **row)
-        )
-    # an own answer may be longer than any label: TRL would cut such a record at max_length, rest included
-    kept = [
-        r for r in records if r is not None and len(r["input_ids"]) <= limit and any(r["completion_mask"])
-    ]
-    summary["dropped_too_long_or_unrendered"] = len(records) - len(kept)
-    records = kept
-    # one shuffle of the mix, so a run capped by max_steps sees both kinds from its first step
-    records = [records[i] for i in np.random.default_rng([cfg["seed"], 2]).permutation(len(records))]
-    summary |= {
-        "label_records": len(labels),
-        "records": len(records),
+    records, counts = mixed_records(cfg, "corrected", tokenizer, train, order, rows)
+    summary |= counts | {
         "answer_seconds": round(answered, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    log.info("corrected: %s", summary)
-    if processes.is_main:
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
-        write_text_atomic(run_dir / CORRECTED_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    keep_records(run_dir, records, summary, processes)
     return records
+
+
+def kept_records(run_dir: Path) -> list[dict] | None:
+    """The records an earlier start of this run built (RECORDS_FILE), or None."""
+    path = run_dir / RECORDS_FILE
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    log.info("%s: %d records from %s (built when the run started)", run_dir.parent.name, len(records), path)
+    return records
+
+
+def keep_records(run_dir: Path, records: list[dict], summary: dict, processes: Processes) -> None:
+    """Write the records and what was built (SUMMARY_FILE) into the run folder, main process only."""
+    log.info("%s: %s", run_dir.parent.name, summary)
+    if processes.is_main:
+        write_text_atomic(run_dir / RECORDS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def mixed_records(
+    cfg: dict, stage: str, tokenizer, train: list[dict], order: np.ndarray, rows: list[dict]
+) -> tuple[list[dict], dict]:
+    """(records, counts): the stage's rows {record, content, cut, ...} tokenized (`tokenized`: the loss from
+    character `cut` of the answer on), and `cfg[stage]["label_records"]` original labels (the first of `order`;
+    -1: as many as rows), in one seeded shuffle, so a run capped by max_steps sees both kinds from its first
+    step. A record longer than model.max_seq_length is dropped: TRL would cut it, its trained part included."""
+    wanted = len(rows) if cfg[stage]["label_records"] < 0 else cfg[stage]["label_records"]
+    labels = [train[i] for i in order[: min(wanted, len(train))]]
+    records = [
+        _with(tokenized(tokenizer, r["prompt"], r["completion"][-1]["content"], 0), id=r["id"], k=0)
+        for r in labels
+    ]
+    for row in rows:
+        fields = {key: value for key, value in row.items() if key not in ("record", "content", "cut")}
+        records.append(
+            _with(tokenized(tokenizer, row["record"]["prompt"], row["content"], row["cut"]), **fields)
+        )
+    limit = cfg["model"]["max_seq_length"]
+    kept = [
+        r for r in records if r is not None and len(r["input_ids"]) <= limit and any(r["completion_mask"])
+    ]
+    kept = [kept[i] for i in np.random.default_rng([cfg["seed"], 2]).permutation(len(kept))]
+    counts = {
+        "label_records": len(labels),
+        "records": len(kept),
+        "dropped_too_long_or_unrendered": len(records) - len(kept),
+    }
+    return kept, counts
 
 
 def _with(tokens: dict | None, **fields) -> dict | None:
@@ -162,15 +185,24 @@ def init_name(run_dir: Path) -> str:
 
 
 def own_answers(
-    model, tokenizer, setup: DeviceSetup, records: list[dict], settings: dict, seed: int
+    model,
+    tokenizer,
+    setup: DeviceSetup,
+    records: list[dict],
+    settings: dict,
+    seed: int,
+    temperature: float = 0.0,
+    per_prompt: int = 1,
 ) -> list[str]:
-    """The start model's greedy answer to each record's prompt (the answers the evaluation would see)."""
+    """The start model's answers to each record's prompt, `per_prompt` of them (record-major) at
+    `temperature`; greedy by default (the answers the evaluation sees)."""
     from lib.llm.generation import generate_completions
 
     model.to(setup.device)
+    prompts = [r["prompt"] for r in records for _ in range(per_prompt)]
     return generate_completions(
-        model, tokenizer, [r["prompt"] for r in records], settings["max_new_tokens"],
-        settings["generation_batch_size"], 0.0, seed, progress=True,
+        model, tokenizer, prompts, settings["max_new_tokens"], settings["generation_batch_size"], temperature,
+        seed, progress=True,
     )  # fmt: skip
 
 
@@ -265,19 +297,20 @@ def tokenized(tokenizer, prompt: list[dict], content: str, cut: int) -> dict | N
     return {"input_ids": list(encoded["input_ids"]), "completion_mask": mask}
 
 
-def corrected_init_run(cfg: dict) -> Path:
-    """The finished run the stage starts from (corrected.init_from): 'latest' SFT run, or a run folder."""
+def stage_start_run(cfg: dict, stage: str) -> Path:
+    """The finished run a stage that learns from its own answers starts from (`<stage>.init_from`): the
+    'latest' SFT run, or a run folder."""
     from lib.common.config import repo_path
     from lib.common.runs import latest_run, read_run_info
     from lib.llm.stages import stage_dir
 
-    choice = cfg["corrected"]["init_from"]
+    choice = cfg[stage]["init_from"]
     if choice == "latest":
         run = latest_run(stage_dir(cfg, "sft"))
         if run is None:
             raise UsageError(
-                f"corrected.init_from=latest but there is no completed SFT run in {stage_dir(cfg, 'sft')}.",
-                fix="train SFT first (--training-type sft), or set corrected.init_from to a run folder.",
+                f"{stage}.init_from=latest but there is no completed SFT run in {stage_dir(cfg, 'sft')}.",
+                fix=f"train SFT first (--training-type sft), or set {stage}.init_from to a run folder.",
             )
         return run
     run = repo_path(choice)

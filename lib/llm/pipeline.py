@@ -1,10 +1,10 @@
 """The pipeline (docs/ARCHITECTURE.md, "Pipelines"): data -> sft -> eval_sft -> grpo -> eval_grpo -> report
-(and corrected -> eval_corrected, the solver-corrected stage from the same SFT run, where pipeline.phases names
-them), each phase a script run in its own process (so memory is returned between phases) with the pipeline
-folder's config.json plus the few `key=value` overrides that are the phase's own (run id, models to
-evaluate, output folder). The folder's format is lib/llm/pipeline_folder.py; the report
-lib/llm/pipeline_report.py. scripts/run_pipeline.py parses its flags and calls `run_pipeline`; slurm/pipeline.sh
-calls it once per phase (`--phase NAME`) as a SLURM step.
+(and corrected -> eval_corrected, rft -> eval_rft: the solver-corrected and rejection-sampling stages from
+the same SFT run, where pipeline.phases names them), each phase a script run in its own process (so memory
+is returned between phases) with the pipeline folder's config.json plus the few `key=value` overrides that
+are the phase's own (run id, models to evaluate, output folder). The folder's format is
+lib/llm/pipeline_folder.py; the report lib/llm/pipeline_report.py. scripts/run_pipeline.py parses its flags
+and calls `run_pipeline`; slurm/pipeline.sh calls it once per phase (`--phase NAME`) as a SLURM step.
 
 A phase that completed is skipped when the pipeline runs again, so a re-run after a failure (or a SLURM
 requeue, `--job-id`) resumes at the phase that failed; training phases resume from their last checkpoint.
@@ -100,11 +100,19 @@ def phase_grpo(cfg: dict, run_dir: Path) -> int:
     return _train(cfg, run_dir, "grpo", init)
 
 
-def phase_corrected(cfg: dict, run_dir: Path) -> int:
+def _after_sft(cfg: dict, run_dir: Path, stage: str) -> int:
     sft = training_run(cfg, "sft", run_dir.name)
-    # the corrected stage answers with this pipeline's SFT run when it made one; else corrected.init_from
-    init = [f"corrected.init_from={sft}"] if (sft / "run_info.json").is_file() else []
-    return _train(cfg, run_dir, "corrected", init)
+    # the corrected and RFT stages start from this pipeline's SFT run when it made one; else <stage>.init_from
+    init = [f"{stage}.init_from={sft}"] if (sft / "run_info.json").is_file() else []
+    return _train(cfg, run_dir, stage, init)
+
+
+def phase_corrected(cfg: dict, run_dir: Path) -> int:
+    return _after_sft(cfg, run_dir, "corrected")
+
+
+def phase_rft(cfg: dict, run_dir: Path) -> int:
+    return _after_sft(cfg, run_dir, "rft")
 
 
 def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
@@ -144,6 +152,10 @@ def phase_eval_corrected(cfg: dict, run_dir: Path) -> int:
     return _evaluate(cfg, run_dir, "corrected")
 
 
+def phase_eval_rft(cfg: dict, run_dir: Path) -> int:
+    return _evaluate(cfg, run_dir, "rft")
+
+
 def phase_report(cfg: dict, run_dir: Path) -> int:
     from lib.llm.pipeline_report import write_pipeline_report
 
@@ -160,6 +172,8 @@ PHASE_FUNCTIONS = {
     "eval_grpo": phase_eval_grpo,
     "corrected": phase_corrected,
     "eval_corrected": phase_eval_corrected,
+    "rft": phase_rft,
+    "eval_rft": phase_eval_rft,
     "report": phase_report,
 }
 

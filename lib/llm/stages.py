@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 STAGES = ("sft", "grpo")
 SFT_FIELDS = ("prompt", "completion")
 GRPO_FIELDS = ("prompt", "system", "x0", "J_opt")
-CORRECTED_FIELDS = ("prompt", "completion", "system", "x0", "decimals")
+OWN_ANSWER_FIELDS = ("prompt", "completion", "system", "x0", "decimals", "J_opt", "J_floor")  # corrected, rft
 
 
 def scope_of(cfg: dict) -> str:
@@ -60,7 +60,7 @@ def resumable_run_id(cfg: dict) -> str:
 def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], dict]:
     """(train records, eval records, info) for a stage (lib.control.dataset_format.load_records): filtered to
     data.system, the train split capped at data.grpo_max_samples for GRPO, data.sft_max_samples for the others
-    (the corrected stage answers SFT's prompts), the eval split (for SFT's final eval loss) at
+    (the corrected and RFT stages answer SFT's prompts), the eval split (for SFT's final eval loss) at
     data.eval_max_samples."""
     data = cfg["data"]
     if not data["dataset_name"]:
@@ -75,7 +75,12 @@ def load_stage_records(cfg: dict, stage: str) -> tuple[list[dict], list[dict], d
     evaluation = []
     if stage == "sft" and data["eval_max_samples"]:
         evaluation = load_records(path, "eval", data["system"], data["eval_max_samples"])[0]
-    needed = {"sft": SFT_FIELDS, "grpo": GRPO_FIELDS, "corrected": CORRECTED_FIELDS}[stage]
+    needed = {
+        "sft": SFT_FIELDS,
+        "grpo": GRPO_FIELDS,
+        "corrected": OWN_ANSWER_FIELDS,
+        "rft": OWN_ANSWER_FIELDS,
+    }[stage]
     for record in train[:1] + evaluation[:1]:
         missing = [f for f in needed if f not in record]
         if missing:

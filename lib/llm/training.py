@@ -36,9 +36,9 @@ from lib.common.runs import (
     refuse_foreign_latest,
     run_lock,
 )
-from lib.llm import corrected, grpo, sft
+from lib.llm import corrected, grpo, rft, sft
 from lib.llm.callbacks import attach_trainer, stage_callbacks
-from lib.llm.corrected import corrected_init_run
+from lib.llm.corrected import stage_start_run
 from lib.llm.grpo import grpo_init_run
 from lib.llm.models import EMBEDDED, SCRATCH, load_start_model, resolve_model_name, start_model_name
 from lib.llm.stages import (
@@ -58,7 +58,7 @@ from lib.llm.stages import (
 
 log = logging.getLogger(__name__)
 # what each stage does differently: check_config, training_records, arguments, trainer, final_metrics
-STAGE_MODULES = {"sft": sft, "grpo": grpo, "corrected": corrected}
+STAGE_MODULES = {"sft": sft, "grpo": grpo, "corrected": corrected, "rft": rft}
 
 
 def train_stage(
@@ -71,8 +71,8 @@ def train_stage(
     processes: Processes | None = None,
 ) -> tuple[Path, bool]:
     """One stage from its config to its finished run folder; (run folder, completed). Every stage runs in
-    this order; init_run is the finished run it starts from (GRPO or the corrected stage after SFT), None for
-    the base model."""
+    this order; init_run is the finished run it starts from (GRPO, corrected or RFT after SFT), None for the
+    base model."""
     stage_module = STAGE_MODULES[stage]
     stage_module.check_config(cfg)
     train, evaluation, info = load_stage_records(cfg, stage)
@@ -162,7 +162,7 @@ def _run_stage(
             recorded = previous["init_run"]
             init = Path(recorded) if recorded else None
         else:
-            init = grpo_init_run(cfg, sft_run) if stage == "grpo" else corrected_init_run(cfg)
+            init = grpo_init_run(cfg, sft_run) if stage == "grpo" else stage_start_run(cfg, stage)
         run_dir, done = train_stage(cfg, stage, setup, run_id, argv, init, processes)
     if not done:
         if processes.is_main:

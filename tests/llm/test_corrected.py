@@ -17,11 +17,12 @@ from helpers import call_script, make_dataset, one_thread, read_records, tiny_mo
 
 from lib.common.errors import EXIT_USAGE
 from lib.control.answer import parse_controls
+from lib.control.dataset_format import load_records
 from lib.control.families import family_system, record_system
 from lib.control.references import condensed_qp
 from lib.control.systems import get_system, simulate, trajectory_cost
 from lib.llm import corrected
-from lib.llm.corrected import CORRECTED_RECORDS, CORRECTED_SUMMARY, optimal_rest, tokenized
+from lib.llm.corrected import RECORDS_FILE, SUMMARY_FILE, optimal_rest, tokenized
 
 
 def pinned_optimum(system, x0: np.ndarray, prefix: np.ndarray) -> np.ndarray:
@@ -146,12 +147,13 @@ def test_records_from_own_answers_cut_and_completed_by_the_solver(workspace):
 
 def perturbed_labels(model, tokenizer, setup, records, settings, seed):
     """Stands in for a trained model's greedy answers (a tiny random model writes no parseable answer): each
-    record's label with its first control moved by 0.3."""
+    record's label with its first control moved by 0.3 towards the inside of the bounds (still feasible)."""
     answers = []
     for record in records:
         text = record["completion"][-1]["content"]
         first = text.split("<CONTROLS>")[1].split(",")[0]
-        answers.append(text.replace(f"<CONTROLS>{first}", f"<CONTROLS>{float(first) + 0.3:.2f}", 1))
+        moved = float(first) + (0.3 if float(first) <= 0 else -0.3)
+        answers.append(text.replace(f"<CONTROLS>{first}", f"<CONTROLS>{moved:.2f}", 1))
     return answers
 
 
@@ -183,10 +185,10 @@ def test_the_stage_trains_from_the_latest_sft_run_and_resumes_on_the_same_record
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "completed" and info["step"] == 2
     assert info["init_run"] == str(workspace / "models/universal/sft/s1")
-    summary = json.loads((run / CORRECTED_SUMMARY).read_text())
+    summary = json.loads((run / SUMMARY_FILE).read_text())
     assert summary["prompts"] == 5 and summary["parsed_answers"] == 5 and summary["corrected_records"] == 10
     assert summary["label_records"] == 10 and summary["records"] == 20  # label_records -1: a 50/50 mix
-    kept = [json.loads(line) for line in (run / CORRECTED_RECORDS).read_text().splitlines()]
+    kept = [json.loads(line) for line in (run / RECORDS_FILE).read_text().splitlines()]
     assert sorted(r["k"] > 0 for r in kept) == [False] * 10 + [True] * 10
 
     # a resumed start reads the kept records and asks the model nothing
@@ -198,3 +200,50 @@ def test_the_stage_trains_from_the_latest_sft_run_and_resumes_on_the_same_record
         json.loads((run / "config.json").read_text()), None, None, None, [], run, None
     )
     assert again == kept
+
+
+# ---------------------------------------------------------------- rejection-sampling fine-tuning (lib/llm/rft.py)
+
+
+def test_rft_keeps_the_best_sample_only_where_it_beats_the_greedy_answer(workspace):
+    from lib.llm.rft import better_samples
+
+    records = load_records(workspace / "datasets" / "di", "train")[0][:3]  # with J_floor, as a stage has them
+    labels = [r["completion"][-1]["content"] for r in records]
+    worse = perturbed_labels(None, None, None, records, None, 0)
+    greedy = [worse[0], labels[1], "no answer"]
+    samples = [worse[0], labels[0], worse[1], worse[1], "nothing", worse[2]]  # 2 per record, record-major
+    rows, summary = better_samples(records, greedy, samples, 2)
+    # record 0: the label beats the perturbed greedy; record 1: greedy is the label, no sample beats it;
+    # record 2: greedy does not parse, its one parsed sample is feasible
+    assert [row["id"] for row in rows] == [records[0]["id"], records[2]["id"]]
+    assert [row["content"] for row in rows] == [labels[0], worse[2]]
+    assert rows[0]["gap"] < rows[0]["greedy_gap"] and rows[1]["greedy_gap"] is None
+    assert summary["kept_samples"] == 2 and summary["greedy_feasible"] == 2 and summary["best_feasible"] == 3
+
+
+def test_the_rft_stage_trains_on_the_samples_it_kept(workspace, monkeypatch):
+    from lib.llm import rft
+
+    if not (workspace / "models/universal/sft/latest").is_file():
+        assert train(workspace, "training_type=sft", "run.run_id=s1") == 0
+
+    def answers(model, tokenizer, setup, records, settings, seed, temperature=0.0, per_prompt=1):
+        """Stands in for the start model: greedy answers are the perturbed labels, the samples the label
+        then the perturbed label again (so each prompt's best sample is its label)."""
+        worse = perturbed_labels(None, None, None, records, None, 0)
+        if temperature == 0:
+            return worse
+        return [
+            text for r, w in zip(records, worse, strict=True) for text in (r["completion"][-1]["content"], w)
+        ]
+
+    monkeypatch.setattr(rft, "own_answers", answers)
+    assert train(workspace, "training_type=rft", "run.run_id=r1", "rft.samples=2", "rft.prompts=4",
+                 "rft.per_device_train_batch_size=2", "rft.max_steps=1") == 0  # fmt: skip
+    run = workspace / "models/universal/rft/r1"
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["kept_samples"] == 4 and summary["label_records"] == 4 and summary["records"] == 8
+    kept = [json.loads(line) for line in (run / RECORDS_FILE).read_text().splitlines()]
+    assert all(set(r["completion_mask"][r["completion_mask"].index(1) :]) == {1} for r in kept)
+    assert json.loads((run / "run_info.json").read_text())["status"] == "completed"
