@@ -66,7 +66,9 @@ def vllm_generator(
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_dir, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    # the engine's seed makes a run repeatable; a per-request seed would give every copy of one prompt the same
+    # sample (vllm-project/vllm #3333, #7808), so best-of-k and pass@k would see k identical answers
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature)
 
     def generate(prompts: list[list[dict]]) -> list[str]:
         return [output.outputs[0].text for output in llm.chat(prompts, params, use_tqdm=True)]
