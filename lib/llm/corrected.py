@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,30 +97,46 @@ def training_records(
 ) -> list[dict]:
     """The stage's records (module docstring): read from the run folder when an earlier start of this run
     built them, else built from the start model's own answers and written there (main process)."""
+    settings, seed = cfg["corrected"], cfg["seed"]
+
+    def rows_from(asked: list[dict]) -> tuple[list[dict], dict]:
+        answers = own_answers(model, tokenizer, setup, asked, settings, seed)
+        rows, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, seed)
+        if not rows:
+            raise UsageError(
+                f"corrected: none of the start model's {len(asked)} answers parsed with the right number of "
+                f"controls ({init_name(run_dir)}), so there is nothing to correct.",
+                fix="start from an SFT run whose evaluation parses most answers (train it longer), or raise "
+                "corrected.max_new_tokens if its answers were cut short.",
+            )
+        return rows, summary
+
+    cut_rng = np.random.default_rng([seed, 1])
+    return own_answer_records(cfg, "corrected", tokenizer, train, run_dir, processes, rows_from)
+
+
+def own_answer_records(
+    cfg: dict,
+    stage: str,
+    tokenizer,
+    train: list[dict],
+    run_dir: Path,
+    processes: Processes,
+    rows_from: Callable[[list[dict]], tuple[list[dict], dict]],
+) -> list[dict]:
+    """What the corrected and RFT stages share: the records an earlier start of this run kept, or else the
+    first `<stage>.prompts` train records in a seeded shuffle, turned into rows by `rows_from` (the start
+    model answers them there), mixed with labels (`mixed_records`) and kept in the run folder."""
     kept = kept_records(run_dir)
     if kept is not None:
         return kept
-    settings = cfg["corrected"]
     start = time.perf_counter()
     order = np.random.default_rng(cfg["seed"]).permutation(len(train))
-    asked = [train[i] for i in order[: settings["prompts"]]]
-    answers = own_answers(model, tokenizer, setup, asked, settings, cfg["seed"])
-    answered = time.perf_counter() - start
-    cut_rng = np.random.default_rng([cfg["seed"], 1])
-    rows, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, cfg["seed"])
-    if not rows:
-        raise UsageError(
-            f"corrected: none of the start model's {len(asked)} answers parsed with the right number of controls "
-            f"({init_name(run_dir)}), so there is nothing to correct.",
-            fix="start from an SFT run whose evaluation parses most answers (train it longer), or raise "
-            "corrected.max_new_tokens if its answers were cut short.",
-        )
-    records, counts = mixed_records(cfg, "corrected", tokenizer, train, order, rows)
-    summary |= counts | {
-        "answer_seconds": round(answered, 1),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    keep_records(run_dir, records, summary, processes)
+    rows, summary = rows_from([train[i] for i in order[: cfg[stage]["prompts"]]])
+    records, counts = mixed_records(cfg, stage, tokenizer, train, order, rows)
+    keep_records(
+        run_dir, records, summary | counts | {"seconds": round(time.perf_counter() - start, 1)}, processes
+    )
     return records
 
 

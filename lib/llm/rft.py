@@ -18,7 +18,6 @@ folder so a resumed run trains on the same ones); only the records differ.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,7 @@ from lib.llm.corrected import (  # trains as the corrected stage: SFT on pre-tok
     arguments,
     final_metrics,
     init_name,
-    keep_records,
-    kept_records,
-    mixed_records,
+    own_answer_records,
     own_answers,
     trainer,
 )
@@ -49,32 +46,23 @@ def training_records(
     cfg: dict, model, tokenizer, setup: DeviceSetup, train: list[dict], run_dir: Path, processes: Processes
 ) -> list[dict]:
     """The stage's records (module docstring), built once per run and kept in its folder."""
-    kept = kept_records(run_dir)
-    if kept is not None:
-        return kept
     settings, seed = cfg["rft"], cfg["seed"]
-    start = time.perf_counter()
-    order = np.random.default_rng(seed).permutation(len(train))
-    asked = [train[i] for i in order[: settings["prompts"]]]
-    greedy = own_answers(model, tokenizer, setup, asked, settings, seed)
     k = settings["samples"]
-    samples = own_answers(model, tokenizer, setup, asked, settings, seed, settings["temperature"], k)
-    answered = time.perf_counter() - start
-    rows, summary = better_samples(asked, greedy, samples, k)
-    if not rows:
-        raise UsageError(
-            f"rft: on none of {len(asked)} train prompts did the best of {k} samples beat the greedy answer "
-            f"({init_name(run_dir)}), so there is nothing to learn from.",
-            fix="raise rft.temperature or rft.samples, or start from an SFT run whose answers parse (train it "
-            "longer, or raise rft.max_new_tokens if its answers were cut short).",
-        )
-    records, counts = mixed_records(cfg, "rft", tokenizer, train, order, rows)
-    summary |= counts | {
-        "answer_seconds": round(answered, 1),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    keep_records(run_dir, records, summary, processes)
-    return records
+
+    def rows_from(asked: list[dict]) -> tuple[list[dict], dict]:
+        greedy = own_answers(model, tokenizer, setup, asked, settings, seed)
+        samples = own_answers(model, tokenizer, setup, asked, settings, seed, settings["temperature"], k)
+        rows, summary = better_samples(asked, greedy, samples, k)
+        if not rows:
+            raise UsageError(
+                f"rft: on none of {len(asked)} train prompts did the best of {k} samples beat the greedy answer "
+                f"({init_name(run_dir)}), so there is nothing to learn from.",
+                fix="raise rft.temperature or rft.samples, or start from an SFT run whose answers parse (train "
+                "it longer, or raise rft.max_new_tokens if its answers were cut short).",
+            )
+        return rows, summary
+
+    return own_answer_records(cfg, "rft", tokenizer, train, run_dir, processes, rows_from)
 
 
 def better_samples(
