@@ -13,6 +13,7 @@ from lib.control.references import (
     FAMILY_BANG_BANG,
     START_NAMES,
     _derivatives,
+    _member_lqr_gain,
     clipped_lqr_controls,
     euler_lqr_gain,
     member_nlp,
@@ -110,6 +111,8 @@ def test_the_family_nlp_computes_the_simulated_cost_gradient_and_lqr_start():
         u = rng.uniform(system.u_min, system.u_max, size=(1, system.steps))
         J, grad, _ = _derivatives(member_nlp(system), u[0], problem_parameters(system, x))
         assert cost(system, x[None], u)[0] == pytest.approx(J, rel=1e-12)
+        # the cost alone, which compares the starts, is the same bits as the derivatives' J
+        assert float(member_nlp(system).cost(u[0], problem_parameters(system, x))) == J
         # the clipped-LQR start, closed loop in CasADi, is the numpy one
         K = euler_lqr_gain(system)[0]
         start = member_nlp(system).clipped_lqr(K, problem_parameters(system, x), [system.u_min, system.u_max])
@@ -122,6 +125,16 @@ def test_the_family_nlp_computes_the_simulated_cost_gradient_and_lqr_start():
             e[0, k] = h
             numeric = (cost(system, x[None], u + e) - cost(system, x[None], u - e))[0] / (2 * h)
             assert numeric == pytest.approx(grad[k], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["van_der_pol_family", "pendulum_family", "two_mass_spring_family"])
+def test_the_members_lqr_gain_is_the_scipy_one(name):
+    # the clipped-LQR start's gain by doubling (_member_lqr_gain) against scipy's DARE (euler_lqr_gain)
+    rng = np.random.default_rng(11)
+    for params in draw_parameters(FAMILIES[name], 20, rng):
+        system = family_system(name, params)
+        K = euler_lqr_gain(system)[0]
+        assert np.abs(_member_lqr_gain(system) - K).max() <= 1e-12 * np.abs(K).max()
 
 
 @pytest.mark.slow
