@@ -6,9 +6,9 @@ A pipeline folder <pipeline.results_dir>/pipeline_<timestamp>[-N]/ holds
                   folder made before a key was renamed still resolves: LEGACY_KEYS)
     state.json    {"name", "command", "slurm_job_id", "created_at",
                    "phases": {phase: {"status": pending|running|completed|failed, "exit_code", "started_at",
-                   "elapsed_s"}}}, every phase of PHASES listed in order
+                   "elapsed_s"}}}, every phase of its pipeline.phases listed in order (PHASES: all that exist)
 
-and the phases' outputs (sft_evaluation/, grpo_evaluation/, report.md, metrics.json, comparison.png), with
+and the phases' outputs (<stage>_evaluation/ of each eval_<stage> phase, report.md, metrics.json, comparison.png), with
 .run_pipeline_manifest.json listing the report files the report phase wrote (the only ones it replaces:
 lib/llm/pipeline_report.py; the evaluations keep main_eval.py's own manifest in their folders).
 """
@@ -24,7 +24,19 @@ from lib.common.atomic import write_json_atomic
 from lib.common.config import repo_path, resolve_config
 from lib.common.errors import UsageError
 
-PHASES = ("data", "sft", "eval_sft", "grpo", "eval_grpo", "report")
+# every phase a pipeline can run (lib/llm/pipeline.py, PHASE_FUNCTIONS); a folder's state lists its own
+PHASES = (
+    "data",
+    "sft",
+    "eval_sft",
+    "grpo",
+    "eval_grpo",
+    "corrected",
+    "eval_corrected",
+    "rft",
+    "eval_rft",
+    "report",
+)
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 
@@ -50,7 +62,7 @@ def create_run_dir(cfg: dict, command: str, job_id: str | None) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     state = {"command": command, "slurm_job_id": job_id, "created_at": stamp,
-             "phases": {p: {"status": "pending"} for p in PHASES}}  # fmt: skip
+             "phases": {p: {"status": "pending"} for p in cfg["pipeline"]["phases"]}}  # fmt: skip
     # Several pipelines may start in the same second (a sweep's array tasks): the folder is built under a
     # hidden name that only one process can create, then renamed; a taken name moves on to the next suffix.
     for suffix in range(1, 1000):

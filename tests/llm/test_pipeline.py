@@ -202,3 +202,16 @@ def test_an_old_pipeline_folder_still_resolves(workspace, tmp_path):
     assert (
         new["generate"] == generate and new["eval"]["batch_size"] == 4 and not new["pipeline"]["include_base"]
     )
+
+
+def test_every_phase_is_in_the_schema_the_folder_format_and_the_phase_table():
+    """A phase the schema offers can be run (--phase), and a pipeline folder lists the phases its config runs."""
+    import json
+
+    from lib.common.config import ROOT
+    from lib.llm.pipeline import PHASE_FUNCTIONS
+    from lib.llm.pipeline_folder import PHASES
+
+    schema = json.loads((ROOT / "schemas" / "control.schema.json").read_text())
+    offered = schema["properties"]["pipeline"]["properties"]["phases"]["items"]["enum"]
+    assert list(PHASES) == list(PHASE_FUNCTIONS) == offered
