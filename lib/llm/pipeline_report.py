@@ -189,7 +189,7 @@ def best_of_pipeline_lines(models: Mapping[str, Mapping]) -> list[str]:
         "stage can distil from the model's samples. " + LOG_RATIO_NOTE,
         "",
         *LOG_RATIO_HEADER,
-        *(log_ratio_row(f"{label} vs {about['greedy']} at temperature {about['temperature']}",
+        *(log_ratio_row(f"{label} (samples at temperature {about['temperature']}) vs {about['greedy']}",
                         about["vs_greedy"]) for label, about in rows.items()),
     ]  # fmt: skip
 

@@ -142,7 +142,7 @@ def test_the_report_pairs_best_of_k_with_greedy_and_grpo_with_sft(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "| sft best-of-2 | 24 |" in report  # a row of the tables, like the models'
     assert "## Best of k - greedy on the same problems (paired)" in report
-    assert "| sft best-of-2 vs sft at temperature 0.5 | 24 |" in report
+    assert "| sft best-of-2 (samples at temperature 0.5) vs sft | 24 |" in report
     assert "## GRPO - SFT on the same problems (paired)" in report and "| GRPO vs SFT | 24 |" in report
     document = json.loads((run_dir / "metrics.json").read_text())
     pair = document["grpo_minus_sft"]
