@@ -2,12 +2,13 @@
 the start and the end of a run. What each stage does differently: lib/llm/sft.py and lib/llm/grpo.py; the
 order of a stage and of the stages: lib/llm/training.py; the trainer's callbacks: lib/llm/callbacks.py.
 
-    models/<system or universal>/<sft|grpo>/<run_id>/
+    models/<system or universal>/<sft|grpo|corrected|rft>/<run_id>/
         config.json       the resolved config          command.txt   the command line
         run_info.json     status, git commit, package versions, device line, dataset, base model, init run
         model/            the LoRA adapter (or the full model) and the tokenizer, written at the end
         checkpoints/      checkpoint-N every save_steps (resumable once it holds CHECKPOINT_DONE)
         log_history.json  trainer_state.json  metrics.json
+        stage_records.jsonl, stage_records.json   the corrected / RFT stage's records, built once (resume)
         training_curves.png   loss, rewards and the control metrics of eval.every_steps against step
         tensorboard/      event files (run.report_to: tensorboard)
     models/<scope>/<stage>/latest   the run_id of the last COMPLETED run (written only after it completes)
