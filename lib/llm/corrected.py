@@ -312,24 +312,3 @@ def tokenized(tokenizer, prompt: list[dict], content: str, cut: int) -> dict | N
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     mask = [int(end > boundary) for _, end in encoded["offset_mapping"]]
     return {"input_ids": list(encoded["input_ids"]), "completion_mask": mask}
-
-
-def stage_start_run(cfg: dict, stage: str) -> Path:
-    """The finished run a stage that learns from its own answers starts from (`<stage>.init_from`): the
-    'latest' SFT run, or a run folder."""
-    from lib.common.config import repo_path
-    from lib.common.runs import latest_run, read_run_info
-    from lib.llm.stages import stage_dir
-
-    choice = cfg[stage]["init_from"]
-    if choice == "latest":
-        run = latest_run(stage_dir(cfg, "sft"))
-        if run is None:
-            raise UsageError(
-                f"{stage}.init_from=latest but there is no completed SFT run in {stage_dir(cfg, 'sft')}.",
-                fix=f"train SFT first (--training-type sft), or set {stage}.init_from to a run folder.",
-            )
-        return run
-    run = repo_path(choice)
-    read_run_info(run)
-    return run

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.common.config import repo_path
 from lib.common.device import DeviceSetup
 from lib.common.errors import UsageError
-from lib.common.runs import latest_run, mean_of_last, read_run_info
+from lib.common.runs import mean_of_last
 from lib.llm.rewards import reward_functions
-from lib.llm.stages import stage_dir
+from lib.llm.stages import stage_start_run
 
 # the columns the rewards read besides the prompt; J_zero spares the optimality reward a u = 0 simulation
 FIELDS = ("prompt", "system", "x0", "J_opt", "J_floor", "J_zero")
@@ -86,17 +85,6 @@ def grpo_init_run(cfg: dict, sft_run: Path | None) -> Path | None:
     """Which finished SFT run GRPO starts from: the one just trained, `latest`, a path, or none ('base')."""
     if sft_run is not None:
         return sft_run
-    choice = cfg["grpo"]["init_from"]
-    if choice == "base":
+    if cfg["grpo"]["init_from"] == "base":
         return None
-    if choice == "latest":
-        run = latest_run(stage_dir(cfg, "sft"))
-        if run is None:
-            raise UsageError(
-                f"grpo.init_from=latest but there is no completed SFT run in {stage_dir(cfg, 'sft')}.",
-                fix="train SFT first (--training-type sft or both), or set grpo.init_from=base.",
-            )
-        return run
-    run = repo_path(choice)
-    read_run_info(run)
-    return run
+    return stage_start_run(cfg, "grpo")

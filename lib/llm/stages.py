@@ -30,9 +30,11 @@ from lib.common.distributed import Processes
 from lib.common.errors import UsageError
 from lib.common.runs import (
     is_run_folder,
+    latest_run,
     mark_completed,
     mark_interrupted,
     newest_run,
+    read_run_info,
     start_run_folder,
 )
 from lib.control.dataset_format import load_records
@@ -302,3 +304,25 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in complete[: max(len(complete) - keep, 0)]:
         (old / CHECKPOINT_DONE).unlink()  # first: a removal cut short leaves an unfinished checkpoint
         shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_start_run(cfg: dict, stage: str) -> Path:
+    """The finished run a later stage starts from, `<stage>.init_from`: 'latest' (the newest completed SFT run)
+    or a run folder (GRPO's 'base' and the run just trained: lib/llm/grpo.py, grpo_init_run)."""
+    choice = cfg[stage]["init_from"]
+    if choice == "latest":
+        run = latest_run(stage_dir(cfg, "sft"))
+        if run is None:
+            base = (
+                ", or set grpo.init_from=base"
+                if stage == "grpo"
+                else f", or set {stage}.init_from to a run folder"
+            )
+            raise UsageError(
+                f"{stage}.init_from=latest but there is no completed SFT run in {stage_dir(cfg, 'sft')}.",
+                fix=f"train SFT first (--training-type sft or both){base}.",
+            )
+        return run
+    run = repo_path(choice)
+    read_run_info(run)
+    return run

@@ -38,7 +38,6 @@ from lib.common.runs import (
 )
 from lib.llm import corrected, grpo, rft, sft
 from lib.llm.callbacks import attach_trainer, stage_callbacks
-from lib.llm.corrected import stage_start_run
 from lib.llm.grpo import grpo_init_run
 from lib.llm.models import EMBEDDED, SCRATCH, load_start_model, resolve_model_name, start_model_name
 from lib.llm.stages import (
@@ -53,6 +52,7 @@ from lib.llm.stages import (
     record_texts,
     resumable_run_id,
     stage_dir,
+    stage_start_run,
     start_run,
 )
 
