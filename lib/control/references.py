@@ -42,8 +42,10 @@ as its parameter p = (x0, dt, constants, Q, R, Qf, x_target) (`problem_parameter
 the single-shooting derivatives likewise. Records of one N are solved in chains of FAMILY_CHAIN, each record
 warm-started from the optimum of its nearest solved neighbour, and cold starts run only until three starts
 agree (the rule and what it records: `solve_family`'s docstring). Measured on 2,000 van_der_pol_family
-members: the 5 cold starts reach one optimum on 99% of them, so a record costs ~3 IPOPT solves instead of an
-NLP build and 5 (3.6 on average: see bang-bang below). Why three: on the 1% with several local optima, the warm start and the first cold start
+members: the 5 cold starts reach one optimum on 99% of them, so a record costs ~3 solves instead of an
+NLP build and 5 (3.6 on average: see bang-bang below). The family NLP is solved by fatrop, not IPOPT
+(FATROP_OPTIONS): the same interior-point method with the same tolerance, but its linear algebra follows
+the stages of the horizon, which halves a label's CPU and leaves the optima where IPOPT put them. Why three: on the 1% with several local optima, the warm start and the first cold start
 sometimes agree on a worse one (3 of 1,926 members, 2x to 20x J*); with a second cold start, none did. Those
 several optima are nearly all bang-bang (FAMILY_BANG_BANG), and there all 5 cold starts run: three starts
 agreed on a worse optimum of such a member in a benchmark sample (J* 9% above the best of 5).
@@ -93,6 +95,22 @@ IPOPT_OPTIONS = {
     "print_time": False,
     "ipopt.tol": 1e-10,
     "ipopt.max_iter": 500,
+}
+# the family path's solver (solve_family): fatrop, an interior-point method that factorises the KKT system of
+# a multiple-shooting OCP stage by stage (Riccati) where IPOPT hands MUMPS a general sparse matrix; it reads
+# the stage structure from the variable and constraint order (x_0, u_0, x_1, ..., x_N; x_0 = p, then the gaps).
+# Same tolerance as IPOPT. Measured on 320 van_der_pol_family members: 19 against 37 CPU ms a label, the
+# same starts agreeing and the same J* on every member (largest difference 1e-15 relative). On 300
+# pendulum_family members (multimodal) against the best of 5 cold IPOPT starts per member: 4 lower J* (up to
+# 0.5%), 2 higher by at most 3e-5 relative (IPOPT's own family path: 3 lower, 1 higher by 1e-5). The fixed
+# systems keep IPOPT: their datasets stay the same bytes for the same seed
+FATROP_OPTIONS = {
+    "structure_detection": "auto",
+    "print_time": False,
+    "debug": False,
+    "fatrop.print_level": 0,
+    "fatrop.tol": 1e-10,
+    "fatrop.max_iter": 500,
 }
 _CHUNK = 8  # instances per task sent to a worker process (small: keeps the progress bar moving)
 # families (solve_family): members per chain, each chain one task; its first member costs 5 cold starts, the
@@ -257,10 +275,11 @@ def _box(n: int, N: int, u_min: float, u_max: float) -> tuple[np.ndarray, np.nda
 
 
 def _shooting(
-    name: str, n: int, N: int, step: Callable, cost: Callable, p, x0
+    name: str, n: int, N: int, step: Callable, cost: Callable, p, x0, plugin: str = "ipopt"
 ) -> tuple[object, object, object, object]:
-    """(IPOPT solver, derivatives, rollout, cost) of one problem; `step(x, u)` and `cost(states, controls)`
+    """(solver, derivatives, rollout, cost) of one problem; `step(x, u)` and `cost(states, controls)`
     build CasADi expressions, p is the NLP parameter and x0 the initial state as an expression of it.
+    plugin: "ipopt" (IPOPT_OPTIONS) or "fatrop" (FATROP_OPTIONS: every constraint here is an equality).
 
     derivatives: (u[N], p) -> (J, dJ/du, d2J/du2), single shooting: the exact derivatives of the cost the
     grader computes, for the polish and the KKT residual. rollout: (u[N], p) -> the states [n, N+1].
@@ -277,7 +296,8 @@ def _shooting(
     w.append(X[N])
     g = [X[0] - x0] + [X[k + 1] - step(X[k], U[k]) for k in range(N)]
     nlp = {"x": ca.vertcat(*w), "p": p, "f": cost(X, U), "g": ca.vertcat(*g)}
-    solver = ca.nlpsol(f"ms_{name}", "ipopt", nlp, IPOPT_OPTIONS)
+    options = IPOPT_OPTIONS if plugin == "ipopt" else {**FATROP_OPTIONS, "equality": [True] * (n * (N + 1))}
+    solver = ca.nlpsol(f"ms_{name}", plugin, nlp, options)
 
     u_ss = ca.SX.sym("u", N)
     states = [x0]
@@ -553,7 +573,7 @@ def _family_nlp(family: str, dynamics: Callable, constants: tuple[str, ...], n: 
 
     step = ca.Function("step", [xs, us, p], [ca.vertcat(*rk4_step(rhs, ca.vertsplit(xs), us, dt, ca))])
     solver, derivatives, rollout, cost = _shooting(
-        f"{family}_{N}", n, N, lambda x, u: step(x, u, p), _quadratic_cost(N, Q, R, Qf, xt), p, x0
+        f"{family}_{N}", n, N, lambda x, u: step(x, u, p), _quadratic_cost(N, Q, R, Qf, xt), p, x0, "fatrop"
     )
     # clipped_lqr_controls in closed loop, here because numpy's loop over N steps of one instance costs about
     # as much as an IPOPT solve (2 ms of a 17 ms record, measured)
@@ -645,7 +665,7 @@ def _solve_member(
         run(cold_start(name))
         starts += 1
     if not candidates:
-        raise RuntimeError(f"IPOPT converged from none of {starts} starts on {system.name} x0={x0.tolist()}")
+        raise RuntimeError(f"fatrop converged from none of {starts} starts on {system.name} x0={x0.tolist()}")
     u, grad, H = _polish(system, nlp, candidates[int(np.argmin(costs))], p)
     J = trajectory_cost(system, simulate(system, x0[None], u[None]), u[None])[0]
     u_label, J_label = round_for_label(system, x0[None], u[None], H[None], decimals, np.array([J]))
@@ -683,7 +703,7 @@ def _solve_chain(
 
     # OpenBLAS (numpy's, scipy's) wakes its threads even for the 2x2 Riccati solve of the clipped-LQR start
     # and then leaves them spinning: one thread makes that solve 15.5 -> 0.7 ms (measured, van_der_pol_family,
-    # 2 cores), and stops the spinning threads from slowing the IPOPT solves after it. On these sizes OpenBLAS
+    # 2 cores), and stops the spinning threads from slowing the NLP solves after it. On these sizes OpenBLAS
     # computes with one thread either way: the answers are the same bits (checked).
     with threadpool_limits(1):
         return _solve_chain_in_order(systems, x0, indices, seed, decimals)
@@ -765,7 +785,7 @@ def solve_family(
                 if progress is not None:
                     progress(len(chain))
     solver = (
-        f"multiple shooting, CasADi {casadi.__version__} + IPOPT, one NLP per (family, N); a warm start from "
+        f"multiple shooting, CasADi {casadi.__version__} + fatrop, one NLP per (family, N); a warm start from "
         f"the nearest solved member, then cold starts ({', '.join(START_NAMES)}) until {FAMILY_AGREE} starts "
         f"agree (all cold on a chain's first member, or where >= {FAMILY_BANG_BANG:.0%} of the controls are on a "
         "bound), Newton polish"
