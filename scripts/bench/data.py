@@ -2,7 +2,7 @@
 
 Usage:
     make bench
-    python scripts/bench/data.py                          # default counts (about a minute on 2 cores)
+    python scripts/bench/data.py                          # default counts (about three minutes on 2 cores)
     python scripts/bench/data.py --samples 200 --nonlinear-samples 8 --quality-samples 200   # a quick run
     python scripts/bench/data.py --family-samples 2000 --family-old-samples 200   # nonlinear labels at scale
 
@@ -57,12 +57,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quality-samples", type=int, default=5000, help="x0 per box for J_baseline/J* (linear)"
     )
     parser.add_argument(
-        "--family-samples", type=int, default=400, help="van_der_pol_family records for the new label path"
+        "--family-samples",
+        type=int,
+        default=2000,  # ~40 s with one worker, ~25 s with two: enough to amortise the workers' ~3 s spawn
+        help="van_der_pol_family records for the new label path",
     )
     parser.add_argument(
         "--family-old-samples",
         type=int,
-        default=32,
+        default=100,  # ~14 s
         help="of those, how many today's per-System path labels too (the rate's baseline and the checked sample)",
     )
     parser.add_argument(
