@@ -72,12 +72,12 @@ PIPELINE_CONFIG := configs/smollm2/cpu.yaml
 pipeline: install ## data -> SFT -> eval -> GRPO -> eval -> report (CONFIG=configs/<model>/..., ARGS for key=value)
 	$(PY) scripts/run_pipeline.py --config $(if $(filter file,$(origin CONFIG)),$(PIPELINE_CONFIG),$(CONFIG)) $(ARGS)
 
-demo: install ## the whole pipeline on the embedded model on this CPU (time: configs/smollm2/demo_cpu.yaml); prints the report's path
-	$(PY) scripts/run_pipeline.py --config configs/smollm2/demo_cpu.yaml $(ARGS)
-
-.PHONY: demo-scratch
-demo-scratch: install ## the pipeline with a from-scratch 0.6 M-parameter model that learns the control law on a CPU (time: configs/scratch/demo_cpu.yaml)
+demo: install ## the whole story in <20 min on this CPU: a from-scratch model's SFT, its RFT, the baselines, the verdict (configs/scratch/demo_cpu.yaml); prints the report's path
 	$(PY) scripts/run_pipeline.py --config configs/scratch/demo_cpu.yaml $(ARGS)
+
+.PHONY: demo-smollm2
+demo-smollm2: install ## the pipeline on the embedded SmolLM2-135M on this CPU: it learns the format, not the law (time: configs/smollm2/demo_cpu.yaml)
+	$(PY) scripts/run_pipeline.py --config configs/smollm2/demo_cpu.yaml $(ARGS)
 
 # clean-cache needs no .venv: lib/common/cleanup.py uses the standard library only, so the system python3 runs it
 # with this checkout on PYTHONPATH (-B: a dry run writes no bytecode), before `make install` as after.

@@ -1,7 +1,7 @@
 """The whole job from one config: data -> SFT -> evaluate SFT -> GRPO -> evaluate GRPO -> report.
 
 Usage:
-    make demo                                          # configs/smollm2/demo_cpu.yaml: a laptop CPU
+    make demo                                          # configs/scratch/demo_cpu.yaml: a laptop CPU
     make pipeline CONFIG=configs/smollm2/cpu.yaml [ARGS="key=value ..."]
     python scripts/run_pipeline.py --config FILE [key=value ...]          # every phase, a new pipeline folder
     python scripts/run_pipeline.py --run-dir results/pipeline_X           # resume: finished phases are kept

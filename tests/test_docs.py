@@ -29,10 +29,10 @@ ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 RUN_ELSEWHERE = {
     "make test": "this suite is what it runs (CI runs it from a clean clone)",
     "make test-slow": "the slow half of this suite (CI runs it after make test)",
-    "make demo": "a pipeline of minutes (configs/smollm2/demo_cpu.yaml gives its time): run from a fresh clone for each change to the pipeline (its report is quoted in "
-    "docs/TRAINING_APPROACHES.md); test_pipeline.py and test_slurm.py run the same phases on a tiny model",
-    "make demo-scratch": "a pipeline of minutes (configs/scratch/demo_cpu.yaml gives its time): run for each change to the from-scratch recipe (its report is quoted in "
-    "docs/TRAINING_APPROACHES.md); tests/llm/test_training.py trains model.name=scratch on a small dataset",
+    "make demo": "a pipeline of minutes (configs/scratch/demo_cpu.yaml): run from a fresh clone for each change to the pipeline (its report is quoted in "
+    "docs/TRAINING_APPROACHES.md); test_pipeline.py and test_slurm.py run the same phases on a tiny model, test_corrected.py the RFT stage",
+    "make demo-smollm2": "a pipeline of minutes (configs/smollm2/demo_cpu.yaml gives its time): run for each change to the SmolLM2 path (its report is quoted in "
+    "docs/TRAINING_APPROACHES.md); tests/llm/test_training.py trains the embedded model",
     "sbatch slurm/pipeline.sh": "needs a SLURM cluster: tests/llm/test_slurm.py submits it to a real single-node SLURM",
 }
 
