@@ -296,7 +296,9 @@ def _shooting(
     w.append(X[N])
     g = [X[0] - x0] + [X[k + 1] - step(X[k], U[k]) for k in range(N)]
     nlp = {"x": ca.vertcat(*w), "p": p, "f": cost(X, U), "g": ca.vertcat(*g)}
-    options = IPOPT_OPTIONS if plugin == "ipopt" else {**FATROP_OPTIONS, "equality": [True] * (n * (N + 1))}
+    options = (
+        IPOPT_OPTIONS if plugin == "ipopt" else {**FATROP_OPTIONS, "equality": [True] * nlp["g"].numel()}
+    )
     solver = ca.nlpsol(f"ms_{name}", plugin, nlp, options)
 
     u_ss = ca.SX.sym("u", N)
