@@ -56,6 +56,7 @@ class PlatformFacts:
     cuda_device_count: int = 0
     cuda_name: str = ""
     cuda_bf16: bool = False
+    cpu_bf16: bool = False  # bf16 instructions (AVX512-BF16, AMX, ARM BF16): cpu_has_bf16
     mps_built: bool = False
     mps_available: bool = False
     unsloth_installed: bool = False  # probed only where CUDA is available
@@ -168,6 +169,13 @@ def _pick_precision(settings: DeviceSettings, device: str, facts: PlatformFacts,
         return wanted
     if wanted == "auto":
         return "fp32"
+    if device == "cpu" and wanted == "bf16" and not facts.cpu_bf16:
+        # without them torch emulates bf16 matmuls: ~1 GFLOP/s against fp32's ~100 on a 2-core AMD EPYC
+        # (make bench-train), so a bf16 run would be ~100x slower, not faster
+        fallbacks.append(
+            "bf16 requested but this CPU has no bf16 instructions (AVX512-BF16, AMX or ARM BF16): using fp32"
+        )
+        return "fp32"
     if device == "cpu" and wanted == "fp16":
         fallbacks.append(
             "fp16 requested but mixed-precision training on the CPU supports only bf16: using fp32"
@@ -217,6 +225,37 @@ def choose_device(settings: DeviceSettings, facts: PlatformFacts) -> DeviceSetup
     )
 
 
+def cpu_has_bf16(system: str, machine: str, cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 instructions: the avx512_bf16 or amx_bf16 flag (x86) or the bf16 feature
+    (ARM) in /proc/cpuinfo on Linux (`cpuinfo` its text, read when None), FEAT_BF16 by sysctl on macOS."""
+    if system == "Darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return out.strip() == "1"
+    if system != "Linux":
+        return False
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    words = {
+        word
+        for line in cpuinfo.splitlines()
+        if line.split(":")[0].strip() in ("flags", "Features")
+        for word in line.split(":", 1)[-1].split()
+    }
+    wanted = {"bf16"} if machine in ("aarch64", "arm64") else {"avx512_bf16", "amx_bf16"}
+    return bool(words & wanted)
+
+
 def probe_platform() -> PlatformFacts:
     """Read this machine's facts. Imports torch; Unsloth and vLLM are looked up (not imported) on CUDA."""
     import torch
@@ -231,6 +270,7 @@ def probe_platform() -> PlatformFacts:
         cuda_device_count=torch.cuda.device_count() if cuda else 0,
         cuda_name=torch.cuda.get_device_name(0) if cuda else "",
         cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        cpu_bf16=cpu_has_bf16(platform.system(), platform.machine()),
         mps_built=bool(mps_backend and mps_backend.is_built()),
         mps_available=bool(mps_backend and mps_backend.is_available()),
         unsloth_installed=cuda and importlib.util.find_spec("unsloth") is not None,

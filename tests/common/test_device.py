@@ -14,6 +14,7 @@ from lib.common.device import (
     PlatformFacts,
     check_mps_watermarks,
     choose_device,
+    cpu_has_bf16,
     probe_platform,
     settings_from_config,
     setup_device,
@@ -114,10 +115,24 @@ def test_force_cpu_wins_and_is_reported():
 
 
 def test_precision_on_cpu_and_mps():
-    assert choose_device(settings("precision=bf16"), LINUX_CPU).precision == "bf16"
+    setup = choose_device(settings("precision=bf16"), LINUX_CPU)
+    assert setup.precision == "fp32" and "no bf16 instructions" in setup.fallbacks[0]
+    sapphire_rapids = PlatformFacts(system="Linux", machine="x86_64", cpu_bf16=True)
+    assert choose_device(settings("precision=bf16"), sapphire_rapids).precision == "bf16"
     setup = choose_device(settings("precision=fp16"), LINUX_CPU)
     assert setup.precision == "fp32" and "fp16 requested" in setup.fallbacks[0]
     assert choose_device(settings(), MAC).precision == "fp32"
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags():
+    epyc = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert not cpu_has_bf16("Linux", "x86_64", epyc)
+    assert cpu_has_bf16("Linux", "x86_64", sapphire)
+    assert cpu_has_bf16("Linux", "aarch64", graviton3)
+    assert not cpu_has_bf16("Linux", "aarch64", epyc.replace("flags", "Features"))
+    assert not cpu_has_bf16("Windows", "AMD64", sapphire)
 
 
 def test_mps_environment_sets_both_watermarks_and_the_cpu_fallback():
