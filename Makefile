@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+SCRATCH_ARGS ?=
 CONFIG ?= configs/smollm2/cpu.yaml
 
 .DEFAULT_GOAL := help
@@ -41,7 +42,8 @@ bench: install ## benchmark data generation vs the old clipped-LQR labels, the G
 	$(PY) scripts/bench/rewards.py
 	$(PY) scripts/bench/tokens.py
 
-bench-train: install ## benchmark SmolLM2-135M training on this machine (SFT tokens/s, GRPO s/step, memory, loss curve)
+bench-train: install ## training speed: the from-scratch model against the matmul limit and its lifts (SCRATCH_ARGS), then SmolLM2-135M (ARGS)
+	$(PY) scripts/bench/scratch_training.py $(SCRATCH_ARGS)
 	$(PY) scripts/bench/training.py $(ARGS)
 
 train: install ## SFT and/or GRPO from a config (CONFIG=..., default the embedded model on CPU; ARGS for key=value)

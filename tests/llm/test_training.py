@@ -354,10 +354,12 @@ def test_original_smoke_command_trains_the_embedded_model(tmp_path):
 
 @pytest.mark.slow
 def test_training_benchmark_quick_run(workspace, tmp_path):
-    """`make bench-train` end to end with the tiny model and a few steps (the real run takes ~35 min)."""
+    """`make bench-train` end to end with the tiny model and a few steps (the real run takes ~40 min): the
+    from-scratch model against the matmul limit, then SmolLM2's stages."""
     args = f"--model {workspace / 'tiny'} --sft-steps 2 --grpo-steps 1 --grpo-completion 8 --output-dir {tmp_path}"
+    scratch_args = f"--steps 2 --rounds 1 --warmup 1 --records 40 --batch 8 --output-dir {tmp_path}"
     result = subprocess.run(
-        ["make", "bench-train", f"ARGS={args}"],
+        ["make", "bench-train", f"ARGS={args}", f"SCRATCH_ARGS={scratch_args}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -367,6 +369,16 @@ def test_training_benchmark_quick_run(workspace, tmp_path):
     data = json.loads((tmp_path / "training.json").read_text())
     assert data["sft"]["tokens_per_s"] > 0 and data["grpo"]["seconds_per_step"] > 0
     assert data["sft"]["peak_rss_mb"] > 100 and (tmp_path / "sft_loss_curve.png").stat().st_size > 1000
+    scratch = json.loads((tmp_path / "scratch_training.json").read_text())
+    # a Llama's training step: 6 FLOPs per weight a token, plus attention (tests/llm/test_throughput.py)
+    assert 6 * scratch["parameters"] * 0.9 < scratch["flops_per_token"] < 6 * scratch["parameters"] * 2
+    assert all(scratch["matmul_gflops"][shape] > 0 for shape in scratch["matmul_gflops"])
+    assert {name: case["tokens_per_s"] > 0 for name, case in scratch["cases"].items()} == {
+        "trainer": True,
+        "bare": True,
+        "compiled": True,
+    }
+    assert "| trainer |" in (tmp_path / "scratch_training.md").read_text()
 
 
 def test_verify_grpo_format_loads_the_latest_grpo_run(workspace, tmp_path):
