@@ -126,6 +126,13 @@ def test_wrong_type_in_override_names_key_expected_and_value():
         resolve_config(None, ["device.force_cpu=maybe"])
 
 
+def test_a_list_override_in_yaml_flow_style_is_told_the_json_form():
+    with pytest.raises(ConfigError) as caught:
+        resolve_config(None, ["pipeline.phases=[data, sft]"])
+    assert """'pipeline.phases=["a", "b"]'""" in caught.value.fix
+    assert resolve_config(None, ['pipeline.phases=["data", "sft"]'])["pipeline"]["phases"] == ["data", "sft"]
+
+
 def test_enum_and_range_violations_are_explained():
     with pytest.raises(
         ConfigError, match=r"'device.type' must be one of \"auto\", \"cuda\", \"mps\", \"cpu\""

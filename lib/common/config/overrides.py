@@ -57,9 +57,12 @@ def coerce_value(text: str, node: Mapping, key: str) -> Any:
             raise ConfigError(f"command line: key '{key}'{exc.where()}: {exc}.", fix=exc.fix) from None
         except (ValueError, TypeError, RecursionError):
             continue
+    # a list or a mapping is read as JSON: [data, sft] (YAML's flow style) is not JSON, ["data", "sft"] is
+    form = {"array": f'\'{key}=["a", "b"]\'', "object": f"'{key}={{\"k\": 1}}'"}
+    example = next((f" as JSON, quoted for the shell, e.g. {form[t]}" for t in types if t in form), "")
     raise ConfigError(
         f"key '{key}' expects {' or '.join(types)}, got '{text}' from the command line.",
-        fix=f"give '{key}' a value of type {' or '.join(types)} ({node.get('description', '')}).",
+        fix=f"give '{key}' a value of type {' or '.join(types)}{example} ({node.get('description', '')}).",
     )
 
 
