@@ -175,6 +175,7 @@ def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -
         # TensorBoard gets its own callback (report_callbacks), so its files go to the run folder
         "report_to": ["wandb"] if cfg["run"]["report_to"] == "wandb" else [],
         "dataloader_num_workers": 0,
+        "gradient_checkpointing": cfg["model"]["gradient_checkpointing"],
     }
 
 

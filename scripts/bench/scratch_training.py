@@ -1,5 +1,6 @@
 """Benchmark the from-scratch model's SFT against this machine's limit: FLOPs per token x tokens/s against the
-fp32 matmul FLOP/s torch reaches here, the trainer against a bare training loop, and torch.compile.
+fp32 matmul FLOP/s torch reaches here; the trainer with and without gradient checkpointing, a bare training
+loop, and torch.compile.
 
 Usage:
     make bench-train
@@ -14,6 +15,7 @@ on --records double_integrator_short problems generated into a temporary folder.
   3. tokens/s of --steps steps of --batch records, --rounds times in turn (a busy machine slows every case
      alike; a case's figure is its best round):
      trainer  SFT through scripts/main_trainer.py as the recipes run it (tokens/s over its train_runtime);
+     checkpointed  the same with model.gradient_checkpointing=true (TRL's default; the recipes' until 2026-12-07);
      bare     the same model and batches in a plain loop: forward, backward, clip, AdamW, nothing else;
      compiled the bare loop on torch.compile(model), after --warmup compiled steps (compile time reported).
 utilisation = FLOPs per token x tokens/s / matmul GFLOP/s. Writes results/bench/scratch_training.{json,md}.
@@ -139,15 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         compiled = torch.compile(fresh_model())
         with Stopwatch() as compile_clock:
             bare_tokens_per_s(compiled, batches[:2], warmup=1)  # the first compiled step compiles
-        figures: dict[str, list[float]] = {"trainer": [], "bare": [], "compiled": []}
+        figures: dict[str, list[float]] = {"trainer": [], "checkpointed": [], "bare": [], "compiled": []}
         for round_ in range(args.rounds):
             figures["trainer"].append(trainer_tokens_per_s(work, overrides, f"round{round_}"))
+            figures["checkpointed"].append(
+                trainer_tokens_per_s(work, [*overrides, "model.gradient_checkpointing=true"], f"gc{round_}")
+            )
             figures["bare"].append(bare_tokens_per_s(model, batches, args.warmup)[0])
             figures["compiled"].append(bare_tokens_per_s(compiled, batches, args.warmup)[0])
 
     peak = limits["fp32 2048 x 2048 x 2048"]
     what = {
         "trainer": "SFT through main_trainer.py, as the recipes run it",
+        "checkpointed": "the same with gradient checkpointing (TRL's default)",
         "bare": "the same steps in a plain loop (forward, backward, clip, AdamW)",
         "compiled": f"the plain loop on torch.compile(model) (compiled in {compile_clock.seconds:.0f} s)",
     }

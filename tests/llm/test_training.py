@@ -375,6 +375,7 @@ def test_training_benchmark_quick_run(workspace, tmp_path):
     assert all(scratch["matmul_gflops"][shape] > 0 for shape in scratch["matmul_gflops"])
     assert {name: case["tokens_per_s"] > 0 for name, case in scratch["cases"].items()} == {
         "trainer": True,
+        "checkpointed": True,
         "bare": True,
         "compiled": True,
     }
@@ -621,3 +622,24 @@ def test_a_full_disk_fails_with_a_message_marks_the_run_failed_and_resumes_once_
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         info = json.loads((run_dir / "run_info.json").read_text())
         assert (info["status"], info["step"], info["resumed"]) == ("completed", 4, 1)
+
+
+def test_gradient_checkpointing_is_trls_default_and_the_scratch_recipes_turn_it_off(tmp_path):
+    """The recompute of activations costs the 0.6 M-parameter model ~1.3x its step time and saves it nothing
+    (make bench-train); SmolLM2 and the GPU recipes keep TRL's default."""
+    from lib.common.config import resolve_config
+    from lib.common.device import DeviceSetup
+    from lib.llm import grpo, sft
+    from lib.llm.stages import common_args
+
+    setup = DeviceSetup(device="cpu", precision="fp32", unsloth=False, vllm=False)
+    for config, expected in [
+        ("configs/smollm2/cpu.yaml", True),
+        ("configs/scratch/hour_cpu.yaml", False),
+        ("configs/scratch/demo_cpu.yaml", False),
+    ]:
+        cfg = resolve_config(ROOT / config)
+        for stage in (sft, grpo):
+            name = stage.__name__.rsplit(".", 1)[-1]
+            args = stage.arguments(cfg, common_args(cfg[name], cfg, setup, tmp_path), setup)
+            assert args.gradient_checkpointing is expected, (config, name)
