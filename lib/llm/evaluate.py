@@ -51,7 +51,14 @@ from lib.llm.report import (
     render_report,
     sample_lines,
 )
-from lib.llm.verdict import baseline_rows, baselines_about, coverage, problem_gaps, verdicts
+from lib.llm.verdict import (
+    baseline_rows,
+    baselines_about,
+    coverage,
+    problem_gaps,
+    verdicts,
+    versus_each_baseline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +275,9 @@ def write_evaluation(folder: Path, cfg: dict, records: list[dict], results: list
         summaries = {r["label"]: summarize(r["rows"], seed) for r in results}
         ref_summaries = {name: summarize(rows, seed) for name, rows in references.items()}
         if baselines:
-            baselines["verdicts"] = verdicts(
-                {r["label"]: r["rows"] for r in results}, baselines["rows"], seed
-            )
+            answers = {r["label"]: r["rows"] for r in results}
+            baselines["verdicts"] = verdicts(answers, baselines["rows"], seed)
+            baselines["vs_each"] = versus_each_baseline(answers, baselines["rows"], seed)
         if settings["save_plots"]:
             figures = render_figures(folder, records, results, references, summaries, ref_summaries, context,
                                      settings["plot_instances"], baselines)  # fmt: skip

@@ -26,6 +26,7 @@ from lib.llm.report import (
     LOG_RATIO_NOTE,
     REFERENCE_NAMES,
     SUCCESS_KEYS,
+    each_baseline_lines,
     log_ratio_row,
     systems_to_show,
     table_lines,
@@ -197,7 +198,7 @@ def best_of_pipeline_lines(models: Mapping[str, Mapping]) -> list[str]:
 def write_pipeline_report(run_dir: Path) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
     the evaluation phases' metrics.json, best-of-k rows included), each model's verdict against the best
-    baseline, the reference and baseline rows, best-of-k - greedy and each second stage - SFT paired
+    baseline and its paired statistic against each baseline, the reference and baseline rows, best-of-k - greedy and each second stage - SFT paired
     (metrics.json: `<stage>_minus_sft`), and how long each phase took (its state.json, lib.llm.pipeline).
     Replaces only the report files it wrote itself (module docstring)."""
     state = read_state(run_dir)
@@ -205,6 +206,7 @@ def write_pipeline_report(run_dir: Path) -> Path:
     references: Mapping = {}
     baselines: Mapping = {}
     verdicts: dict[str, Mapping] = {}
+    vs_each: dict[str, Mapping] = {}
     context: Mapping = {}
     sources = []
     # every evaluation phase of the pipeline (eval_sft, eval_grpo, and any other stage's), in phase order
@@ -220,6 +222,7 @@ def write_pipeline_report(run_dir: Path) -> Path:
         if not baselines and any("summary" in b for b in document.get("baselines", {}).values()):
             baselines = {name: b for name, b in document["baselines"].items() if "summary" in b}
         verdicts |= document.get("vs_best_baseline", {})
+        vs_each |= document.get("vs_each_baseline", {})
         for label, entry in document["models"].items():
             models[label] = entry
     files = ["metrics.json", "report.md", *(["comparison.png"] if models else [])]
@@ -248,6 +251,8 @@ def write_pipeline_report(run_dir: Path) -> Path:
                 "",
                 *table_lines(rows, context["samples_per_prompt"]),
             ]
+        if vs_each:
+            out += ["", *each_baseline_lines(vs_each)]
         out += ["", "![model comparison](comparison.png)"]
         best_of = best_of_pipeline_lines(models)
         if best_of:
@@ -271,6 +276,7 @@ def write_pipeline_report(run_dir: Path) -> Path:
         document[f"{stage}_minus_sft"] = pair
     if baselines:
         document["baselines"], document["vs_best_baseline"] = baselines, verdicts
+        document["vs_each_baseline"] = vs_each
     with staging(run_dir, PIPELINE) as staged:
         if models:
             from lib.llm import plots

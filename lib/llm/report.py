@@ -88,6 +88,7 @@ def metrics_document(
         document["baselines"] = {name: {**about, **({"summary": summaries_of[name]} if name in summaries_of else {})}
                                  for name, about in baselines["about"].items()}  # fmt: skip
         document["vs_best_baseline"] = baselines["verdicts"]
+        document["vs_each_baseline"] = baselines["vs_each"]
         document["coverage"] = baselines["coverage"]
     else:
         document["baselines"] = {"missing": "no train split: the problems were sampled fresh, or format mode"}
@@ -108,14 +109,11 @@ def verdict_lines(verdicts: Mapping) -> list[str]:
     lines = []
     for label, v in verdicts.items():
         low, high = v["median_log_gap_ratio_ci"]
-        ratio = v["median_log_gap_ratio"]
-        times = "infinitely many times (it failed)" if ratio is None else f"x{np.exp(ratio):.3g}"
-        bounds = ", ".join(
-            empty if b is None else f"x{np.exp(b):.3g}" for b, empty in ((low, "x0"), (high, "inf"))
-        )
+        times = _times(v["median_log_gap_ratio"], "infinitely many times (it failed)")
+        bounds = f"{_times(low, 'x0')}, {_times(high, 'inf')}"
         dlow, dhigh = v["success@10%_difference_ci"]
         lines.append(
-            f"- **{label}** beats the best baseline (**{v['best_baseline']}**): **{v['beats_best_baseline']}**. "
+            f"- **{label}** beats the best baseline (**{v['best_baseline']}**): **{v['beats']}**. "
             f"Median gap {_gap_pct(v['median_gap'])} vs {_gap_pct(v['baseline_median_gap'])}; per problem the "
             f"model's gap is {times} the baseline's (median, 95% CI [{bounds}]); success@10% "
             f"{100 * v['success@10%']:.1f}% vs {100 * v['baseline_success@10%']:.1f}% "
@@ -123,6 +121,39 @@ def verdict_lines(verdicts: Mapping) -> list[str]:
             f"{v['problems']} problems."
         )
     return lines
+
+
+def _times(log_ratio: float | None, failed: str) -> str:
+    return failed if log_ratio is None else f"x{np.exp(log_ratio):.3g}"
+
+
+def each_baseline_lines(vs_each: Mapping) -> list[str]:
+    """The table "Against each baseline": per model and baseline, the verdict's paired statistic (lib/llm/
+    verdict.py, `versus_each_baseline`); [] without baselines."""
+    if not vs_each:
+        return []
+    out = [
+        "## Against each baseline",
+        "",
+        "Per problem, the model's gap / the baseline's (median over the problems, a failure an infinite gap, gaps "
+        f"under {GAP_FLOOR:.1%} equal; 95% bootstrap interval), the share of problems where the model's gap is "
+        "lower, and success@10% model - baseline in points.",
+        "",
+        "| model | baseline | median gap: model vs baseline | model / baseline per problem [95% CI] | "
+        "model better on | success@10% difference [95% CI] | beats it |",
+        "|---|---|---|---|---:|---|---|",
+    ]
+    for label, against in vs_each.items():
+        for name, v in against.items():
+            low, high = v["median_log_gap_ratio_ci"]
+            dlow, dhigh = v["success@10%_difference_ci"]
+            out.append(
+                f"| {label} | {name} | {_gap_pct(v['median_gap'])} vs {_gap_pct(v['baseline_median_gap'])} | "
+                f"{_times(v['median_log_gap_ratio'], 'inf')} [{_times(low, 'x0')}, {_times(high, 'inf')}] | "
+                f"{100 * v['model_better_share']:.0f}% | {_signed_pct(v['success@10%_difference'], 1)} "
+                f"[{_signed_pct(dlow)}, {_signed_pct(dhigh)}] | {v['beats']} |"
+            )
+    return out
 
 
 LOG_RATIO_HEADER = [
@@ -258,7 +289,8 @@ def render_report(
     baselines: Mapping,
 ) -> str:
     """report.md: the verdict against the best baseline first, what was evaluated, one table per system
-    (models and their best-of-k rows, the reference controllers, the baselines), coverage, each best-of-k row
+    (models and their best-of-k rows, the reference controllers, the baselines), each model against each
+    baseline, coverage, each best-of-k row
     against its model's answers, the parse failures by reason, generation speed, and the figures."""
     k = context["samples_per_prompt"]
     mode = context["eval_mode"] + (
@@ -293,6 +325,7 @@ def render_report(
                 rows[f"baseline: {name}"] = summary[system]
         out += ["", f"## {'All systems' if system == 'all' else system}", "", *table_lines(rows, k)]
     if baselines:
+        out += ["", *each_baseline_lines(baselines["vs_each"])]
         out += ["", "## Baselines and coverage", ""]
         for name, about in baselines["about"].items():
             details = "; ".join(f"{system}: " + ", ".join(f"{k} {v}" for k, v in d.items())

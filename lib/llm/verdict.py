@@ -1,7 +1,8 @@
 """The baselines of an evaluation and its verdict (docs/ARCHITECTURE.md, "Baselines"): each baseline of
 lib/control/baselines.py answers the same problems as the models (open loop, or re-planning from every
 visited state in MPC mode), scored by the same simulator into the same rows; then, per model, the paired
-comparison with the best baseline over the same problems.
+comparison with the best baseline over the same problems (the verdict), and with each baseline (the table
+"Against each baseline").
 
 The verdict's statistic, per problem i (the first answer of each):
 
@@ -129,7 +130,8 @@ def versus(model: SampleRows, baseline: SampleRows, seed: int = 0) -> dict:
         f"baseline_{VERDICT_KEY}": float(s_base.mean()),
         f"{VERDICT_KEY}_difference": float(s_model.mean() - s_base.mean()),
         f"{VERDICT_KEY}_difference_ci": _interval((s_model[rows] - s_base[rows]).mean(axis=1)),
-        "beats_best_baseline": beats,
+        "model_better_share": float(np.mean(d < 0)),  # two failures, or both under GAP_FLOOR: a tie
+        "beats": beats,
     }
 
 
@@ -146,6 +148,17 @@ def verdicts(models: dict[str, SampleRows], baselines: dict[str, SampleRows], se
         return {}
     return {
         label: {"best_baseline": best, **versus(rows, baselines[best], seed)}
+        for label, rows in models.items()
+    }
+
+
+def versus_each_baseline(
+    models: dict[str, SampleRows], baselines: dict[str, SampleRows], seed: int = 0
+) -> dict:
+    """{model label: {baseline name: versus(model, that baseline)}}: the verdict's statistic against every
+    baseline, not only the best (a family's target names nearest and affine too); {} without baselines."""
+    return {
+        label: {name: versus(rows, base, seed) for name, base in baselines.items()}
         for label, rows in models.items()
     }
 

@@ -228,10 +228,13 @@ def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp
     assert "## double_integrator" in report and "optimal (exact)" in report and "u = 0" in report
     # the verdict opens the report; 2 train records a system fit nearest and affine, and say why not the others
     assert report.split("\n")[2] == "## Verdict" and "beats the best baseline" in report
-    assert metrics["vs_best_baseline"]["tiny"]["beats_best_baseline"] == "no"  # it parses nothing
+    assert metrics["vs_best_baseline"]["tiny"]["beats"] == "no"  # it parses nothing
     assert set(metrics["baselines"]) == {"nearest", "affine", "knn", "mlp"}
     assert "at least 10 train records" in metrics["baselines"]["knn"]["missing"]["van_der_pol"]
     assert "baseline: affine" in report and "baseline: knn" not in report
+    # every fitted baseline gets its own paired row, not only the best
+    assert set(metrics["vs_each_baseline"]["tiny"]) == {"nearest", "affine"}
+    assert "## Against each baseline" in report and "| tiny | affine |" in report
     assert set(metrics["coverage"]) == {"double_integrator", "van_der_pol"}
     assert all(f"]({p})" in report for p in pngs)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -256,7 +259,7 @@ def test_cli_best_of_k_adds_inference_time_rows(workspace, tmp_path):
     assert (about["k"], about["temperature"], about["samples_drawn"], about["greedy"]) == (2, 0.9, 2, "tiny")
     # 8 tokens never hold 50 controls: every answer fails, so best of 2 never beats greedy, and both fail
     assert about["beats_greedy"] == 0.0 and about["vs_greedy"]["both_failed"] == 4
-    assert metrics["vs_best_baseline"]["tiny best-of-2"]["beats_best_baseline"] == "no"
+    assert metrics["vs_best_baseline"]["tiny best-of-2"]["beats"] == "no"
     report = (out / "report.md").read_text()
     assert (
         "| tiny best-of-2 |" in report and "## Best of k" in report and "| tiny best-of-2 vs tiny |" in report

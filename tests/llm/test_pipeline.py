@@ -109,6 +109,7 @@ def test_a_failed_phase_stops_the_pipeline_then_a_rerun_resumes_and_reports(work
     assert all(f"- **{label}** beats the best baseline" in report for label in ("base", "sft", "grpo"))
     document = json.loads((run_dir / "metrics.json").read_text())
     assert set(document["vs_best_baseline"]) == {"base", "sft", "grpo"} and "| baseline: nearest |" in report
+    assert set(document["vs_each_baseline"]) == {"base", "sft", "grpo"} and "| grpo | nearest |" in report
     paired = document["grpo_minus_sft"]
     assert paired["problems"] == 3 and set(paired) == {"problems", "gap", "score"}
     assert (run_dir / "comparison.png").stat().st_size > 10_000

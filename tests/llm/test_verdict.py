@@ -11,7 +11,14 @@ from lib.control.answer import format_controls
 from lib.control.baselines import dataset_baselines
 from lib.control.dataset_format import load_records, read_info
 from lib.llm.evaluation import answer_records, score_samples
-from lib.llm.verdict import baseline_rows, best_baseline, log_gap_ratio, problem_gaps, verdicts
+from lib.llm.verdict import (
+    baseline_rows,
+    best_baseline,
+    log_gap_ratio,
+    problem_gaps,
+    verdicts,
+    versus_each_baseline,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +48,29 @@ def test_the_verdict_flips_between_the_labels_and_doing_nothing(setting):
     labels = score_samples(records, answer_records(records, answering(records, lambda r: r["u_opt"])))
     zeros = score_samples(records, answer_records(records, answering(records, lambda r: np.zeros(10))))
     result = verdicts({"labels": labels, "zeros": zeros}, baselines)
-    assert result["labels"]["beats_best_baseline"] == "yes"
-    assert result["zeros"]["beats_best_baseline"] == "no"
+    assert result["labels"]["beats"] == "yes"
+    assert result["zeros"]["beats"] == "no"
     best = best_baseline(baselines)
     assert result["labels"]["best_baseline"] == best
     assert result["zeros"]["median_gap"] > result["zeros"]["baseline_median_gap"]
+
+
+def test_each_baseline_gets_the_verdicts_statistic(setting):
+    records, fitted = setting
+    baselines = {name: baseline_rows(records, fitted, name) for name in ("nearest", "knn", "affine", "mlp")}
+    labels = score_samples(records, answer_records(records, answering(records, lambda r: r["u_opt"])))
+    zeros = score_samples(records, answer_records(records, answering(records, lambda r: np.zeros(10))))
+    each = versus_each_baseline({"labels": labels, "zeros": zeros}, baselines)
+    best = verdicts({"labels": labels}, baselines)["labels"]
+    assert set(each["labels"]) == set(baselines)
+    assert all(v["beats"] == "yes" and v["model_better_share"] > 0.5 for v in each["labels"].values())
+    assert all(v["beats"] == "no" for v in each["zeros"].values())
+    # against the best baseline, the same numbers as the verdict
+    assert each["labels"][best["best_baseline"]] == {k: v for k, v in best.items() if k != "best_baseline"}
+    # the share counts problems the model answers better, per problem, from the same gaps
+    affine_gaps = problem_gaps(baselines["affine"])
+    expected = np.mean(log_gap_ratio(problem_gaps(labels), affine_gaps) < 0)
+    assert each["labels"]["affine"]["model_better_share"] == pytest.approx(expected)
 
 
 def test_a_failure_is_the_worst_gap_and_two_failures_are_equal():
