@@ -15,7 +15,8 @@ inputs, where it is what a fresh computation gives. J_zero comes from the datase
 (lib/llm/grpo.py does) and is simulated otherwise. Each function keeps its own name (TRL's logs).
 
 A config lists rewards by name with weights (`grpo.rewards`); REWARDS maps those names to functions, and
-`reward_functions` binds the shaping scales from the config (grpo.optimality_sigma, grpo.terminal_scale).
+`reward_functions` binds the shaping scales from the config (grpo.optimality_sigma, grpo.terminal_scale,
+grpo.log_gap_decades).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from lib.control.answer import TAGS, parse_controls, too_long
 from lib.control.families import record_system, system_groups
 from lib.control.metrics import SUCCESS_EPS, ControlMetrics, evaluate_controls
+from lib.llm.evaluation import GAP_FLOOR
 
 VIOLATION_SCALE = 0.1  # a control 0.1 beyond its bound earns 1/e of the feasibility reward
 BATCH_CACHE_SIZE = 2  # batches kept by score_batch: the current step's and the one before
@@ -249,11 +251,34 @@ def terminal_reward(
     ]
 
 
+def log_gap_reward(
+    prompts, completions, system, x0, J_opt, J_floor, J_zero=None, log_gap_decades: float = 4.0, **columns
+) -> list[float]:
+    """A gate and a rank: 0 for an answer that does not parse or leaves the bounds; for a feasible one,
+    0.5 + 0.5 * clip(1 - log10(max(gap, GAP_FLOOR) / GAP_FLOOR) / log_gap_decades, 0, 1).
+
+    Every feasible answer earns more than every failure, and each decade of gap costs the same reward: with
+    4 decades, gaps 0.1%, 1%, 10%, 100% and >= 1000% earn 1, 0.875, 0.75, 0.625 and 0.5. exp(-gap / 0.1)
+    tells 1% from 2% (0.905 vs 0.819) but not 100% from 200% (4.5e-5 vs 2.1e-9): a group whose answers
+    are all far from the optimum gets no spread from it, while this reward ranks them as the evaluation's
+    log-ratio does (gaps under GAP_FLOOR equal)."""
+    m = score_batch(completions, system, x0, J_opt, J_floor, J_zero, columns.get("params")).metrics
+    rewards = []
+    for g, ok in zip(m.gap.tolist(), m.feasible.tolist(), strict=True):
+        if not ok or not math.isfinite(g):
+            rewards.append(0.0)
+            continue
+        decades = math.log10(max(g, GAP_FLOOR) / GAP_FLOOR)
+        rewards.append(0.5 + 0.5 * min(max(1.0 - decades / log_gap_decades, 0.0), 1.0))
+    return rewards
+
+
 REWARDS = {
     "format": format_reward,
     "feasibility": feasibility_reward,
     "optimality": optimality_reward,
     "terminal": terminal_reward,
+    "log_gap": log_gap_reward,
 }
 
 
@@ -262,7 +287,11 @@ def reward_functions(grpo: dict) -> tuple[list, list[float]]:
 
     Each keeps its own __name__, which TRL uses to log `rewards/<name>/mean`.
     """
-    scales = {"optimality_sigma": grpo["optimality_sigma"], "terminal_scale": grpo["terminal_scale"]}
+    scales = {
+        "optimality_sigma": grpo["optimality_sigma"],
+        "terminal_scale": grpo["terminal_scale"],
+        "log_gap_decades": grpo["log_gap_decades"],
+    }
     functions, weights = [], []
     for name, weight in grpo["rewards"].items():
         if weight == 0:

@@ -74,7 +74,13 @@ def test_self_extension_is_a_cycle(tmp_path):
 def test_no_file_gives_the_schema_defaults():
     cfg = resolve_config(None)
     assert (cfg["model_type"], cfg["seed"], cfg["training_type"]) == ("control", 42, "sft")
-    assert cfg["grpo"]["rewards"] == {"format": 1.0, "feasibility": 1.0, "optimality": 2.0, "terminal": 0.5}
+    assert cfg["grpo"]["rewards"] == {
+        "format": 1.0,
+        "feasibility": 1.0,
+        "optimality": 2.0,
+        "terminal": 0.5,
+        "log_gap": 0.0,
+    }
     assert cfg["device"] == {
         "type": "auto",
         "force_cpu": False,

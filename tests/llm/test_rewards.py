@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from lib.common.config import resolve_config
 from lib.control.answer import format_answer, format_controls, parse_controls
-from lib.control.metrics import zero_control_cost
+from lib.control.metrics import evaluate_controls, zero_control_cost
 from lib.control.references import solve_reference
 from lib.control.systems import get_system
 from lib.llm import rewards
@@ -109,21 +109,78 @@ def test_config_weights_and_scales_reach_the_functions(instances):
     u = optimal.u[0].copy()
     u[20:] *= 0.5
     u = np.round(u, 6)  # what the text below prints
-    from lib.control.metrics import evaluate_controls
-
     gap = evaluate_controls(system, np.array([di["x0"]]), u[None], np.array([di["J_opt"]]), 0.01).gap[0]
     text = f"<REASONING>r</REASONING><CONTROLS>{format_controls(u, 6)}</CONTROLS>"
     value = functions[2]([[]], [text], **columns([di]))[0]
     assert value == pytest.approx(math.exp(-gap / 0.01), rel=1e-6)
 
 
+def test_log_gap_gates_failures_and_ranks_far_answers_by_decades(instances):
+    di = instances[0]
+    system = get_system("double_integrator")
+    optimal = solve_reference(system, np.array([di["x0"]])).u[0]
+    texts, gaps = [], []
+    for scale in (1.0, 0.9, 0.6, 0.2, 0.0):  # from the optimum towards doing nothing
+        u = np.round(optimal * scale, 6)
+        texts.append(f"<REASONING>r</REASONING><CONTROLS>{format_controls(u, 6)}</CONTROLS>")
+        gaps.append(
+            evaluate_controls(system, np.array([di["x0"]]), u[None], np.array([di["J_opt"]]), 0.01).gap[0]
+        )
+    got = call("log_gap", texts, [di] * len(texts))
+    assert got[0] == pytest.approx(1.0)
+    # gaps grow, rewards fall strictly, and the last two (gaps of order 100%) still differ by a usable amount,
+    # where exp(-gap / 0.1) gives both ~0
+    assert np.all(np.diff(gaps) > 0) and np.all(np.diff(got) < 0) and gaps[-2] > 0.5
+    assert got[-2] - got[-1] > 0.01 and call("optimality", texts[-2:], [di, di]) == pytest.approx(
+        [0, 0], abs=1e-3
+    )
+    assert got == pytest.approx(direct_log_gap(texts, [di] * len(texts)))
+    outside = f"<REASONING>r</REASONING><CONTROLS>{format_controls(np.full(50, 3.5))}</CONTROLS>"
+    assert call("log_gap", [outside, "no answer"], [di, di]) == [0.0, 0.0]  # below every feasible answer
+    assert min(got) >= 0.5
+
+
+def test_log_gap_decades_reach_the_function(instances):
+    cfg = resolve_config(None, ["grpo.rewards.log_gap=1", "grpo.log_gap_decades=2"])
+    functions, weights = reward_functions(cfg["grpo"])
+    assert functions[-1].__name__ == "log_gap_reward" and weights[-1] == 1.0
+    di = instances[0]
+    u = np.round(solve_reference(get_system("double_integrator"), np.array([di["x0"]])).u[0] * 0.6, 6)
+    text = f"<REASONING>r</REASONING><CONTROLS>{format_controls(u, 6)}</CONTROLS>"
+    assert functions[-1]([[]], [text], **columns([di])) == pytest.approx(
+        direct_log_gap([text], [di], decades=2)
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The shared path: one parse and one simulation per batch, reused by every reward function of the step
 
 
+def direct_log_gap(completions, batch, decades=4.0):
+    """log_gap_reward from its definition, one answer at a time: parse, simulate, the clipped decades."""
+    out = []
+    for completion, r in zip(completions, batch, strict=True):
+        text = completion if isinstance(completion, str) else completion[0]["content"]
+        system = get_system(r["system"])
+        parsed = parse_controls(text, system.steps)
+        if not parsed.ok:
+            out.append(0.0)
+            continue
+        m = evaluate_controls(system, np.array([r["x0"]]), parsed.values[None], np.array([r["J_opt"]]),
+                              r["J_floor"])  # fmt: skip
+        if not m.feasible[0]:
+            out.append(0.0)
+            continue
+        score = 1 - math.log10(max(m.gap[0], 0.001) / 0.001) / decades
+        out.append(0.5 + 0.5 * min(max(score, 0.0), 1.0))
+    return out
+
+
 def direct_rewards(name, completions, batch, sigma=0.1, scale=0.1):
     """The rewards computed directly, nothing cached: the per-function path as it was before the shared one,
-    which scripts/bench/rewards.py keeps as its baseline."""
+    which scripts/bench/rewards.py keeps as its baseline (log_gap, newer than it, from its definition)."""
+    if name == "log_gap":
+        return direct_log_gap(completions, batch)
     baseline = {f.__name__.removeprefix("baseline_"): f for f in load_script("bench/rewards").BASELINE}
     cols = columns(batch)
     scales = {"optimality_sigma": sigma, "terminal_scale": scale}
@@ -194,7 +251,11 @@ def test_same_texts_in_another_batch_are_scored_against_their_own_instances(pool
     first, second = [a, a, b], [b, b, a]  # the same texts, other x0 / J_opt / J_zero
     for batch in (first, second, first, second):
         for name in REWARDS:
-            assert call(name, texts, batch) == direct_rewards(name, texts, batch), name
+            expected = direct_rewards(name, texts, batch)
+            # log_gap's reference simulates one answer at a time: the same sums, to the last bit or so
+            if name == "log_gap":
+                expected = pytest.approx(expected, abs=1e-12)
+            assert call(name, texts, batch) == expected, name
     assert call("optimality", texts[:1], first[:1]) != call("optimality", texts[:1], second[:1])
 
 
@@ -207,7 +268,7 @@ def test_a_batch_is_scored_once_and_the_cache_stays_small(pool, monkeypatch):
     completions = [[{"role": "assistant", "content": r["answer"]}] for r in batch]
     for name in REWARDS:
         call(name, completions, batch)
-    assert len(computed) == 1  # four functions, one parse and simulation
+    assert len(computed) == 1  # every function, one parse and simulation
     cols = {k: v for k, v in columns(batch).items() if k != "system"}
     shared = rewards.score_batch(completions, columns(batch)["system"], **cols)
     with pytest.raises(ValueError):  # what later calls reuse cannot be changed by a caller
