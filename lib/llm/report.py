@@ -110,7 +110,7 @@ def verdict_lines(verdicts: Mapping) -> list[str]:
     for label, v in verdicts.items():
         low, high = v["median_log_gap_ratio_ci"]
         times = _times(v["median_log_gap_ratio"], "infinitely many times (it failed)")
-        bounds = f"{_times(low, 'x0')}, {_times(high, 'inf')}"
+        bounds = f"{_times(low, 'inf')}, {_times(high, 'inf')}"
         dlow, dhigh = v["success@10%_difference_ci"]
         lines.append(
             f"- **{label}** beats the best baseline (**{v['best_baseline']}**): **{v['beats']}**. "
@@ -124,6 +124,8 @@ def verdict_lines(verdicts: Mapping) -> list[str]:
 
 
 def _times(log_ratio: float | None, failed: str) -> str:
+    """x<ratio> from a log-ratio; `failed` for null, metrics.json's +inf (the model failed where the baseline,
+    clipped to the bounds, answered)."""
     return failed if log_ratio is None else f"x{np.exp(log_ratio):.3g}"
 
 
@@ -149,7 +151,7 @@ def each_baseline_lines(vs_each: Mapping) -> list[str]:
             dlow, dhigh = v["success@10%_difference_ci"]
             out.append(
                 f"| {label} | {name} | {_gap_pct(v['median_gap'])} vs {_gap_pct(v['baseline_median_gap'])} | "
-                f"{_times(v['median_log_gap_ratio'], 'inf')} [{_times(low, 'x0')}, {_times(high, 'inf')}] | "
+                f"{_times(v['median_log_gap_ratio'], 'inf')} [{_times(low, 'inf')}, {_times(high, 'inf')}] | "
                 f"{100 * v['model_better_share']:.0f}% | {_signed_pct(v['success@10%_difference'], 1)} "
                 f"[{_signed_pct(dlow)}, {_signed_pct(dhigh)}] | {v['beats']} |"
             )

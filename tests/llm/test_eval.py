@@ -235,6 +235,8 @@ def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp
     # every fitted baseline gets its own paired row, not only the best
     assert set(metrics["vs_each_baseline"]["tiny"]) == {"nearest", "affine"}
     assert "## Against each baseline" in report and "| tiny | affine |" in report
+    # a model that fails everywhere is infinitely worse, its interval too (not "[x0, inf]")
+    assert "infinitely many times (it failed) the baseline's (median, 95% CI [inf, inf])" in report
     assert set(metrics["coverage"]) == {"double_integrator", "van_der_pol"}
     assert all(f"]({p})" in report for p in pngs)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
