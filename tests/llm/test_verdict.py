@@ -42,11 +42,18 @@ def answering(records, controls_of):
     return answer
 
 
-def test_the_verdict_flips_between_the_labels_and_doing_nothing(setting):
+@pytest.fixture(scope="module")
+def answered(setting):
+    """The baselines' rows, and the rows of a controller answering the labels and of one answering u = 0."""
     records, fitted = setting
     baselines = {name: baseline_rows(records, fitted, name) for name in ("nearest", "knn", "affine", "mlp")}
     labels = score_samples(records, answer_records(records, answering(records, lambda r: r["u_opt"])))
     zeros = score_samples(records, answer_records(records, answering(records, lambda r: np.zeros(10))))
+    return baselines, labels, zeros
+
+
+def test_the_verdict_flips_between_the_labels_and_doing_nothing(answered):
+    baselines, labels, zeros = answered
     result = verdicts({"labels": labels, "zeros": zeros}, baselines)
     assert result["labels"]["beats"] == "yes"
     assert result["zeros"]["beats"] == "no"
@@ -55,11 +62,8 @@ def test_the_verdict_flips_between_the_labels_and_doing_nothing(setting):
     assert result["zeros"]["median_gap"] > result["zeros"]["baseline_median_gap"]
 
 
-def test_each_baseline_gets_the_verdicts_statistic(setting):
-    records, fitted = setting
-    baselines = {name: baseline_rows(records, fitted, name) for name in ("nearest", "knn", "affine", "mlp")}
-    labels = score_samples(records, answer_records(records, answering(records, lambda r: r["u_opt"])))
-    zeros = score_samples(records, answer_records(records, answering(records, lambda r: np.zeros(10))))
+def test_each_baseline_gets_the_verdicts_statistic(answered):
+    baselines, labels, zeros = answered
     each = versus_each_baseline({"labels": labels, "zeros": zeros}, baselines)
     best = verdicts({"labels": labels}, baselines)["labels"]
     assert set(each["labels"]) == set(baselines)
