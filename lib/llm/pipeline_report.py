@@ -198,9 +198,10 @@ def best_of_pipeline_lines(models: Mapping[str, Mapping]) -> list[str]:
 def write_pipeline_report(run_dir: Path) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
     the evaluation phases' metrics.json, best-of-k rows included), each model's verdict against the best
-    baseline and its paired statistic against each baseline, the reference and baseline rows, best-of-k - greedy and each second stage - SFT paired
-    (metrics.json: `<stage>_minus_sft`), and how long each phase took (its state.json, lib.llm.pipeline).
-    Replaces only the report files it wrote itself (module docstring)."""
+    baseline and its paired statistic against each baseline, the reference and baseline rows, best-of-k -
+    greedy and each second stage - SFT paired (metrics.json: `<stage>_minus_sft`), and how long each phase
+    took (its state.json, lib.llm.pipeline). Replaces only the report files it wrote itself (module
+    docstring)."""
     state = read_state(run_dir)
     models: dict[str, Mapping] = {}
     references: Mapping = {}

@@ -292,8 +292,8 @@ def render_report(
 ) -> str:
     """report.md: the verdict against the best baseline first, what was evaluated, one table per system
     (models and their best-of-k rows, the reference controllers, the baselines), each model against each
-    baseline, coverage, each best-of-k row
-    against its model's answers, the parse failures by reason, generation speed, and the figures."""
+    baseline, coverage, each best-of-k row against its model's answers, the parse failures by reason,
+    generation speed, and the figures."""
     k = context["samples_per_prompt"]
     mode = context["eval_mode"] + (
         f" (re-plan every {context['replan_every']} steps)" if context["replan_every"] else ""
