@@ -276,8 +276,8 @@ def write_evaluation(folder: Path, cfg: dict, records: list[dict], results: list
         ref_summaries = {name: summarize(rows, seed) for name, rows in references.items()}
         if baselines:
             answers = {r["label"]: r["rows"] for r in results}
-            baselines["verdicts"] = verdicts(answers, baselines["rows"], seed)
             baselines["vs_each"] = versus_each_baseline(answers, baselines["rows"], seed)
+            baselines["verdicts"] = verdicts(baselines["vs_each"], baselines["rows"])
         if settings["save_plots"]:
             figures = render_figures(folder, records, results, references, summaries, ref_summaries, context,
                                      settings["plot_instances"], baselines)  # fmt: skip

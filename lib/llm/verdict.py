@@ -141,17 +141,6 @@ def best_baseline(rows: dict[str, SampleRows]) -> str | None:
     return min(medians, key=lambda name: (medians[name], BASELINES.index(name))) if medians else None
 
 
-def verdicts(models: dict[str, SampleRows], baselines: dict[str, SampleRows], seed: int = 0) -> dict:
-    """{model label: versus(model, best baseline) plus the best baseline's name}; {} without baselines."""
-    best = best_baseline(baselines)
-    if best is None:
-        return {}
-    return {
-        label: {"best_baseline": best, **versus(rows, baselines[best], seed)}
-        for label, rows in models.items()
-    }
-
-
 def versus_each_baseline(
     models: dict[str, SampleRows], baselines: dict[str, SampleRows], seed: int = 0
 ) -> dict:
@@ -161,6 +150,15 @@ def versus_each_baseline(
         label: {name: versus(rows, base, seed) for name, base in baselines.items()}
         for label, rows in models.items()
     }
+
+
+def verdicts(vs_each: dict, baselines: dict[str, SampleRows]) -> dict:
+    """{model label: its entry against the best baseline, plus that baseline's name}, read from
+    versus_each_baseline's result (so the best baseline's bootstrap is not run twice); {} without baselines."""
+    best = best_baseline(baselines)
+    if best is None:
+        return {}
+    return {label: {"best_baseline": best, **each[best]} for label, each in vs_each.items()}
 
 
 def coverage(info: dict, records: Sequence[dict], fitted: dict[str, FittedBaselines]) -> dict:

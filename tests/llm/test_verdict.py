@@ -17,6 +17,7 @@ from lib.llm.verdict import (
     log_gap_ratio,
     problem_gaps,
     verdicts,
+    versus,
     versus_each_baseline,
 )
 
@@ -54,7 +55,8 @@ def answered(setting):
 
 def test_the_verdict_flips_between_the_labels_and_doing_nothing(answered):
     baselines, labels, zeros = answered
-    result = verdicts({"labels": labels, "zeros": zeros}, baselines)
+    each = versus_each_baseline({"labels": labels, "zeros": zeros}, baselines)
+    result = verdicts(each, baselines)
     assert result["labels"]["beats"] == "yes"
     assert result["zeros"]["beats"] == "no"
     best = best_baseline(baselines)
@@ -65,12 +67,13 @@ def test_the_verdict_flips_between_the_labels_and_doing_nothing(answered):
 def test_each_baseline_gets_the_verdicts_statistic(answered):
     baselines, labels, zeros = answered
     each = versus_each_baseline({"labels": labels, "zeros": zeros}, baselines)
-    best = verdicts({"labels": labels}, baselines)["labels"]
+    best = verdicts(each, baselines)["labels"]
     assert set(each["labels"]) == set(baselines)
     assert all(v["beats"] == "yes" and v["model_better_share"] > 0.5 for v in each["labels"].values())
     assert all(v["beats"] == "no" for v in each["zeros"].values())
-    # against the best baseline, the same numbers as the verdict
-    assert each["labels"][best["best_baseline"]] == {k: v for k, v in best.items() if k != "best_baseline"}
+    # the verdict is the statistic against the best baseline, computed on its own
+    direct = versus(labels, baselines[best_baseline(baselines)])
+    assert {k: v for k, v in best.items() if k != "best_baseline"} == direct
     # the share counts problems the model answers better, per problem, from the same gaps
     affine_gaps = problem_gaps(baselines["affine"])
     expected = np.mean(log_gap_ratio(problem_gaps(labels), affine_gaps) < 0)
