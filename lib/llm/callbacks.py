@@ -121,19 +121,20 @@ def baseline_metrics(cfg: dict, records: list[dict]) -> dict[str, float]:
     return values
 
 
-def control_metrics_callback(cfg: dict, tokenizer):
+def control_metrics_callback(cfg: dict, stage: str, tokenizer):
     """A TrainerCallback that answers the watch problems before the first step, every eval.every_steps
-    steps and after the last (with the baselines' numbers on the same problems once, at the first), and logs
-    control_metrics like any trainer log: into log_history (so
+    steps (eval.stage_every_steps[stage] where set) and after the last (with the baselines' numbers on the
+    same problems once, at the first), and logs control_metrics like any trainer log: into log_history (so
     log_history.json and the training-curves figure), the console and run.report_to. Set its `trainer`
-    attribute after building the trainer. None when eval.every_steps is 0.
+    attribute after building the trainer. None when the stage's cadence is 0.
 
     Runs on the main process only; it is skipped (with a warning) when the model is sharded (FSDP or
     DeepSpeed), where one process cannot generate alone.
     """
     from transformers import TrainerCallback
 
-    every = cfg["eval"]["every_steps"]
+    every = cfg["eval"]["stage_every_steps"][stage]
+    every = cfg["eval"]["every_steps"] if every is None else every
     if not every:
         return None
     records = watch_records(cfg)
@@ -188,7 +189,7 @@ def stage_callbacks(
     """Every callback a stage's trainer gets: the signal stop, the checkpoint marker, TensorBoard
     (run.report_to) and the control metrics (eval.every_steps); pass the trainer to `attach_trainer` once it
     is built."""
-    watch = control_metrics_callback(cfg, tokenizer)
+    watch = control_metrics_callback(cfg, stage, tokenizer)
     done = checkpoint_done_callback(run_dir, cfg[stage]["save_total_limit"], processes)
     return [stop_callback(stop), done, *report_callbacks(cfg, run_dir), *([watch] if watch else [])]
 

@@ -160,6 +160,13 @@ def common_args(stage_cfg: dict, cfg: dict, setup: DeviceSetup, run_dir: Path) -
         "gradient_accumulation_steps": stage_cfg["gradient_accumulation_steps"],
         "warmup_steps": stage_cfg["warmup_ratio"],  # transformers reads a value below 1 as a ratio
         "lr_scheduler_type": stage_cfg["lr_scheduler_type"],
+        # only warmup_stable_decay reads it: hold the rate, then decay it over the last decay_ratio of the
+        # steps (check_relations refuses it without max_steps)
+        "lr_scheduler_kwargs": (
+            {"num_decay_steps": max(1, round(stage_cfg["decay_ratio"] * stage_cfg["max_steps"]))}
+            if stage_cfg["lr_scheduler_type"] == "warmup_stable_decay"
+            else {}
+        ),
         "weight_decay": stage_cfg["weight_decay"],
         "logging_steps": stage_cfg["logging_steps"],
         "save_strategy": "steps",

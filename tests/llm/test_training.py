@@ -54,13 +54,14 @@ def trainer_main(argv: list[str]) -> int:
 
 
 def test_both_stages_write_runs_and_move_latest(workspace):
-    """Also the control metrics: with eval.every_steps=1 the watch problems are answered before step 1 and
-    after each step, and the numbers reach log_history.json, the TensorBoard event files in the run folder
-    and training_curves.png."""
+    """Also the control metrics: with eval.every_steps=2 the watch problems are answered before step 1 and
+    after step 2, GRPO's own eval.stage_every_steps.grpo=1 adds step 1 there, and the numbers reach
+    log_history.json, the TensorBoard event files in the run folder and training_curves.png."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     watch = (
-        "eval.every_steps=1",
+        "eval.every_steps=2",
+        "eval.stage_every_steps.grpo=1",
         "eval.watch_problems=3",
         "eval.max_new_tokens=24",
         "run.report_to=tensorboard",
@@ -102,7 +103,8 @@ def test_both_stages_write_runs_and_move_latest(workspace):
     for run in (sft / "r1", grpo / "r1"):
         history = json.loads((run / "log_history.json").read_text())
         watched = [h for h in history if "control/parsed" in h]
-        assert [h["step"] for h in watched] == [0, 1, 2]  # before training, then after every step
+        # before training, then every 2 steps (SFT) or every step (GRPO's own cadence)
+        assert [h["step"] for h in watched] == ([0, 1, 2] if run.parent.name == "grpo" else [0, 2])
         assert [h["step"] for h in history if "loss" in h] == [1, 2]  # the trainer's own logs are all kept
         assert all(0.0 <= h["control/parsed"] <= 1.0 and h["control/seconds"] > 0 for h in watched)
         if (
@@ -643,3 +645,51 @@ def test_gradient_checkpointing_is_trls_default_and_the_scratch_recipes_turn_it_
             name = stage.__name__.rsplit(".", 1)[-1]
             args = stage.arguments(cfg, common_args(cfg[name], cfg, setup, tmp_path), setup)
             assert args.gradient_checkpointing is expected, (config, name)
+
+
+def test_warmup_stable_decay_holds_the_rate_then_anneals_it_over_the_last_decay_ratio(tmp_path):
+    """The demo's SFT learns the law late, at a held rate, and needs an anneal at the end: the schedule the
+    trainer builds from our arguments holds the peak until the last decay_ratio of the steps, then falls to
+    0; without max_steps the config is refused before a model loads."""
+    import torch
+    from transformers import get_scheduler
+
+    from lib.common.config import resolve_config
+    from lib.common.device import DeviceSetup
+    from lib.common.errors import ConfigError
+    from lib.llm import sft
+    from lib.llm.stages import common_args
+
+    setup = DeviceSetup(device="cpu", precision="fp32", unsloth=False, vllm=False)
+    cfg = resolve_config(
+        ROOT / "configs/scratch/demo_cpu.yaml",
+        [
+            "sft.lr_scheduler_type=warmup_stable_decay",
+            "sft.decay_ratio=0.2",
+            "sft.max_steps=100",
+            "sft.warmup_ratio=0.05",
+            "sft.learning_rate=2e-3",
+        ],  # fmt: skip
+    )
+    args = sft.arguments(cfg, common_args(cfg["sft"], cfg, setup, tmp_path), setup)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    schedule = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=args.get_warmup_steps(args.max_steps),
+        num_training_steps=args.max_steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    rates = []
+    for _ in range(args.max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] < 2e-3 and rates[5:80] == [pytest.approx(2e-3)] * 75  # 5 warm-up, then held to step 80
+    assert all(a > b for a, b in zip(rates[80:], rates[81:], strict=False)) and rates[-1] < 2e-3 * 0.01
+
+    with pytest.raises(ConfigError, match="sft.max_steps is -1"):
+        resolve_config(
+            ROOT / "configs/scratch/demo_cpu.yaml",
+            ["sft.lr_scheduler_type=warmup_stable_decay", "sft.max_steps=-1"],
+        )

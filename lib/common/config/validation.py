@@ -95,6 +95,15 @@ def check_relations(cfg: Mapping, schema_name: str, source: str) -> None:
     before any model loads (a late failure costs the minutes spent loading)."""
     if schema_name != "control":
         return
+    for stage in ("sft", "grpo", "corrected", "rft"):
+        if cfg[stage]["lr_scheduler_type"] == "warmup_stable_decay" and cfg[stage]["max_steps"] < 1:
+            raise ConfigError(
+                f"{source}: {stage}.lr_scheduler_type is warmup_stable_decay, which decays over the last "
+                f"{stage}.decay_ratio of {stage}.max_steps, but {stage}.max_steps is {cfg[stage]['max_steps']} "
+                "(run by epochs), so the decay has no length.",
+                fix=f"set {stage}.max_steps to the number of optimiser steps, or use "
+                f"{stage}.lr_scheduler_type=cosine.",
+            )
     grpo = cfg["grpo"]
     # TRL groups the completions of one prompt within one generation batch: per-device batch x processes x
     # accumulation steps completions, which must hold whole groups of num_generations. WORLD_SIZE is set by
