@@ -74,7 +74,7 @@ PIPELINE_CONFIG := configs/smollm2/cpu.yaml
 pipeline: install ## data -> SFT -> eval -> GRPO -> eval -> report (CONFIG=configs/<model>/..., ARGS for key=value)
 	$(PY) scripts/run_pipeline.py --config $(if $(filter file,$(origin CONFIG)),$(PIPELINE_CONFIG),$(CONFIG)) $(ARGS)
 
-demo: install ## the whole story in <20 min on this CPU: a from-scratch model's SFT, its RFT, the baselines, the verdict (configs/scratch/demo_cpu.yaml); prints the report's path
+demo: install ## the whole story in <20 min on this CPU: a from-scratch model's SFT, then GRPO, the baselines, the verdict (configs/scratch/demo_cpu.yaml); prints the report's path
 	$(PY) scripts/run_pipeline.py --config configs/scratch/demo_cpu.yaml $(ARGS)
 
 .PHONY: demo-smollm2
