@@ -669,7 +669,7 @@ def test_warmup_stable_decay_holds_the_rate_then_anneals_it_over_the_last_decay_
             "sft.max_steps=100",
             "sft.warmup_ratio=0.05",
             "sft.learning_rate=2e-3",
-        ],  # fmt: skip
+        ],
     )
     args = sft.arguments(cfg, common_args(cfg["sft"], cfg, setup, tmp_path), setup)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
