@@ -650,7 +650,8 @@ def test_gradient_checkpointing_is_trls_default_and_the_scratch_recipes_turn_it_
 def test_warmup_stable_decay_holds_the_rate_then_anneals_it_over_the_last_decay_ratio(tmp_path):
     """The demo's SFT learns the law late, at a held rate, and needs an anneal at the end: the schedule the
     trainer builds from our arguments holds the peak until the last decay_ratio of the steps, then falls to
-    0; without max_steps the config is refused before a model loads."""
+    0; without max_steps, or with a decay that overlaps the warm-up, the config is refused before a model
+    loads."""
     import torch
     from transformers import get_scheduler
 
@@ -692,4 +693,9 @@ def test_warmup_stable_decay_holds_the_rate_then_anneals_it_over_the_last_decay_
         resolve_config(
             ROOT / "configs/scratch/demo_cpu.yaml",
             ["sft.lr_scheduler_type=warmup_stable_decay", "sft.max_steps=-1"],
+        )
+    with pytest.raises(ConfigError, match="warmup_ratio \\+ sft.decay_ratio = 0.5 \\+ 0.6 > 1"):
+        resolve_config(
+            ROOT / "configs/scratch/demo_cpu.yaml",
+            ["sft.lr_scheduler_type=warmup_stable_decay", "sft.warmup_ratio=0.5", "sft.decay_ratio=0.6"],
         )

@@ -104,6 +104,13 @@ def check_relations(cfg: Mapping, schema_name: str, source: str) -> None:
                 fix=f"set {stage}.max_steps to the number of optimiser steps, or use "
                 f"{stage}.lr_scheduler_type=cosine.",
             )
+        warm, decay = cfg[stage]["warmup_ratio"], cfg[stage]["decay_ratio"]
+        if cfg[stage]["lr_scheduler_type"] == "warmup_stable_decay" and warm + decay > 1:
+            raise ConfigError(
+                f"{source}: {stage}.warmup_ratio + {stage}.decay_ratio = {warm} + {decay} > 1: the "
+                "warmup_stable_decay schedule would start its decay before the warm-up ends and jump.",
+                fix=f"lower {stage}.decay_ratio (e.g. {stage}.decay_ratio=0.2) or {stage}.warmup_ratio.",
+            )
     grpo = cfg["grpo"]
     # TRL groups the completions of one prompt within one generation batch: per-device batch x processes x
     # accumulation steps completions, which must hold whole groups of num_generations. WORLD_SIZE is set by
