@@ -96,16 +96,19 @@ def check_relations(cfg: Mapping, schema_name: str, source: str) -> None:
     if schema_name != "control":
         return
     for stage in ("sft", "grpo", "corrected", "rft"):
-        if cfg[stage]["lr_scheduler_type"] == "warmup_stable_decay" and cfg[stage]["max_steps"] < 1:
+        section = cfg[stage]
+        if section["lr_scheduler_type"] != "warmup_stable_decay":
+            continue
+        if section["max_steps"] < 1:
             raise ConfigError(
                 f"{source}: {stage}.lr_scheduler_type is warmup_stable_decay, which decays over the last "
-                f"{stage}.decay_ratio of {stage}.max_steps, but {stage}.max_steps is {cfg[stage]['max_steps']} "
+                f"{stage}.decay_ratio of {stage}.max_steps, but {stage}.max_steps is {section['max_steps']} "
                 "(run by epochs), so the decay has no length.",
                 fix=f"set {stage}.max_steps to the number of optimiser steps, or use "
                 f"{stage}.lr_scheduler_type=cosine.",
             )
-        warm, decay = cfg[stage]["warmup_ratio"], cfg[stage]["decay_ratio"]
-        if cfg[stage]["lr_scheduler_type"] == "warmup_stable_decay" and warm + decay > 1:
+        warm, decay = section["warmup_ratio"], section["decay_ratio"]
+        if warm + decay > 1:
             raise ConfigError(
                 f"{source}: {stage}.warmup_ratio + {stage}.decay_ratio = {warm} + {decay} > 1: the "
                 "warmup_stable_decay schedule would start its decay before the warm-up ends and jump.",
