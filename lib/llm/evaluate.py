@@ -36,6 +36,7 @@ from lib.llm.evaluation import (
     answer_records,
     best_of_rows,
     format_rates,
+    gap_by_step,
     paired_log_ratio,
     reference_rows,
     score_samples,
@@ -214,6 +215,8 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
         else:
             rows = score_samples(records, answer_records(records, timed, k, mode, settings["replan_every"]))
             results.append({"label": label, "model": described, "rows": rows, "calls": calls})
+            if mode == "control":  # MPC applies pieces of several plans: no one answer to take apart
+                results[-1]["gap_by_step"] = gap_by_step(records, rows)
         if best_of:  # check_control_settings allows it in control mode only
             most, temperature = max(best_of), settings["best_of_temperature"]
             print(f"[{label}] best of {', '.join(map(str, best_of))}: {len(records)} problems x {most} "

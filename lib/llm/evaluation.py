@@ -65,9 +65,6 @@ class SampleRows:
         return len(self.system)
 
 
-# ---------------------------------------------------------------- records
-
-
 # ---------------------------------------------------------------- answering
 
 
@@ -260,6 +257,62 @@ def reference_rows(records: list[dict], which: str) -> SampleRows:
         rows.reason.append(reason)
         rows.u.append(u)
     return score_samples(records, rows)
+
+
+def gap_by_step(records: list[dict], rows: SampleRows) -> dict:
+    """Where a controller's gap comes from, step by step, per system (as record["system"] names it): over its
+        feasible answers, the median |u_k - u*_k| against the exact optimum, and the median gap when u_k alone is
+        replaced by the optimum's u*_k (every other control as answered). A step whose exact value takes most of
+        the gap away is where the answers are imprecise; the steps' gaps need not add up to the answer's, since
+        the cost is quadratic in the controls. Family members of different horizons pool by step index. A median
+    that is infinite (answers that diverge) is None, as in metrics.json."""
+    k = rows.k
+    errors: dict[str, list[np.ndarray]] = {}
+    fixed: dict[str, list[np.ndarray]] = {}
+    gaps: dict[str, list[float]] = {}
+    for system, idx in system_groups(records, k):
+        idx = np.array([i for i in idx if rows.metrics["feasible"][i]], dtype=int)
+        if not idx.size:
+            continue
+        group = [records[i // k] for i in idx]
+        u = np.stack([rows.u[i] for i in idx])  # [B, N]
+        u_opt = np.array([r["u_opt"] for r in group], dtype=float)
+        batch, steps = u.shape
+        # row b * N + j: answer b with its control j replaced by the optimum's, simulated in one call
+        swapped = np.repeat(u, steps, axis=0).reshape(batch, steps, steps)
+        swapped[:, np.arange(steps), np.arange(steps)] = u_opt
+        m = evaluate_controls(
+            system,
+            np.repeat(np.array([r["x0"] for r in group], dtype=float), steps, axis=0),
+            swapped.reshape(batch * steps, steps),
+            np.repeat(np.array([r["J_opt"] for r in group], dtype=float), steps),
+            float(group[0]["J_floor"]),
+        )
+        name = group[0]["system"]
+        errors.setdefault(name, []).extend(np.abs(u - u_opt))
+        fixed.setdefault(name, []).extend(m.gap.reshape(batch, steps))
+        gaps.setdefault(name, []).extend(rows.metrics["gap"][idx])
+    out = {}
+    for name, per_answer in errors.items():
+        err, gap_fixed = _padded(per_answer), _padded(fixed[name])
+        longest = err.shape[1]
+        out[name] = {
+            "answers": len(per_answer),
+            "median_gap": _finite_or_none(float(np.median(gaps[name]))),
+            "steps": [  # every step j < longest has an answer: nanmedian never sees an all-NaN column
+                {"step": j, "answers": int(np.isfinite(err[:, j]).sum()),
+                 "median_abs_error": float(np.nanmedian(err[:, j])),
+                 "median_gap_step_exact": _finite_or_none(float(np.nanmedian(gap_fixed[:, j])))}
+                for j in range(longest)
+            ],
+        }  # fmt: skip
+    return out
+
+
+def _padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Rows of different lengths as one array, NaN past each row's end."""
+    width = max(len(a) for a in arrays)
+    return np.array([np.pad(a.astype(float), (0, width - len(a)), constant_values=np.nan) for a in arrays])
 
 
 # ---------------------------------------------------------------- statistics

@@ -82,6 +82,8 @@ def metrics_document(
         }
         if "best_of" in result:  # an inference-time row: k, temperature, its share better than greedy
             models[result["label"]]["best_of"] = result["best_of"]
+        if "gap_by_step" in result:
+            models[result["label"]]["gap_by_step"] = result["gap_by_step"]
     document = {"context": dict(context), "models": models, "references": dict(ref_summaries)}
     if baselines:
         summaries_of = baselines["summaries"]
@@ -226,6 +228,49 @@ def best_of_lines(results: Sequence[Mapping]) -> list[str]:
     return lines
 
 
+STEPS_SHOWN = 12  # a longer horizon shows the steps whose exact value lowers the median gap most
+
+
+def gap_by_step_lines(results: Sequence[Mapping]) -> list[str]:
+    """report.md's "Where the gap comes from" section (lib.llm.evaluation.gap_by_step): per model and
+    system, each step's median error and the median gap with that step exact; [] without such results."""
+    rows = [r for r in results if r.get("gap_by_step")]
+    if not rows:
+        return []
+    lines = [
+        "## Where the gap comes from, step by step",
+        "",
+        "Over each model's feasible answers: the median |u_k - u*_k| against the exact optimum, and the median "
+        "gap when u_k alone is replaced by the optimum's value (the other controls as answered). A step whose "
+        "exact value takes most of the gap away is where the answers are imprecise.",
+    ]
+    for r in rows:
+        for system, d in r["gap_by_step"].items():
+            steps = d["steps"]
+            note = ""
+            if len(steps) > STEPS_SHOWN:
+                steps = sorted(sorted(steps, key=lambda s: s["median_gap_step_exact"])[:STEPS_SHOWN],
+                               key=lambda s: s["step"])  # fmt: skip
+                note = f"; the {STEPS_SHOWN} of {len(d['steps'])} steps whose exact value lowers it most"
+            lines += [
+                "",
+                f"**{r['label']}**, {system} ({d['answers']} feasible answers, median gap "
+                f"{_step_gap(d['median_gap'])}{note}):",
+                "",
+                "| step k | answers | median abs error | median gap with u_k exact |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {s['step']} | {s['answers']} | {s['median_abs_error']:.3g} | {_step_gap(s['median_gap_step_exact'])} |"
+                for s in steps
+            ]
+    return lines
+
+
+def _step_gap(value: float | None) -> str:
+    return "inf" if value is None else f"{100 * value:.3g}%"
+
+
 def _gap_pct(value: float | None) -> str:
     return "infinite (most answers failed)" if value is None else f"{100 * value:.3g}%"
 
@@ -340,6 +385,9 @@ def render_report(
     best_of = best_of_lines(results)
     if best_of:
         out += ["", *best_of]
+    by_step = gap_by_step_lines(results)
+    if by_step:
+        out += ["", *by_step]
     out += ["", "## Parse failures", ""]
     for r in results:
         failures = summaries[r["label"]]["all"]["parse_failures"]

@@ -21,11 +21,13 @@ from lib.control.systems import get_system
 from lib.llm.evaluation import (
     answer_records,
     bootstrap_ci,
+    gap_by_step,
     pass_at_k,
     reference_rows,
     score_samples,
     summarize,
 )
+from lib.llm.report import gap_by_step_lines
 
 X0_PATTERN = re.compile(r"Initial state: x_0 = \(([^)]*)\)")
 
@@ -119,6 +121,34 @@ def test_out_of_bounds_answers_are_infeasible_and_never_succeed(records):
     rows = score_samples(records, answer_records(records, by_prompt(records, one_step_beyond)))
     assert rows.metrics["parsed"].all() and not rows.metrics["feasible"].any()
     assert summarize(rows)["all"]["gap_feasible"]["n"] == 0
+
+
+def test_gap_by_step_finds_the_one_imprecise_control_and_the_report_names_it(records):
+    def first_control_halved(record):  # the optimum, but u_0 halved: between u*_0 and 0, so inside the bounds
+        u = np.asarray(record["u_opt"], dtype=float).copy()
+        u[0] /= 2
+        return wrap(u)
+
+    rows = score_samples(records, answer_records(records, by_prompt(records, first_control_halved)))
+    by_step = gap_by_step(records, rows)
+    assert set(by_step) == {"double_integrator", "van_der_pol"}
+    json.dumps(by_step, allow_nan=False)  # metrics.json takes it as it is
+    for system, d in by_step.items():
+        mine = [r for r in records if r["system"] == system]
+        assert d["answers"] == len(mine) and len(d["steps"]) == mine[0]["horizon"]["steps"]
+        assert d["median_gap"] > 1e-4  # a halved first control costs something
+        first, rest = d["steps"][0], d["steps"][1:]
+        assert first["median_abs_error"] == pytest.approx(np.median([abs(r["u_opt"][0]) / 2 for r in mine]))
+        assert first["median_gap_step_exact"] == pytest.approx(
+            0.0, abs=1e-9
+        )  # its exact value is the optimum
+        for step in rest:  # exact already: replacing it changes nothing
+            assert step["median_abs_error"] == 0.0
+            assert step["median_gap_step_exact"] == pytest.approx(d["median_gap"])
+    lines = gap_by_step_lines([{"label": "halved", "gap_by_step": by_step}])
+    assert "**halved**, double_integrator (6 feasible answers" in "\n".join(lines)
+    assert "the 12 of 50 steps whose exact value lowers it most" in "\n".join(lines)  # 50 steps: 12 shown
+    assert any(line.startswith("| 0 | 6 |") and line.endswith("| 0% |") for line in lines)
 
 
 def test_pass_at_k_counts_a_prompt_once_any_sample_succeeds(records):
