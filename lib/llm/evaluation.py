@@ -261,10 +261,10 @@ def reference_rows(records: list[dict], which: str) -> SampleRows:
 
 def gap_by_step(records: list[dict], rows: SampleRows) -> dict:
     """Where a controller's gap comes from, step by step, per system (as record["system"] names it): over its
-        feasible answers, the median |u_k - u*_k| against the exact optimum, and the median gap when u_k alone is
-        replaced by the optimum's u*_k (every other control as answered). A step whose exact value takes most of
-        the gap away is where the answers are imprecise; the steps' gaps need not add up to the answer's, since
-        the cost is quadratic in the controls. Family members of different horizons pool by step index. A median
+    feasible answers, the median |u_k - u*_k| against the exact optimum, and the median gap when u_k alone is
+    replaced by the optimum's u*_k (every other control as answered). A step whose exact value takes most of
+    the gap away is where the answers are imprecise; the steps' gaps need not add up to the answer's, since
+    the cost is quadratic in the controls. Family members of different horizons pool by step index. A median
     that is infinite (answers that diverge) is None, as in metrics.json."""
     k = rows.k
     errors: dict[str, list[np.ndarray]] = {}
@@ -290,7 +290,8 @@ def gap_by_step(records: list[dict], rows: SampleRows) -> dict:
         )
         name = group[0]["system"]
         errors.setdefault(name, []).extend(np.abs(u - u_opt))
-        fixed.setdefault(name, []).extend(m.gap.reshape(batch, steps))
+        # a swap whose states overflow gives a NaN cost: it diverged, so count it infinite (NaN is padding below)
+        fixed.setdefault(name, []).extend(np.nan_to_num(m.gap, nan=np.inf).reshape(batch, steps))
         gaps.setdefault(name, []).extend(rows.metrics["gap"][idx])
     out = {}
     for name, per_answer in errors.items():

@@ -4,6 +4,7 @@ it embeds (lib/llm/evaluate.py runs it; docs/ARCHITECTURE.md, "Metrics")."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -249,30 +250,31 @@ def gap_by_step_lines(results: Sequence[Mapping]) -> list[str]:
             steps = d["steps"]
             note = ""
             if len(steps) > STEPS_SHOWN:
-                steps = sorted(sorted(steps, key=lambda s: s["median_gap_step_exact"])[:STEPS_SHOWN],
-                               key=lambda s: s["step"])  # fmt: skip
+                lowest = sorted(
+                    steps,
+                    key=lambda s: (
+                        math.inf if s["median_gap_step_exact"] is None else s["median_gap_step_exact"]
+                    ),
+                )  # None: infinite (diverging answers)
+                steps = sorted(lowest[:STEPS_SHOWN], key=lambda s: s["step"])  # fmt: skip
                 note = f"; the {STEPS_SHOWN} of {len(d['steps'])} steps whose exact value lowers it most"
             lines += [
                 "",
                 f"**{r['label']}**, {system} ({d['answers']} feasible answers, median gap "
-                f"{_step_gap(d['median_gap'])}{note}):",
+                f"{_gap_pct(d['median_gap'], 'inf')}{note}):",
                 "",
                 "| step k | answers | median abs error | median gap with u_k exact |",
                 "|---|---|---|---|",
             ]
             lines += [
-                f"| {s['step']} | {s['answers']} | {s['median_abs_error']:.3g} | {_step_gap(s['median_gap_step_exact'])} |"
+                f"| {s['step']} | {s['answers']} | {s['median_abs_error']:.3g} | {_gap_pct(s['median_gap_step_exact'], 'inf')} |"
                 for s in steps
             ]
     return lines
 
 
-def _step_gap(value: float | None) -> str:
-    return "inf" if value is None else f"{100 * value:.3g}%"
-
-
-def _gap_pct(value: float | None) -> str:
-    return "infinite (most answers failed)" if value is None else f"{100 * value:.3g}%"
+def _gap_pct(value: float | None, infinite: str = "infinite (most answers failed)") -> str:
+    return infinite if value is None else f"{100 * value:.3g}%"
 
 
 def coverage_lines(coverage: Mapping) -> list[str]:

@@ -148,7 +148,15 @@ def test_gap_by_step_finds_the_one_imprecise_control_and_the_report_names_it(rec
     lines = gap_by_step_lines([{"label": "halved", "gap_by_step": by_step}])
     assert "**halved**, double_integrator (6 feasible answers" in "\n".join(lines)
     assert "the 12 of 50 steps whose exact value lowers it most" in "\n".join(lines)  # 50 steps: 12 shown
-    assert any(line.startswith("| 0 | 6 |") and line.endswith("| 0% |") for line in lines)
+    first_row = next(line for line in lines if line.startswith("| 0 | 6 |"))  # step 0 of double_integrator
+    assert float(first_row.split("|")[4].strip().rstrip("%")) < 1e-6
+    # a diverging answer's median is None (infinite): shown as inf, and ranked last among 50 steps, not a crash
+    diverging = {"answers": 1, "median_gap": None, "steps": [
+        {"step": j, "answers": 1, "median_abs_error": 1.0, "median_gap_step_exact": None if j else 0.5}
+        for j in range(50)]}  # fmt: skip
+    lines = gap_by_step_lines([{"label": "wild", "gap_by_step": {"double_integrator": diverging}}])
+    assert "median gap inf;" in "\n".join(lines) and "| 0 | 1 | 1 | 50% |" in lines
+    assert sum(line.endswith("| inf |") for line in lines) == 11  # step 0 and 11 of the 49 infinite ones
 
 
 def test_pass_at_k_counts_a_prompt_once_any_sample_succeeds(records):
