@@ -61,6 +61,7 @@ FLAG_KEYS = {
     "num_samples": ("control", "eval.num_samples"),
     "samples_per_prompt": ("control", "eval.samples_per_prompt"),
     "temperature": ("control", "eval.temperature"),
+    "decoding": ("control", "eval.decoding"),
     "batch_size": ("control", "eval.batch_size"),
     "max_new_tokens": ("control", "eval.max_new_tokens"),
     "eval_mode": ("control", "eval.mode"),
@@ -94,6 +95,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--samples-per-prompt", type=int, help="k answers per record, for pass@k; eval.samples_per_prompt")
     flag("--temperature", type=float, help="0 = greedy (the default); eval.temperature")
     flag("--greedy", action="store_true", help="same as --temperature 0")
+    flag(
+        "--decoding",
+        choices=("token", "expected_value"),
+        help="token: as generate picks (default); expected_value: each control the mean of the model's "
+        "distribution over it; eval.decoding",
+    )
     flag("--batch-size", type=int, help="answers generated together; eval.batch_size")
     flag("--max-new-tokens", type=int, help="longest answer in tokens; eval.max_new_tokens")
     flag("--eval-mode", choices=MODES, help="eval.mode (analyze: the byte-level model, --model-type blt)")

@@ -80,6 +80,13 @@ def check_control_settings(cfg: dict) -> None:
             f"{len(labels)} --labels (eval.labels) for {len(models)} --model-path values (eval.model_path).",
             fix="give one label per model, in the same order, or none.",
         )
+    if settings["decoding"] == "expected_value" and settings["temperature"] > 0:
+        raise UsageError(
+            f"--decoding expected_value (eval.decoding) writes each control as the mean of the model's "
+            f"distribution, deterministically; --temperature {settings['temperature']} (eval.temperature) asks "
+            "for sampled answers.",
+            fix="drop --temperature (expected-value decoding needs temperature 0), or use --decoding token.",
+        )
     best_of = settings["best_of_k"]
     if best_of and settings["mode"] != "control":
         # MPC re-plans from states the samples would each lead to differently, and the format check has no
@@ -123,12 +130,27 @@ def model_label(described: str, reference: str) -> str:
     return Path(reference).name if Path(reference).expanduser().exists() else reference
 
 
-def make_answerer(model, tokenizer, setup, cfg: dict, workdir: Path, temperature: float | None = None):
+def make_answerer(
+    model, tokenizer, setup, cfg: dict, workdir: Path, decimals: int, temperature: float | None = None
+):
     """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate;
-    at eval.temperature unless `temperature` is given (the best-of-k samples)."""
-    from lib.llm.generation import generate_completions, vllm_generator
+    at eval.temperature unless `temperature` is given (the best-of-k samples, always sampled token by
+    token); with eval.decoding expected_value (and no `temperature`), every control written as the mean of
+    the model's distribution over it, to `decimals` decimals (transformers only: vLLM gives no such tree)."""
+    from lib.llm.generation import expected_value_completions, generate_completions, vllm_generator
 
     settings = cfg["eval"]
+    if settings["decoding"] == "expected_value" and temperature is None:
+        model.to(setup.device)
+        return lambda prompts: expected_value_completions(
+            model,
+            tokenizer,
+            prompts,
+            decimals,
+            settings["max_new_tokens"],
+            settings["batch_size"],
+            progress=True,
+        )
     temperature = settings["temperature"] if temperature is None else temperature
     if setup.vllm:
         merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once
@@ -198,11 +220,13 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
     k, mode, best_of = settings["samples_per_prompt"], settings["mode"], settings["best_of_k"]
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
+    # the answers' format: a dataset's records carry theirs; fresh problems are printed at generate.decimals
+    decimals = max(r.get("decimals", cfg["generate"]["decimals"]) for r in records)
     results = []
     for i, reference in enumerate(settings["model_path"]):
         model, tokenizer, described = load_model_reference(reference, cfg, setup)
         label = settings["labels"][i] if settings["labels"] else model_label(described, reference)
-        timed, calls = timed_answerer(make_answerer(model, tokenizer, setup, cfg, workdir))
+        timed, calls = timed_answerer(make_answerer(model, tokenizer, setup, cfg, workdir, decimals))
         print(f"[{label}] {described}: answering {len(records)} problems x {k}")
         if mode == "format":
             texts = timed([r["prompt"] for r in records for _ in range(k)])
@@ -222,7 +246,7 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
             print(f"[{label}] best of {', '.join(map(str, best_of))}: {len(records)} problems x {most} "
                   f"samples at temperature {temperature}")  # fmt: skip
             sampler, sampled = timed_answerer(
-                make_answerer(model, tokenizer, setup, cfg, workdir, temperature=temperature)
+                make_answerer(model, tokenizer, setup, cfg, workdir, decimals, temperature=temperature)
             )
             samples = score_samples(records, answer_records(records, sampler, most, "control"))
             results += best_of_results(
@@ -323,7 +347,8 @@ def evaluate_from_config(cfg: dict, command: Sequence[str]) -> int:
         context = {
             "dataset": data["dataset_name"] or f"fresh {data['system']} problems", "dataset_seed": info.get("seed"),
             "eval_mode": mode, "records": len(records), "samples_per_prompt": settings["samples_per_prompt"],
-            "temperature": settings["temperature"], "max_new_tokens": settings["max_new_tokens"],
+            "temperature": settings["temperature"], "decoding": settings["decoding"],
+            "max_new_tokens": settings["max_new_tokens"],
             "seed": cfg["seed"], "replan_every": settings["replan_every"] if mode == "mpc" else None,
             "command": " ".join(command), "git_commit": git_commit(),
             "created_at": time.strftime("%Y-%m-%d %H:%M:%S"), "config": cfg,

@@ -287,6 +287,21 @@ def test_cli_writes_metrics_report_and_figures_and_repeats_itself(workspace, tmp
     assert not list(again.glob("*.png"))  # no --save-plots, no figures
 
 
+def test_cli_expected_value_decoding_answers_and_says_so(workspace, tmp_path):
+    """The decoding itself is checked against a known distribution in test_decoding.py; here the flag reaches
+    the answers through main_eval, the report says how they were written, and best-of-k still samples."""
+    out = tmp_path / "expected"
+    argv = cli_args(workspace, out, "--decoding", "expected_value", "--best-of-k", "2")
+    assert eval_main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["context"]["decoding"] == "expected_value"
+    assert metrics["models"]["tiny"]["timing"]["answers"] == 4 and metrics["models"]["tiny best-of-2"]
+    assert (
+        "each control the expected value of the model's distribution over it"
+        in (out / "report.md").read_text()
+    )
+
+
 def test_cli_best_of_k_adds_inference_time_rows(workspace, tmp_path):
     out = tmp_path / "best"
     assert eval_main(cli_args(workspace, out, "--best-of-k", "2", "--best-of-temperature", "0.9")) == 0
@@ -434,12 +449,12 @@ def test_each_flag_equals_its_key_value_override(tmp_path):
              "--num-samples", "5", "--samples-per-prompt", "2", "--temperature", "0.5", "--batch-size", "3",
              "--max-new-tokens", "9", "--eval-mode", "mpc", "--replan-every", "5", "--save-plots",
              "--plot-instances", "1", "--output-dir", str(tmp_path), "--seed", "7", "--best-of-k", "4", "8",
-             "--best-of-temperature", "0.7"]  # fmt: skip
+             "--best-of-temperature", "0.7", "--decoding", "expected_value"]  # fmt: skip
     keys = ["eval.model_path=a,b", "eval.labels=x,y", "data.dataset_name=mix", "data.system=van_der_pol",
             "eval.num_samples=5", "eval.samples_per_prompt=2", "eval.temperature=0.5", "eval.batch_size=3",
             "eval.max_new_tokens=9", "eval.mode=mpc", "eval.replan_every=5", "eval.save_plots=true",
             "eval.plot_instances=1", f"eval.output_dir={tmp_path}", "seed=7", "eval.best_of_k=4,8",
-            "eval.best_of_temperature=0.7"]  # fmt: skip
+            "eval.best_of_temperature=0.7", "eval.decoding=expected_value"]  # fmt: skip
     assert resolved(*flags) == resolved(*keys)
     # the original project's spellings: --eval_mode, --model_path, ...
     underscores = ["--" + f[2:].replace("-", "_") if f.startswith("--") else f for f in flags]

@@ -276,3 +276,12 @@ def test_generate_data_out_of_memory_names_the_sample_count(tmp_path, capsys, mo
         capsys, "generate_data", [*GEN, "--output-dir", str(tmp_path / "d")], "4 samples", "--total-samples"
     )
     assert "LoRA" not in err and not (tmp_path / "d").exists()
+
+
+def test_expected_value_decoding_with_a_temperature_is_refused_before_any_model_loads(
+    workspace, tmp_path, capsys, no_model_load
+):
+    out = tmp_path / "eval"
+    argv = eval_argv(workspace, out, "--decoding", "expected_value", "--temperature", "0.5")
+    refused(capsys, "main_eval", argv, "--decoding expected_value", "--temperature 0.5")
+    assert not out.exists()
