@@ -131,26 +131,27 @@ def model_label(described: str, reference: str) -> str:
 
 
 def make_answerer(
-    model, tokenizer, setup, cfg: dict, workdir: Path, decimals: int, temperature: float | None = None
+    model, tokenizer, setup, cfg: dict, workdir: Path, records: list[dict], temperature: float | None = None
 ):
     """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate;
     at eval.temperature unless `temperature` is given (the best-of-k samples, always sampled token by
     token); with eval.decoding expected_value (and no `temperature`), every control written as the mean of
-    the model's distribution over it, to `decimals` decimals (transformers only: vLLM gives no such tree)."""
+    the model's distribution over it, clipped to the bounds of the record whose prompt it answers and written
+    to the records' decimals (transformers only: vLLM gives no such tree). MPC re-plans ask with prompts of
+    new states, which no record holds: their means are not clipped."""
     from lib.llm.generation import expected_value_completions, generate_completions, vllm_generator
 
     settings = cfg["eval"]
     if settings["decoding"] == "expected_value" and temperature is None:
         model.to(setup.device)
+        # a dataset's records carry their format and bounds; fresh problems are printed at generate.decimals
+        decimals = max(r.get("decimals", cfg["generate"]["decimals"]) for r in records)
+        known = {_prompt_key(r["prompt"]): (r["bounds"]["u_min"], r["bounds"]["u_max"])
+                 for r in records if "bounds" in r}  # fmt: skip
         return lambda prompts: expected_value_completions(
-            model,
-            tokenizer,
-            prompts,
-            decimals,
-            settings["max_new_tokens"],
-            settings["batch_size"],
-            progress=True,
-        )
+            model, tokenizer, prompts, decimals, settings["max_new_tokens"], settings["batch_size"],
+            progress=True, bounds=[known.get(_prompt_key(p)) for p in prompts],
+        )  # fmt: skip
     temperature = settings["temperature"] if temperature is None else temperature
     if setup.vllm:
         merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once
@@ -168,6 +169,10 @@ def make_answerer(
         cfg["seed"],
         progress=True,
     )
+
+
+def _prompt_key(prompt: list[dict]) -> str:
+    return json.dumps(prompt, sort_keys=True)
 
 
 def timed_answerer(answer):
@@ -220,13 +225,11 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
     k, mode, best_of = settings["samples_per_prompt"], settings["mode"], settings["best_of_k"]
     setup = setup_device(settings_from_config(cfg))
     print(setup.summary())
-    # the answers' format: a dataset's records carry theirs; fresh problems are printed at generate.decimals
-    decimals = max(r.get("decimals", cfg["generate"]["decimals"]) for r in records)
     results = []
     for i, reference in enumerate(settings["model_path"]):
         model, tokenizer, described = load_model_reference(reference, cfg, setup)
         label = settings["labels"][i] if settings["labels"] else model_label(described, reference)
-        timed, calls = timed_answerer(make_answerer(model, tokenizer, setup, cfg, workdir, decimals))
+        timed, calls = timed_answerer(make_answerer(model, tokenizer, setup, cfg, workdir, records))
         print(f"[{label}] {described}: answering {len(records)} problems x {k}")
         if mode == "format":
             texts = timed([r["prompt"] for r in records for _ in range(k)])
@@ -246,7 +249,7 @@ def evaluate_models(cfg: dict, records: list[dict], workdir: Path) -> list[dict]
             print(f"[{label}] best of {', '.join(map(str, best_of))}: {len(records)} problems x {most} "
                   f"samples at temperature {temperature}")  # fmt: skip
             sampler, sampled = timed_answerer(
-                make_answerer(model, tokenizer, setup, cfg, workdir, decimals, temperature=temperature)
+                make_answerer(model, tokenizer, setup, cfg, workdir, records, temperature=temperature)
             )
             samples = score_samples(records, answer_records(records, sampler, most, "control"))
             results += best_of_results(

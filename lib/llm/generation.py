@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -106,16 +106,20 @@ def expected_value_completions(
     min_prob: float = 0.01,
     max_paths: int = 64,
     progress: bool = False,
+    bounds: Sequence[tuple[float, float] | None] | None = None,
 ) -> list[str]:
     """The assistant's text for each chat prompt, with every number inside <CONTROLS> the mean of the model's
-    own distribution over that number (rounded to `decimals`), everything else greedy.
+    own distribution over that number (projected onto the prompt's control bounds when `bounds` gives them,
+    rounded to `decimals`), everything else greedy.
 
     Greedy decoding picks the likeliest digit one at a time; where the model is unsure of a control (its last
     digit spread over ten values), that mode can sit far from the mean of what the model would write. Here,
     for control k (the controls before it fixed), every way of writing it is followed token by token:
     tokens under `min_prob` and all but a prompt's `max_paths` likeliest paths are dropped, and a path ends
     at `decimals` decimals, a comma or a closing tag. The control is the probability-weighted mean of the
-    ended paths' values; the controls stop where the model's mass on ending them outweighs another number.
+    ended paths' values, clipped to (u_min, u_max) where known (near an active bound the model puts mass
+    past it, and the mean would land outside; the controls after it then follow the clipped value); the
+    controls stop where the model's mass on ending them outweighs another number.
     Tokens before <CONTROLS> (a reasoning) follow the likeliest token, one path; the closing tag and what
     follows are greedy. Deterministic. Per control: one forward pass over the prompt and the answer so far,
     then one token per path and level on a KV cache (~5-6x greedy's time on the from-scratch models;
@@ -152,6 +156,8 @@ def expected_value_completions(
                     active.remove(i)
                     continue
                 value = sum(leaf.value * leaf.mass for leaf in leaves) / mass
+                if bounds and bounds[i]:
+                    value = min(max(value, bounds[i][0]), bounds[i][1])
                 likeliest = max(leaves, key=lambda leaf: leaf.mass)
                 answers[i] = likeliest.before + _number_text(value, decimals)
                 written[i] += 1

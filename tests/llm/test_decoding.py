@@ -82,3 +82,10 @@ def test_tokens_under_min_prob_are_left_out_and_the_rest_renormalised(bigram):
     model, tokenizer = bigram
     answer = expected_value_completions(model, tokenizer, [PROMPT], 2, 8, min_prob=0.5)[0]
     assert answer.startswith(HEAD + "0.37")
+
+
+def test_the_mean_is_clipped_to_the_prompts_bounds_where_they_are_given(bigram):
+    """A mean past a stated bound is written at the bound (the controls after it would follow it)."""
+    model, tokenizer = bigram
+    answers = expected_value_completions(model, tokenizer, [PROMPT, PROMPT], 2, 8, bounds=[(-0.2, 0.2), None])
+    assert answers[0].startswith(HEAD + "0.20") and answers[1].startswith(HEAD + f"{EXPECTED:.2f}")
