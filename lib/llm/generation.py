@@ -122,7 +122,7 @@ def expected_value_completions(
     controls stop where the model's mass on ending them outweighs another number.
     Tokens before <CONTROLS> (a reasoning) follow the likeliest token, one path; the closing tag and what
     follows are greedy. Deterministic. Per control: one forward pass over the prompt and the answer so far,
-    then one token per path and level on a KV cache (~5-6x greedy's time on the from-scratch models;
+    then one token per path and level on a KV cache (~7x greedy's time on the from-scratch models;
     docs/evaluation.md, "Expected-value decoding").
     """
     from tqdm import tqdm
