@@ -144,7 +144,7 @@ def make_answerer(
     settings = cfg["eval"]
     if settings["decoding"] == "expected_value" and temperature is None:
         model.to(setup.device)
-        # a dataset's records carry their format and bounds; fresh problems are printed at generate.decimals
+        # a dataset's records carry their format and bounds; fresh problems (format mode) carry neither
         decimals = max(r.get("decimals", cfg["generate"]["decimals"]) for r in records)
         known = {_prompt_key(r["prompt"]): (r["bounds"]["u_min"], r["bounds"]["u_max"])
                  for r in records if "bounds" in r}  # fmt: skip

@@ -267,9 +267,7 @@ def gap_by_step(records: list[dict], rows: SampleRows) -> dict:
     the cost is quadratic in the controls. Family members of different horizons pool by step index. A median
     that is infinite (answers that diverge) is None, as in metrics.json."""
     k = rows.k
-    errors: dict[str, list[np.ndarray]] = {}
-    fixed: dict[str, list[np.ndarray]] = {}
-    gaps: dict[str, list[float]] = {}
+    pooled: dict[str, dict[str, list]] = {}  # system -> per answer: errors, gaps with one step exact, gap
     for system, idx in system_groups(records, k):
         idx = np.array([i for i in idx if rows.metrics["feasible"][i]], dtype=int)
         if not idx.size:
@@ -288,18 +286,18 @@ def gap_by_step(records: list[dict], rows: SampleRows) -> dict:
             np.repeat(np.array([r["J_opt"] for r in group], dtype=float), steps),
             float(group[0]["J_floor"]),
         )
-        name = group[0]["system"]
-        errors.setdefault(name, []).extend(np.abs(u - u_opt))
+        pool = pooled.setdefault(group[0]["system"], {"errors": [], "fixed": [], "gaps": []})
+        pool["errors"].extend(np.abs(u - u_opt))
         # a swap whose states overflow gives a NaN cost: it diverged, so count it infinite (NaN is padding below)
-        fixed.setdefault(name, []).extend(np.nan_to_num(m.gap, nan=np.inf).reshape(batch, steps))
-        gaps.setdefault(name, []).extend(rows.metrics["gap"][idx])
+        pool["fixed"].extend(np.nan_to_num(m.gap, nan=np.inf).reshape(batch, steps))
+        pool["gaps"].extend(rows.metrics["gap"][idx])
     out = {}
-    for name, per_answer in errors.items():
-        err, gap_fixed = _padded(per_answer), _padded(fixed[name])
+    for name, pool in pooled.items():
+        err, gap_fixed = _padded(pool["errors"]), _padded(pool["fixed"])
         longest = err.shape[1]
         out[name] = {
-            "answers": len(per_answer),
-            "median_gap": _finite_or_none(float(np.median(gaps[name]))),
+            "answers": len(pool["errors"]),
+            "median_gap": _finite_or_none(float(np.median(pool["gaps"]))),
             "steps": [  # every step j < longest has an answer: nanmedian never sees an all-NaN column
                 {"step": j, "answers": int(np.isfinite(err[:, j]).sum()),
                  "median_abs_error": float(np.nanmedian(err[:, j])),

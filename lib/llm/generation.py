@@ -17,33 +17,22 @@ def generate_completions(
     temperature: float = 0.0,
     seed: int = 0,
     progress: bool = False,
+    answer_starts: Sequence[str] | None = None,
 ) -> list[str]:
-    """The assistant's text for each chat prompt: greedy when temperature is 0, else sampled (seeded).
+    """The assistant's text for each chat prompt: greedy when temperature is 0, else sampled (seeded); with
+    `answer_starts`, what follows each prompt's given start of an answer.
 
     Prompts are batched longest first, so each left-padded batch holds prompts of similar length (less
     padding to compute), and the answers come back in the prompts' order. The batches depend only on the
     prompts and batch_size, so the same call gives the same greedy answers.
     """
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    return continue_texts(model, tokenizer, texts, max_new_tokens, batch_size, temperature, seed, progress)
-
-
-def continue_texts(
-    model,
-    tokenizer,
-    texts: list[str],
-    max_new_tokens: int,
-    batch_size: int = 8,
-    temperature: float = 0.0,
-    seed: int = 0,
-    progress: bool = False,
-) -> list[str]:
-    """What the model writes after each raw text (a chat prompt already templated, perhaps with the start of
-    an answer): greedy when temperature is 0, else sampled (seeded); batched longest first."""
     import torch
     from tqdm import tqdm
 
     tokenizer.padding_side = "left"  # decoder-only models continue from the right end of each row
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    if answer_starts is not None:
+        texts = [text + start for text, start in zip(texts, answer_starts, strict=True)]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
     torch.manual_seed(seed)
@@ -166,7 +155,14 @@ def expected_value_completions(
             max_new_tokens
             - min(len(tokenizer(answers[i], add_special_tokens=False)["input_ids"]) for i in rows),
         )
-        tails = continue_texts(model, tokenizer, [texts[i] + answers[i] for i in rows], budget, len(rows))
+        tails = generate_completions(
+            model,
+            tokenizer,
+            [prompts[i] for i in rows],
+            budget,
+            len(rows),
+            answer_starts=[answers[i] for i in rows],
+        )
         for i, tail in zip(rows, tails, strict=True):
             answers[i] += tail
         bar.update(len(rows))
