@@ -127,6 +127,21 @@ def build_prompt(system: System, x0: np.ndarray, decimals: int = 2, style: str =
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+_BOUND = r"[+-]?(?:inf|[0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)"  # how `:g` prints a bound
+_STATED_BOUNDS = re.compile(rf"({_BOUND}) <= u(?:_k)? <= ({_BOUND})")
+
+
+def stated_bounds(prompt: list[dict]) -> tuple[float, float] | None:
+    """The control bounds (u_min, u_max) a prompt of `build_prompt` states, in either style; None for a prompt
+    that states none (not one of ours). What the model was told, so what a decoder may clip its numbers to:
+    it holds for a dataset's prompts, an MPC re-plan's and fresh problems' alike."""
+    for message in prompt:
+        found = _STATED_BOUNDS.search(message.get("content", ""))
+        if found:
+            return float(found.group(1)), float(found.group(2))
+    return None
+
+
 def format_controls(u: np.ndarray, decimals: int = 2) -> str:
     """The controls as "u_0, u_1, ..." with `decimals` decimals (never "-0.00")."""
     spec = f".{decimals}f"

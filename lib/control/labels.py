@@ -41,16 +41,16 @@ LABEL_GAP_PROMISE = 0.01
 PROMISE_DECIMALS = 2
 
 
-def grid_bounds(system: System, decimals: int) -> tuple[float, float]:
+def grid_bounds(u_min: float, u_max: float, decimals: int) -> tuple[float, float]:
     """The bounds on the printed grid (k / 10^decimals): the widest grid values inside [u_min, u_max]."""
     q = 10.0**decimals
-    return np.ceil(system.u_min * q - 1e-9) / q, np.floor(system.u_max * q + 1e-9) / q
+    return float(np.ceil(u_min * q - 1e-9) / q), float(np.floor(u_max * q + 1e-9) / q)
 
 
 def round_plain(system: System, u: np.ndarray, decimals: int) -> np.ndarray:
     """Each control to the nearest grid value k / 10^decimals inside the bounds."""
     q = 10.0**decimals
-    low, high = grid_bounds(system, decimals)
+    low, high = grid_bounds(system.u_min, system.u_max, decimals)
     # np.round gives the integer k exactly; k / q is then the double nearest to the decimal k / 10^d,
     # the same double float() returns for the printed text
     return np.clip(np.round(u * q) / q, low, high)
@@ -67,7 +67,7 @@ def _unit_lower_factor(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _round_nearest_plane(system: System, u: np.ndarray, H: np.ndarray, free: np.ndarray, decimals: int):
     """Babai rounding (module docstring) of a group u [G, N] that shares H and the free mask [N]."""
     q = 10.0**decimals
-    low, high = grid_bounds(system, decimals)
+    low, high = grid_bounds(system.u_min, system.u_max, decimals)
     out = round_plain(system, u, decimals)  # controls on their bounds are grid values already
     idx = np.flatnonzero(free)
     if idx.size == 0:
@@ -96,7 +96,7 @@ def _search_grid(
     (v is then the best point found so far).
     """
     q = 10.0**decimals
-    low, high = grid_bounds(system, decimals)
+    low, high = grid_bounds(system.u_min, system.u_max, decimals)
     k_low, k_high = round(low * q), round(high * q)
     idx = np.flatnonzero(free)
     v = start.copy()

@@ -24,7 +24,7 @@ from lib.common.config import repo_path
 from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError
 from lib.common.outputs import MAIN_EVAL, check_output_folder, replace_outputs, staging
 from lib.common.runs import git_commit
-from lib.control.answer import build_prompt
+from lib.control.answer import build_prompt, stated_bounds
 from lib.control.baselines import BASELINES, dataset_baselines
 from lib.control.dataset import sample_initial_states
 from lib.control.dataset_format import load_records
@@ -113,13 +113,16 @@ def check_control_settings(cfg: dict) -> None:
 
 def fresh_problems(cfg: dict) -> list[dict]:
     """eval.num_samples problems of data.system, initial states drawn from its box (seeded by `seed`), for the
-    format check when no dataset is given: only what format_checks needs (system, prompt)."""
+    format check when no dataset is given: what format_checks and the decoders need (system, prompt in
+    generate.prompt_style with generate.decimals, decimals)."""
     system = get_system(cfg["data"]["system"])
     states = sample_initial_states(system, cfg["eval"]["num_samples"], seed=cfg["seed"])
+    decimals, style = cfg["generate"]["decimals"], cfg["generate"]["prompt_style"]
     return [
-        {"id": f"fresh-{i}", "system": system.name, "x0": x0.tolist(), "prompt": build_prompt(system, x0)}
+        {"id": f"fresh-{i}", "system": system.name, "x0": x0.tolist(), "decimals": decimals,
+         "prompt": build_prompt(system, x0, decimals, style)}
         for i, x0 in enumerate(states)
-    ]
+    ]  # fmt: skip
 
 
 def model_label(described: str, reference: str) -> str:
@@ -136,21 +139,18 @@ def make_answerer(
     """prompts -> completions with this model: vLLM on CUDA when the device setup chose it, else generate;
     at eval.temperature unless `temperature` is given (the best-of-k samples, always sampled token by
     token); with eval.decoding expected_value (and no `temperature`), every control written as the mean of
-    the model's distribution over it, clipped to the bounds of the record whose prompt it answers and written
-    to the records' decimals (transformers only: vLLM gives no such tree). MPC re-plans ask with prompts of
-    new states, which no record holds: their means are not clipped."""
+    the model's distribution over it, clipped to the control bounds its prompt states (`stated_bounds`: a
+    record's, an MPC re-plan's and a fresh problem's alike) and written to the records' decimals
+    (transformers only: vLLM gives no such tree)."""
     from lib.llm.generation import expected_value_completions, generate_completions, vllm_generator
 
     settings = cfg["eval"]
     if settings["decoding"] == "expected_value" and temperature is None:
         model.to(setup.device)
-        # a dataset's records carry their format and bounds; fresh problems (format mode) carry neither
-        decimals = max(r.get("decimals", cfg["generate"]["decimals"]) for r in records)
-        known = {_prompt_key(r["prompt"]): (r["bounds"]["u_min"], r["bounds"]["u_max"])
-                 for r in records if "bounds" in r}  # fmt: skip
+        decimals = max(r["decimals"] for r in records)
         return lambda prompts: expected_value_completions(
             model, tokenizer, prompts, decimals, settings["max_new_tokens"], settings["batch_size"],
-            progress=True, bounds=[known.get(_prompt_key(p)) for p in prompts],
+            progress=True, bounds=[stated_bounds(p) for p in prompts],
         )  # fmt: skip
     temperature = settings["temperature"] if temperature is None else temperature
     if setup.vllm:
@@ -169,10 +169,6 @@ def make_answerer(
         cfg["seed"],
         progress=True,
     )
-
-
-def _prompt_key(prompt: list[dict]) -> str:
-    return json.dumps(prompt, sort_keys=True)
 
 
 def timed_answerer(answer):

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from lib.control.labels import grid_bounds
+
 
 def generate_completions(
     model,
@@ -145,26 +147,28 @@ def expected_value_completions(
                     active.remove(i)
                     continue
                 value = sum(leaf.value * leaf.mass for leaf in leaves) / mass
-                if bounds and bounds[i]:
-                    value = min(max(value, bounds[i][0]), bounds[i][1])
+                if bounds and bounds[i]:  # the bounds on the printed grid: the rounded value stays inside
+                    low, high = grid_bounds(*bounds[i], decimals)
+                    value = min(max(value, low), high)
                 likeliest = max(leaves, key=lambda leaf: leaf.mass)
                 answers[i] = likeliest.before + _number_text(value, decimals)
                 written[i] += 1
-        budget = max(
-            1,
-            max_new_tokens
-            - min(len(tokenizer(answers[i], add_special_tokens=False)["input_ids"]) for i in rows),
-        )
+        left = {
+            i: max_new_tokens - len(tokenizer(answers[i], add_special_tokens=False)["input_ids"])
+            for i in rows
+        }
         tails = generate_completions(
             model,
             tokenizer,
             [prompts[i] for i in rows],
-            budget,
+            max(1, *left.values()),
             len(rows),
             answer_starts=[answers[i] for i in rows],
         )
-        for i, tail in zip(rows, tails, strict=True):
-            answers[i] += tail
+        for i, tail in zip(rows, tails, strict=True):  # each answer within its own max_new_tokens
+            ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+            over = len(ids) > max(0, left[i])
+            answers[i] += tokenizer.decode(ids[: max(0, left[i])], skip_special_tokens=True) if over else tail
         bar.update(len(rows))
     bar.close()
     return answers

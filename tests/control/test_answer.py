@@ -10,14 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.control.answer import (
+    PROMPT_STYLES,
     TAGS,
     build_prompt,
     format_answer,
     format_answers,
     format_controls,
     parse_controls,
+    stated_bounds,
 )
 from lib.control.dataset import sample_initial_states
+from lib.control.families import FAMILIES, draw_parameters, family_system
 from lib.control.references import solve_reference
 from lib.control.systems import SYSTEMS, get_system, simulate, trajectory_cost
 
@@ -244,6 +247,19 @@ def test_the_compact_prompt_states_the_whole_problem(name):
         x, u = rng.uniform(-2, 2, (64, system.n)), rng.uniform(system.u_min, system.u_max, 64)
         expected = np.stack(system.rhs([x[:, i] for i in range(system.n)], u, np), axis=1)
         np.testing.assert_allclose(_evaluate_rhs(problem["rhs"], system.state_names, x, u), expected, **close)
+
+
+@pytest.mark.parametrize("style", PROMPT_STYLES)
+def test_the_bounds_a_prompt_states_read_back_exactly(style):
+    """What expected-value decoding clips to: every system's bounds and a family's drawn ones, in both
+    styles, read back from the prompt alone; a prompt that is not ours states none."""
+    rng = np.random.default_rng(0)
+    systems = [get_system(name) for name in SYSTEMS]
+    systems += [family_system(name, p) for name in FAMILIES for p in draw_parameters(FAMILIES[name], 3, rng)]
+    for system in systems:
+        x0 = sample_initial_states(system, 1, seed=2)[0]
+        assert stated_bounds(build_prompt(system, x0, 2, style)) == (system.u_min, system.u_max), system.name
+    assert stated_bounds([{"role": "user", "content": "x_0 = (0.5, 0.1)"}]) is None
 
 
 def test_compact_is_a_fraction_of_the_full_statement():

@@ -6,8 +6,10 @@ tokenizer merges the minus sign into the <CONTROLS> token, as the from-scratch r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import one_thread  # noqa: F401 (autouse fixture)
@@ -89,3 +91,23 @@ def test_the_mean_is_clipped_to_the_prompts_bounds_where_they_are_given(bigram):
     model, tokenizer = bigram
     answers = expected_value_completions(model, tokenizer, [PROMPT, PROMPT], 2, 8, bounds=[(-0.2, 0.2), None])
     assert answers[0].startswith(HEAD + "0.20") and answers[1].startswith(HEAD + f"{EXPECTED:.2f}")
+
+
+def test_a_prompt_no_record_holds_is_clipped_to_the_bounds_it_states_on_the_printed_grid(bigram):
+    """main_eval's answerer reads the bounds from each prompt, so an MPC re-plan (a new state, no record's
+    prompt) is clipped too; a bound off the 0.01 grid clips to the grid value inside it (0.2075 -> 0.20, where
+    rounding the clipped mean would print 0.21, past the bound)."""
+    from types import SimpleNamespace
+
+    from lib.control.answer import build_prompt
+    from lib.control.systems import get_system
+    from lib.llm.evaluate import make_answerer
+
+    model, tokenizer = bigram
+    tight = dataclasses.replace(get_system("double_integrator_short"), u_min=-0.2075, u_max=0.2075)
+    cfg = {"eval": {"decoding": "expected_value", "max_new_tokens": 8, "batch_size": 2}}
+    records = [{"decimals": 2, "prompt": PROMPT}]  # the eval records: none holds the re-plan's prompt
+    answer = make_answerer(model, tokenizer, SimpleNamespace(device="cpu", vllm=False), cfg, None, records)
+    replan = build_prompt(tight, np.array([0.31, -0.02]), 2, "compact")
+    clipped, free = answer([replan, PROMPT])
+    assert clipped.startswith(HEAD + "0.20") and free.startswith(HEAD + f"{EXPECTED:.2f}")
