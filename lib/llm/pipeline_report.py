@@ -26,6 +26,7 @@ from lib.llm.report import (
     LOG_RATIO_NOTE,
     REFERENCE_NAMES,
     SUCCESS_KEYS,
+    decoding_text,
     each_baseline_lines,
     log_ratio_row,
     systems_to_show,
@@ -235,7 +236,8 @@ def write_pipeline_report(run_dir: Path) -> Path:
     else:
         out += [
             f"Dataset `{context['dataset']}`, {context['records']} held-out eval problems, mode {context['eval_mode']}, "
-            f"temperature {context['temperature']}, at most {context['max_new_tokens']} new tokens. "
+            f"temperature {context['temperature']} ({decoding_text(context)}), at most {context['max_new_tokens']} "
+            "new tokens. "
             f"Sources: {', '.join(f'[{s}]({s}/report.md)' for s in sources)}. Brackets: 95% bootstrap intervals.",
         ]
         if verdicts:

@@ -329,7 +329,7 @@ def table_lines(rows: Mapping[str, Mapping], k: int) -> list[str]:
     return lines
 
 
-def _decoding(context: Mapping) -> str:
+def decoding_text(context: Mapping) -> str:
     """How the answers were written, for the report's opening paragraph."""
     if context.get("decoding") == "expected_value":  # metrics.json files from before 2026-12-07 lack the key
         return "each control the expected value of the model's distribution over it, the rest greedy"
@@ -358,7 +358,7 @@ def render_report(
         "",
         "Models: " + ", ".join(f"**{r['label']}** ({r['model']})" for r in models) + ". "
         f"{k} answer(s) per problem, temperature {context['temperature']} "
-        f"({_decoding(context)}), at most {context['max_new_tokens']} new tokens, "
+        f"({decoding_text(context)}), at most {context['max_new_tokens']} new tokens, "
         f"seed {context['seed']}; commit {context['git_commit']}, {context['created_at']}.",
         "",
         "Rates are over all answers (an answer that does not parse is a failure, never padded); the gap "

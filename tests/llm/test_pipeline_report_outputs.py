@@ -94,7 +94,7 @@ def write_evaluation(folder: Path, records: list[dict], results: list[dict]) -> 
     from lib.llm.report import metrics_document, sample_lines
 
     context = {"dataset": "pairs", "records": len(records), "eval_mode": "control", "samples_per_prompt": 1,
-               "temperature": 0.0, "max_new_tokens": 512, "seed": 0}  # fmt: skip
+               "temperature": 0.0, "decoding": "expected_value", "max_new_tokens": 512, "seed": 0}  # fmt: skip
     summaries = {r["label"]: summarize(r["rows"]) for r in results}
     references = {name: summarize(reference_rows(records, name)) for name in REFERENCES}
     folder.mkdir()
@@ -140,6 +140,7 @@ def test_the_report_pairs_best_of_k_with_greedy_and_grpo_with_sft(tmp_path):
                      [{"label": "grpo", "model": "grpo run", "rows": grpo, "calls": calls}])  # fmt: skip
     assert report_phase(run_dir) == EXIT_OK
     report = (run_dir / "report.md").read_text()
+    assert "temperature 0.0 (each control the expected value of the model's distribution over it" in report
     assert "| sft best-of-2 | 24 |" in report  # a row of the tables, like the models'
     assert "## Best of k - greedy on the same problems (paired)" in report
     assert "| sft best-of-2 (samples at temperature 0.5) vs sft | 24 |" in report
