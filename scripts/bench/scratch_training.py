@@ -17,13 +17,16 @@ on --records double_integrator_short problems generated into a temporary folder.
      trainer  SFT through scripts/main_trainer.py as the recipes run it (tokens/s over its train_runtime);
      checkpointed  the same with model.gradient_checkpointing=true (TRL's default; the recipes' until 2026-12-07);
      bare     the same model and batches in a plain loop: forward, backward, clip, AdamW, nothing else;
-     compiled the bare loop on torch.compile(model), after --warmup compiled steps (compile time reported).
+     compiled the bare loop on torch.compile(model), after --warmup compiled steps (compile time reported);
+     bf16     the trainer with device.precision=bf16 (autocast), only on a CPU with bf16 instructions
+              (AVX512-BF16, AMX, ARM BF16; elsewhere the run falls back to fp32 and the case is left out).
 utilisation = FLOPs per token x tokens/s / matmul GFLOP/s. Writes results/bench/scratch_training.{json,md}.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +42,7 @@ from lib.common.bench import (
     write_bench_report,
 )
 from lib.common.config import ROOT, resolve_config
+from lib.common.device import cpu_has_bf16
 from lib.common.errors import run_cli
 
 CONFIG = ROOT / "configs" / "scratch" / "hour_cpu.yaml"
@@ -142,7 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Stopwatch() as compile_clock:
             bare_tokens_per_s(compiled, batches[:2], warmup=1)  # the first compiled step compiles
         figures: dict[str, list[float]] = {"trainer": [], "checkpointed": [], "bare": [], "compiled": []}
+        bf16 = cpu_has_bf16(platform.system(), platform.machine())
+        if bf16:
+            figures["bf16"] = []
         for round_ in range(args.rounds):
+            if bf16:
+                figures["bf16"].append(
+                    trainer_tokens_per_s(work, [*overrides, "device.precision=bf16"], f"bf16{round_}")
+                )
             figures["trainer"].append(trainer_tokens_per_s(work, overrides, f"round{round_}"))
             figures["checkpointed"].append(
                 trainer_tokens_per_s(work, [*overrides, "model.gradient_checkpointing=true"], f"gc{round_}")
@@ -156,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpointed": "the same with gradient checkpointing (TRL's default)",
         "bare": "the same steps in a plain loop (forward, backward, clip, AdamW)",
         "compiled": f"the plain loop on torch.compile(model) (compiled in {compile_clock.seconds:.0f} s)",
+        "bf16": "the trainer with device.precision=bf16 (autocast; this CPU has bf16 instructions)",
     }
     cases = {
         name: {"what": what[name], "rounds": values, "tokens_per_s": max(values),
@@ -197,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{c['achieved_gflops']:.1f} | {c['utilisation']:.0%} |"
                 for name, c in cases.items()
             ],
+            *(
+                []
+                if bf16
+                else ["", "bf16: left out, this CPU has no bf16 instructions (the run would be fp32)."]
+            ),
         ]
     )
     json_path, md_path = write_bench_report("scratch_training", result, table, args.output_dir)
