@@ -166,9 +166,8 @@ def expected_value_completions(
             answer_starts=[answers[i] for i in rows],
         )
         for i, tail in zip(rows, tails, strict=True):  # each answer within its own max_new_tokens
-            ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-            over = len(ids) > max(0, left[i])
-            answers[i] += tokenizer.decode(ids[: max(0, left[i])], skip_special_tokens=True) if over else tail
+            ids, keep = tokenizer(tail, add_special_tokens=False)["input_ids"], max(0, left[i])
+            answers[i] += tail if len(ids) <= keep else tokenizer.decode(ids[:keep], skip_special_tokens=True)
         bar.update(len(rows))
     bar.close()
     return answers
