@@ -35,7 +35,7 @@ import numpy as np
 from lib.common.atomic import write_text_atomic
 from lib.common.device import DeviceSetup
 from lib.common.distributed import Processes
-from lib.common.errors import UsageError
+from lib.common.errors import ConfigError, UsageError
 from lib.common.runs import mean_of_last
 from lib.control.answer import format_controls, parse_controls
 from lib.control.families import record_system
@@ -50,7 +50,16 @@ SUMMARY_FILE = "stage_records.json"  # what was built from how many answers, and
 
 
 def check_config(cfg: dict) -> None:
-    """Nothing to check beyond the schema: the start run is checked when it is resolved."""
+    """Labels only (corrected.prompts 0) needs a number of labels; the start run is checked when resolved."""
+    settings = cfg["corrected"]
+    if settings["prompts"] == 0 and settings["label_records"] < 1:
+        raise ConfigError(
+            f"corrected.prompts=0 (labels only) with corrected.label_records={settings['label_records']}: "
+            "there would be no records to train on (-1 means as many labels as corrected records, and there "
+            "are none).",
+            fix="set corrected.label_records to the number of labels to train on (e.g. 6400), or "
+            "corrected.prompts >= 1 for the solver-corrected stage itself.",
+        )
 
 
 def arguments(cfg: dict, common: dict, setup: DeviceSetup):
@@ -100,6 +109,8 @@ def training_records(
     settings, seed = cfg["corrected"], cfg["seed"]
 
     def rows_from(asked: list[dict]) -> tuple[list[dict], dict]:
+        if not asked:  # corrected.prompts 0: labels only, no answers to correct
+            return [], {"prompts": 0, "parsed_answers": 0, "corrected_records": 0}
         answers = own_answers(model, tokenizer, setup, asked, settings, seed)
         rows, summary = corrected_records(asked, answers, settings["cuts_per_answer"], cut_rng, seed)
         if not rows:
