@@ -50,14 +50,13 @@ SUMMARY_FILE = "stage_records.json"  # what was built from how many answers, and
 
 
 def check_config(cfg: dict) -> None:
-    """Labels only (corrected.prompts 0) needs a number of labels; the start run is checked when resolved."""
+    """Labels only (corrected.prompts 0) needs labels to train on; the start run is checked when resolved."""
     settings = cfg["corrected"]
-    if settings["prompts"] == 0 and settings["label_records"] < 1:
+    if settings["prompts"] == 0 and settings["label_records"] == 0:
         raise ConfigError(
-            f"corrected.prompts=0 (labels only) with corrected.label_records={settings['label_records']}: "
-            "there would be no records to train on (-1 means as many labels as corrected records, and there "
-            "are none).",
-            fix="set corrected.label_records to the number of labels to train on (e.g. 6400), or "
+            "corrected.prompts=0 (labels only) with corrected.label_records=0: there would be no records to "
+            "train on.",
+            fix="set corrected.label_records to the number of labels to train on (-1: every train record), or "
             "corrected.prompts >= 1 for the solver-corrected stage itself.",
         )
 
@@ -174,9 +173,12 @@ def mixed_records(
 ) -> tuple[list[dict], dict]:
     """(records, counts): the stage's rows {record, content, cut, ...} tokenized (`tokenized`: the loss from
     character `cut` of the answer on), and `cfg[stage]["label_records"]` original labels (the first of `order`;
-    -1: as many as rows), in one seeded shuffle, so a run capped by max_steps sees both kinds from its first
-    step. A record longer than model.max_seq_length is dropped: TRL would cut it, its trained part included."""
-    wanted = len(rows) if cfg[stage]["label_records"] < 0 else cfg[stage]["label_records"]
+    -1: as many as rows, or every train record when no answer was asked for, corrected.prompts 0), in one
+    seeded shuffle, so a run capped by max_steps sees both kinds from its first step. A record longer than
+    model.max_seq_length is dropped: TRL would cut it, its trained part included."""
+    wanted = cfg[stage]["label_records"]
+    if wanted < 0:
+        wanted = len(rows) if cfg[stage]["prompts"] else len(train)
     labels = [train[i] for i in order[: min(wanted, len(train))]]
     records = [
         _with(tokenized(tokenizer, r["prompt"], r["completion"][-1]["content"], 0), id=r["id"], k=0)

@@ -1,6 +1,7 @@
 """The pipeline (docs/ARCHITECTURE.md, "Pipelines"): data -> sft -> eval_sft -> grpo -> eval_grpo -> report
 (and corrected -> eval_corrected, rft -> eval_rft: the solver-corrected and rejection-sampling stages from
-the same SFT run, where pipeline.phases names them), each phase a script run in its own process (so memory
+the same SFT run, where pipeline.phases names them; labels -> eval_labels: the SFT run trained on labels
+alone at the corrected stage's steps, the control each second stage is paired against), each phase a script run in its own process (so memory
 is returned between phases) with the pipeline folder's config.json plus the few `key=value` overrides that
 are the phase's own (run id, models to evaluate, output folder). The folder's format is
 lib/llm/pipeline_folder.py; the report lib/llm/pipeline_report.py. scripts/run_pipeline.py parses its flags
@@ -73,8 +74,10 @@ def phase_data(cfg: dict, run_dir: Path) -> int:
     return code
 
 
-def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:
-    run = training_run(cfg, stage, run_dir.name)
+def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str], name: str | None = None) -> int:
+    """main_trainer.py for `stage`, run id `name` (default: the pipeline's name), resumed if it started."""
+    name = name or run_dir.name
+    run = training_run(cfg, stage, name)
     resume = (run / "run_info.json").is_file()
     if resume and read_run_info(run).get("status") == "completed":
         print(f"{stage} run {run} already completed: kept")
@@ -83,7 +86,7 @@ def _train(cfg: dict, run_dir: Path, stage: str, extra: list[str]) -> int:
         "--config",
         str(run_dir / CONFIG_FILE),
         f"training_type={stage}",
-        f"run.run_id={run_dir.name}",
+        f"run.run_id={name}",
         *extra,
     ]
     return _run(_launcher("main_trainer.py", *args, *(["--resume"] if resume else [])))
@@ -115,10 +118,26 @@ def phase_rft(cfg: dict, run_dir: Path) -> int:
     return _after_sft(cfg, run_dir, "rft")
 
 
-def _evaluate(cfg: dict, run_dir: Path, stage: str) -> int:
+def labels_run(cfg: dict, run_dir: Path) -> Path:
+    """The labels-only control's run: a corrected-stage run (models/<scope>/corrected/<pipeline>_labels)."""
+    return training_run(cfg, "corrected", f"{run_dir.name}_labels")
+
+
+def phase_labels(cfg: dict, run_dir: Path) -> int:
+    """The control a second stage is judged against: this pipeline's SFT run trained further on labels alone
+    (corrected.prompts=0: the corrected stage's steps, rate and batch; corrected.label_records labels, -1 every
+    train record), so a second stage's gain over it is what its own records teach beyond more SFT."""
+    sft = training_run(cfg, "sft", run_dir.name)
+    init = [f"corrected.init_from={sft}"] if (sft / "run_info.json").is_file() else []
+    name = labels_run(cfg, run_dir).name
+    return _train(cfg, run_dir, "corrected", [*init, "corrected.prompts=0"], name)
+
+
+def _evaluate(cfg: dict, run_dir: Path, stage: str, run: Path | None = None) -> int:
     """main_eval.py with the pipeline's config (eval.*, data.dataset_name, seed); only the models, their labels,
-    the output folder and whether to draw figures are the phase's own."""
-    run = training_run(cfg, stage, run_dir.name)
+    the output folder and whether to draw figures are the phase's own. `stage` labels the model and names the
+    folder (<stage>_evaluation); `run` is the run evaluated (default: the stage's run of this pipeline)."""
+    run = run or training_run(cfg, stage, run_dir.name)
     if not (run / "run_info.json").is_file():
         raise UsageError(
             f"eval_{stage}: this pipeline has no {stage} run ({run}).",
@@ -156,6 +175,10 @@ def phase_eval_rft(cfg: dict, run_dir: Path) -> int:
     return _evaluate(cfg, run_dir, "rft")
 
 
+def phase_eval_labels(cfg: dict, run_dir: Path) -> int:
+    return _evaluate(cfg, run_dir, "labels", labels_run(cfg, run_dir))
+
+
 def phase_report(cfg: dict, run_dir: Path) -> int:
     from lib.llm.pipeline_report import write_pipeline_report
 
@@ -174,6 +197,8 @@ PHASE_FUNCTIONS = {
     "eval_corrected": phase_eval_corrected,
     "rft": phase_rft,
     "eval_rft": phase_eval_rft,
+    "labels": phase_labels,
+    "eval_labels": phase_eval_labels,
     "report": phase_report,
 }
 

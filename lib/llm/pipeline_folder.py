@@ -35,6 +35,8 @@ PHASES = (
     "eval_corrected",
     "rft",
     "eval_rft",
+    "labels",
+    "eval_labels",
     "report",
 )
 CONFIG_FILE = "config.json"

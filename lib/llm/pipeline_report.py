@@ -106,20 +106,20 @@ def _first_samples(path: Path, model: str) -> dict[str, dict]:
     return samples
 
 
-def stage_vs_sft(run_dir: Path, stage: str) -> dict | None:
-    """<stage> - SFT on the same held-out problems (paired by record id, first sample of each; the stage's
+def stage_vs(run_dir: Path, stage: str, before: str = "sft") -> dict | None:
+    """<stage> - <before> on the same held-out problems (paired by record id, first sample of each; a stage's
     evaluation labels its model by the stage's name): gap and score S with bootstrap intervals
     (lib.llm.evaluation.paired_difference), and under gap.log_ratio the per-problem log-ratio of the gaps,
     failures counted as infinite gaps (paired_log_ratio); None without both evaluations."""
     from lib.llm.evaluation import failures_infinite, paired_difference, paired_log_ratio
 
-    sft_path, after_path = (
-        run_dir / "sft_evaluation" / "samples.jsonl",
+    before_path, after_path = (
+        run_dir / f"{before}_evaluation" / "samples.jsonl",
         run_dir / f"{stage}_evaluation" / "samples.jsonl",
     )
-    if not (sft_path.is_file() and after_path.is_file()):
+    if not (before_path.is_file() and after_path.is_file()):
         return None
-    sft, after = _first_samples(sft_path, "sft"), _first_samples(after_path, stage)
+    sft, after = _first_samples(before_path, before), _first_samples(after_path, stage)
     ids = [i for i in sft if i in after]
     if not ids:
         return None
@@ -177,6 +177,24 @@ def paired_lines(paired: Mapping, stage: str) -> list[str]:
     ]
 
 
+def control_lines(pairs: Mapping[str, Mapping]) -> list[str]:
+    """The 'against the labels-only control' section: each second stage's log-ratio of gaps against the SFT
+    run trained as long on labels alone (the labels phase), on the same problems."""
+    return [
+        "## Second stages - labels only on the same problems (paired)",
+        "",
+        "LABELS is the SFT model trained further on labels alone, at the corrected stage's steps and rate "
+        "(the labels phase): a second stage that does not beat it taught nothing that more SFT steps do not. "
+        + LOG_RATIO_NOTE,
+        "",
+        *LOG_RATIO_HEADER,
+        *(
+            log_ratio_row(f"{stage.upper()} vs LABELS", pair["gap"]["log_ratio"])
+            for stage, pair in pairs.items()
+        ),
+    ]
+
+
 def best_of_pipeline_lines(models: Mapping[str, Mapping]) -> list[str]:
     """Each best-of-k row of the evaluations against its model's greedy answers on the same problems (the
     evaluation's metrics.json: best_of.vs_greedy): what a second stage could distil; [] without such rows."""
@@ -200,7 +218,8 @@ def write_pipeline_report(run_dir: Path) -> Path:
     """The pipeline's own report.md, metrics.json and comparison.png: base vs SFT vs GRPO side by side (from
     the evaluation phases' metrics.json, best-of-k rows included), each model's verdict against the best
     baseline and its paired statistic against each baseline, the reference and baseline rows, best-of-k -
-    greedy and each second stage - SFT paired (metrics.json: `<stage>_minus_sft`), and how long each phase
+    greedy, each second stage - SFT paired (metrics.json: `<stage>_minus_sft`) and - the labels-only control
+    where the pipeline trained one (`<stage>_minus_labels`), and how long each phase
     took (its state.json, lib.llm.pipeline). Replaces only the report files it wrote itself (module
     docstring)."""
     state = read_state(run_dir)
@@ -231,6 +250,7 @@ def write_pipeline_report(run_dir: Path) -> Path:
     check_output_folder(run_dir, files, PIPELINE)
     out = [f"# Pipeline {run_dir.name}", ""]
     paired: dict[str, dict] = {}  # stage -> its paired comparison with SFT
+    controlled: dict[str, dict] = {}  # second stage -> its paired comparison with the labels-only control
     if not models:
         out.append("No evaluation phase has completed: nothing to compare yet.")
     else:
@@ -261,10 +281,15 @@ def write_pipeline_report(run_dir: Path) -> Path:
         if best_of:
             out += ["", *best_of]
         for stage in (s for s in stages if s != "sft"):  # every second stage against the first
-            pair = stage_vs_sft(run_dir, stage)
+            pair = stage_vs(run_dir, stage)
             if pair:
                 paired[stage] = pair
                 out += ["", *paired_lines(pair, stage)]
+        # and every second stage against the labels-only control, where the pipeline trained one
+        controlled = {s: stage_vs(run_dir, s, "labels") for s in stages if s not in ("sft", "labels")}
+        controlled = {stage: pair for stage, pair in controlled.items() if pair}
+        if controlled:
+            out += ["", *control_lines(controlled)]
     out += ["", "## Phases", "", "| phase | status | exit | elapsed |", "|---|---|---:|---:|"]
     for phase, entry in state["phases"].items():
         if phase == "report" and entry.get("status") == "running":
@@ -277,6 +302,8 @@ def write_pipeline_report(run_dir: Path) -> Path:
                 "phases": state["phases"]}  # fmt: skip
     for stage, pair in paired.items():
         document[f"{stage}_minus_sft"] = pair
+    for stage, pair in controlled.items():
+        document[f"{stage}_minus_labels"] = pair
     if baselines:
         document["baselines"], document["vs_best_baseline"] = baselines, verdicts
         document["vs_each_baseline"] = vs_each

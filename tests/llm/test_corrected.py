@@ -204,15 +204,16 @@ def test_the_stage_trains_from_the_latest_sft_run_and_resumes_on_the_same_record
 
 def test_labels_only_trains_the_start_model_on_labels_and_asks_it_nothing(workspace, monkeypatch):
     """corrected.prompts=0: more SFT from a finished run (the control a second stage is judged against). The
-    records are exactly the first label_records labels of the seeded shuffle as SFT tokenizes them; with no
-    number of labels the config is refused before a model loads."""
+    records are exactly the first label_records labels of the seeded shuffle as SFT tokenizes them (-1: all
+    of them); with no labels to train on the config is refused before a model loads."""
     assert train(workspace, "training_type=sft", "run.run_id=s1") == 0
 
     def refuse(*args):
         raise AssertionError("labels only must not ask the start model")
 
     monkeypatch.setattr(corrected, "own_answers", refuse)
-    assert train(workspace, "training_type=corrected", "run.run_id=l0", "corrected.prompts=0") == EXIT_USAGE
+    labels_none = ("training_type=corrected", "corrected.prompts=0", "corrected.label_records=0")
+    assert train(workspace, "run.run_id=l0", *labels_none) == EXIT_USAGE
     assert not (workspace / "models/universal/corrected/l0").exists()
     labels_only = ("training_type=corrected", "corrected.prompts=0", "corrected.label_records=6")
     assert train(workspace, "run.run_id=l1", *labels_only) == 0
@@ -226,6 +227,9 @@ def test_labels_only_trains_the_start_model_on_labels_and_asks_it_nothing(worksp
     seed = json.loads((run / "config.json").read_text())["seed"]
     order = np.random.default_rng(seed).permutation(len(train_records))
     assert sorted(r["id"] for r in kept) == sorted(train_records[i]["id"] for i in order[:6])
+    assert train(workspace, "run.run_id=l2", "training_type=corrected", "corrected.prompts=0") == 0
+    summary = json.loads((workspace / "models/universal/corrected/l2" / SUMMARY_FILE).read_text())
+    assert summary["label_records"] == len(train_records) and summary["corrected_records"] == 0
 
 
 # ---------------------------------------------------------------- rejection-sampling fine-tuning (lib/llm/rft.py)

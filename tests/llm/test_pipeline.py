@@ -185,6 +185,26 @@ def test_phases_run_the_scripts_with_the_pipeline_config_and_key_value_overrides
         resolved["eval"]["batch_size"] == 4 and resolved["data"]["dataset_name"] == "pipe"
     )  # from the config
 
+    # the labels-only control: the corrected stage from this SFT run, asking it nothing, in its own run
+    labels = script.labels_run(cfg, run_dir)
+    assert labels == script.training_run(cfg, "corrected", f"{run_dir.name}_labels")
+    assert script.phase_labels(cfg, run_dir) == 0
+    train = commands[-1]
+    assert train[-4:] == [
+        "training_type=corrected",
+        f"run.run_id={run_dir.name}_labels",
+        f"corrected.init_from={sft}",
+        "corrected.prompts=0",
+    ]
+    labels.mkdir(parents=True)
+    (labels / "run_info.json").write_text("{}")
+    assert script.phase_eval_labels(cfg, run_dir) == 0
+    assert commands[-1][4:7] == [
+        f"eval.model_path={json.dumps([str(labels)])}",
+        'eval.labels=["labels"]',
+        f"eval.output_dir={run_dir / 'labels_evaluation'}",
+    ]
+
 
 def test_an_old_pipeline_folder_still_resolves(workspace, tmp_path):
     """config.json of a folder made before the generate/eval sections: read through LEGACY_KEYS."""

@@ -104,34 +104,40 @@ def write_evaluation(folder: Path, records: list[dict], results: list[dict]) -> 
     (folder / "samples.jsonl").write_text(sample_lines(results))
 
 
-def test_the_report_pairs_best_of_k_with_greedy_and_grpo_with_sft(tmp_path):
-    """Doubles for the models: SFT answers 0.8 u*, its samples alternate 0.8 u* and u*, GRPO answers 0.9 u*;
-    the optimum's gap is 0, so both improvements are clear on every problem."""
+def scaled_answers(records: list[dict], *factors: float) -> list[dict]:
+    """Scored doubles for a model's answers: sample j of each record answers factors[j % len(factors)] * u*
+    (as many samples a record as factors)."""
+    from lib.llm.evaluation import answer_records, score_samples
+
+    def answer(prompts):
+        out = []
+        for j, prompt in enumerate(prompts):
+            record = next(r for r in records if r["prompt"] == prompt)
+            u = factors[j % len(factors)] * np.asarray(record["u_opt"])
+            out.append(f"<REASONING>r</REASONING><CONTROLS>{', '.join(repr(float(v)) for v in u)}</CONTROLS>")
+        return out
+
+    return score_samples(records, answer_records(records, answer, len(factors)))
+
+
+def pair_records(tmp_path: Path) -> list[dict]:
     from helpers import make_dataset
 
     from lib.control.dataset_format import load_records
+
+    return load_records(make_dataset(tmp_path, "pairs", ["double_integrator"], 2, 24), "eval")[0]
+
+
+def test_the_report_pairs_best_of_k_with_greedy_and_grpo_with_sft(tmp_path):
+    """Doubles for the models: SFT answers 0.8 u*, its samples alternate 0.8 u* and u*, GRPO answers 0.9 u*;
+    the optimum's gap is 0, so both improvements are clear on every problem."""
     from lib.llm.evaluate import best_of_results
-    from lib.llm.evaluation import answer_records, score_samples
 
-    records = load_records(make_dataset(tmp_path, "pairs", ["double_integrator"], 2, 24), "eval")[0]
-
-    def scaled(*factors):  # sample j of each record answers factors[j % len(factors)] * u*
-        def answer(prompts):
-            out = []
-            for j, prompt in enumerate(prompts):
-                record = next(r for r in records if r["prompt"] == prompt)
-                u = factors[j % len(factors)] * np.asarray(record["u_opt"])
-                out.append(
-                    f"<REASONING>r</REASONING><CONTROLS>{', '.join(repr(float(v)) for v in u)}</CONTROLS>"
-                )
-            return out
-
-        return answer
-
+    records = pair_records(tmp_path)
     calls = {"prompts": len(records), "seconds": 1.0}
-    sft = score_samples(records, answer_records(records, scaled(0.8)))
-    samples = score_samples(records, answer_records(records, scaled(0.8, 1.0), 2))
-    grpo = score_samples(records, answer_records(records, scaled(0.9)))
+    sft = scaled_answers(records, 0.8)
+    samples = scaled_answers(records, 0.8, 1.0)
+    grpo = scaled_answers(records, 0.9)
     run_dir = new_pipeline(tmp_path)
     write_evaluation(run_dir / "sft_evaluation", records, [
         {"label": "sft", "model": "sft run", "rows": sft, "calls": calls},
@@ -153,3 +159,32 @@ def test_the_report_pairs_best_of_k_with_greedy_and_grpo_with_sft(tmp_path):
     assert ratio["typical_ratio_ci"][1] < 1  # GRPO's gaps are smaller, the interval excludes no change
     best = document["models"]["sft best-of-2"]["best_of"]
     assert best["beats_greedy"] == 1.0 and best["vs_greedy"]["typical_ratio"] < 0.1  # the optimum: gap 0
+
+
+def test_each_second_stage_is_paired_with_the_labels_only_control_when_the_pipeline_trained_one(tmp_path):
+    """SFT answers 0.8 u*, the labels-only control 0.95 u*, RFT 0.9 u*: RFT beats SFT on every problem and
+    loses to the control on every problem, and the report says both; the control itself is paired with SFT
+    like a second stage, not with itself."""
+    records = pair_records(tmp_path)
+    config = str(ROOT / "configs" / "scratch" / "corrected_cpu.yaml")
+    phases = '["sft", "eval_sft", "rft", "eval_rft", "labels", "eval_labels", "report"]'
+    argv = ["--config", config, f"pipeline.results_dir={tmp_path}", f"pipeline.phases={phases}", "--init"]
+    assert call_script("run_pipeline", argv) == 0
+    (run_dir,) = tmp_path.glob("pipeline_*")
+    calls = {"prompts": len(records), "seconds": 1.0}
+    for stage, factor in (("sft", 0.8), ("rft", 0.9), ("labels", 0.95)):
+        rows = scaled_answers(records, factor)
+        write_evaluation(run_dir / f"{stage}_evaluation", records,
+                         [{"label": stage, "model": f"{stage} run", "rows": rows, "calls": calls}])  # fmt: skip
+    assert report_phase(run_dir) == EXIT_OK
+    report = (run_dir / "report.md").read_text()
+    assert "## LABELS - SFT on the same problems (paired)" in report and "| RFT vs SFT | 24 |" in report
+    assert "## Second stages - labels only on the same problems (paired)" in report
+    assert "| RFT vs LABELS | 24 |" in report and "| LABELS vs LABELS |" not in report
+    document = json.loads((run_dir / "metrics.json").read_text())
+    assert set(document) >= {"rft_minus_sft", "labels_minus_sft", "rft_minus_labels"}
+    assert "labels_minus_labels" not in document
+    versus = document["rft_minus_labels"]["gap"]["log_ratio"]
+    assert (
+        versus["both_feasible"] == 24 and versus["after_better"] == 0.0 and versus["typical_ratio_ci"][0] > 1
+    )
