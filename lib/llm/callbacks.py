@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lib.common.atomic import write_json_atomic
@@ -63,27 +64,27 @@ def watch_records(cfg: dict) -> list[dict]:
     return load_records(path, "eval", data["system"], cfg["eval"]["watch_problems"], round_robin=True)[0]
 
 
-def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[str, float]:
-    """Greedy answers to `records`, scored by simulation exactly as main_eval.py scores them
-    (answer_records -> score_samples -> summarize); the finite ones of parsed, feasible, median_gap, mean_S, median_S, success@10%, keyed control/<name>."""
-    from lib.llm.evaluation import answer_records, score_samples, summarize
-    from lib.llm.generation import generate_completions
+def watch_answerer(model, tokenizer, records: list[dict], cfg: dict) -> Callable[[list], list[str]]:
+    """prompts -> answers as the evaluation decodes them (eval.decoding: greedy, or each control's expected
+    value), so the watch curve shows what the final evaluation will."""
+    from lib.llm.generation import expected_value_answerer, generate_completions
 
-    settings = cfg["eval"]
+    size, tokens = cfg["eval"]["batch_size"], cfg["eval"]["max_new_tokens"]
+    if cfg["eval"]["decoding"] == "expected_value":
+        return expected_value_answerer(model, tokenizer, records, tokens, size)
+    return lambda prompts: generate_completions(model, tokenizer, prompts, tokens, size, 0.0, cfg["seed"])
+
+
+def control_metrics(model, tokenizer, records: list[dict], cfg: dict) -> dict[str, float]:
+    """Answers to `records` (`watch_answerer`), scored by simulation exactly as main_eval.py scores them
+    (answer_records -> score_samples -> summarize); the finite ones of parsed, feasible, median_gap, mean_S,
+    median_S, success@10%, keyed control/<name>."""
+    from lib.llm.evaluation import answer_records, score_samples, summarize
+
+    answer = watch_answerer(model, tokenizer, records, cfg)
     padding_side = tokenizer.padding_side  # generation pads on the left; training keeps its own side
     try:
-        rows = answer_records(
-            records,
-            lambda prompts: generate_completions(
-                model,
-                tokenizer,
-                prompts,
-                settings["max_new_tokens"],
-                settings["batch_size"],
-                0.0,
-                cfg["seed"],
-            ),
-        )
+        rows = answer_records(records, answer)
     finally:
         tokenizer.padding_side = padding_side
     summary = summarize(score_samples(records, rows), cfg["seed"])["all"]

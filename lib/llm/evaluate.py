@@ -24,7 +24,7 @@ from lib.common.config import repo_path
 from lib.common.errors import EXIT_FAILED, EXIT_OK, UsageError
 from lib.common.outputs import MAIN_EVAL, check_output_folder, replace_outputs, staging
 from lib.common.runs import git_commit
-from lib.control.answer import build_prompt, stated_bounds
+from lib.control.answer import build_prompt
 from lib.control.baselines import BASELINES, dataset_baselines
 from lib.control.dataset import sample_initial_states
 from lib.control.dataset_format import load_records
@@ -142,16 +142,14 @@ def make_answerer(
     the model's distribution over it, clipped to the control bounds its prompt states (`stated_bounds`: a
     record's, an MPC re-plan's and a fresh problem's alike) and written to the records' decimals
     (transformers only: vLLM gives no such tree)."""
-    from lib.llm.generation import expected_value_completions, generate_completions, vllm_generator
+    from lib.llm.generation import expected_value_answerer, generate_completions, vllm_generator
 
     settings = cfg["eval"]
     if settings["decoding"] == "expected_value" and temperature is None:
         model.to(setup.device)
-        decimals = max(r["decimals"] for r in records)
-        return lambda prompts: expected_value_completions(
-            model, tokenizer, prompts, decimals, settings["max_new_tokens"], settings["batch_size"],
-            progress=True, bounds=[stated_bounds(p) for p in prompts],
-        )  # fmt: skip
+        return expected_value_answerer(
+            model, tokenizer, records, settings["max_new_tokens"], settings["batch_size"], progress=True
+        )
     temperature = settings["temperature"] if temperature is None else temperature
     if setup.vllm:
         merged = workdir / "vllm_model"  # vLLM loads a plain folder: save the merged model once

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from lib.control.answer import stated_bounds
 from lib.control.labels import grid_bounds
 
 
@@ -85,6 +86,18 @@ def vllm_generator(
 
 
 CONTROLS_TAG = "<CONTROLS>"
+
+
+def expected_value_answerer(
+    model, tokenizer, records: list[dict], max_new_tokens: int, batch_size: int, progress: bool = False
+) -> Callable[[list[list[dict]]], list[str]]:
+    """prompts -> `expected_value_completions` at the records' decimals, each control clipped to the bounds
+    its prompt states (`stated_bounds`: a record's, an MPC re-plan's and a fresh problem's alike)."""
+    decimals = max(r["decimals"] for r in records)
+    return lambda prompts: expected_value_completions(
+        model, tokenizer, prompts, decimals, max_new_tokens, batch_size, progress=progress,
+        bounds=[stated_bounds(p) for p in prompts],
+    )  # fmt: skip
 
 
 def expected_value_completions(

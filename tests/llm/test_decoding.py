@@ -111,3 +111,15 @@ def test_a_prompt_no_record_holds_is_clipped_to_the_bounds_it_states_on_the_prin
     replan = build_prompt(tight, np.array([0.31, -0.02]), 2, "compact")
     clipped, free = answer([replan, PROMPT])
     assert clipped.startswith(HEAD + "0.20") and free.startswith(HEAD + f"{EXPECTED:.2f}")
+
+
+@pytest.mark.parametrize("decoding, written", [("token", "0.37"), ("expected_value", f"{EXPECTED:.2f}")])
+def test_the_watch_problems_are_answered_as_the_evaluation_decodes(bigram, decoding, written):
+    """The learning curve logged during training (the control-metrics callback) decodes as eval.decoding
+    says: under expected value its points are what the final evaluation will print, not greedy's."""
+    from lib.llm.callbacks import watch_answerer
+
+    model, tokenizer = bigram
+    cfg = {"eval": {"decoding": decoding, "max_new_tokens": 8, "batch_size": 2}, "seed": 0}
+    answer = watch_answerer(model, tokenizer, [{"decimals": 2, "prompt": PROMPT}], cfg)
+    assert answer([PROMPT])[0].startswith(HEAD + written)
