@@ -1,11 +1,12 @@
 """The pipeline (docs/ARCHITECTURE.md, "Pipelines"): data -> sft -> eval_sft -> grpo -> eval_grpo -> report
 (and corrected -> eval_corrected, rft -> eval_rft: the solver-corrected and rejection-sampling stages from
 the same SFT run, where pipeline.phases names them; labels -> eval_labels: the SFT run trained on labels
-alone at the corrected stage's steps, the control each second stage is paired against), each phase a script run in its own process (so memory
-is returned between phases) with the pipeline folder's config.json plus the few `key=value` overrides that
-are the phase's own (run id, models to evaluate, output folder). The folder's format is
-lib/llm/pipeline_folder.py; the report lib/llm/pipeline_report.py. scripts/run_pipeline.py parses its flags
-and calls `run_pipeline`; slurm/pipeline.sh calls it once per phase (`--phase NAME`) as a SLURM step.
+alone at the corrected stage's steps, the control each second stage is paired against), each phase a
+script run in its own process (so memory is returned between phases) with the pipeline folder's
+config.json plus the few `key=value` overrides that are the phase's own (run id, models to evaluate,
+output folder). The folder's format is lib/llm/pipeline_folder.py; the report lib/llm/pipeline_report.py.
+scripts/run_pipeline.py parses its flags and calls `run_pipeline`; slurm/pipeline.sh calls it once per
+phase (`--phase NAME`) as a SLURM step.
 
 A phase that completed is skipped when the pipeline runs again, so a re-run after a failure (or a SLURM
 requeue, `--job-id`) resumes at the phase that failed; training phases resume from their last checkpoint.

@@ -119,8 +119,8 @@ def stage_vs(run_dir: Path, stage: str, before: str = "sft") -> dict | None:
     )
     if not (before_path.is_file() and after_path.is_file()):
         return None
-    sft, after = _first_samples(before_path, before), _first_samples(after_path, stage)
-    ids = [i for i in sft if i in after]
+    first, after = _first_samples(before_path, before), _first_samples(after_path, stage)
+    ids = [i for i in first if i in after]
     if not ids:
         return None
 
@@ -129,15 +129,15 @@ def stage_vs(run_dir: Path, stage: str, before: str = "sft") -> dict | None:
             [np.nan if samples[i].get(key) is None else samples[i][key] for i in ids], dtype=float
         )
 
-    gap = paired_difference(column(sft, "gap"), column(after, "gap"))
+    gap = paired_difference(column(first, "gap"), column(after, "gap"))
     gap["log_ratio"] = paired_log_ratio(
-        failures_infinite(column(sft, "gap"), column(sft, "feasible") == 1),
+        failures_infinite(column(first, "gap"), column(first, "feasible") == 1),
         failures_infinite(column(after, "gap"), column(after, "feasible") == 1),
     )
     return {
         "problems": len(ids),
         "gap": gap,
-        "score": paired_difference(column(sft, "score"), column(after, "score")),
+        "score": paired_difference(column(first, "score"), column(after, "score")),
     }
 
 
