@@ -206,7 +206,7 @@ def test_labels_only_trains_the_start_model_on_labels_and_asks_it_nothing(worksp
     """corrected.prompts=0: more SFT from a finished run (the control a second stage is judged against). The
     records are exactly the first label_records labels of the seeded shuffle as SFT tokenizes them (-1: all
     of them); with no labels to train on the config is refused before a model loads."""
-    assert train(workspace, "training_type=sft", "run.run_id=s1") == 0
+    assert train(workspace, "training_type=sft", "run.run_id=s_labels") == 0
 
     def refuse(*args):
         raise AssertionError("labels only must not ask the start model")
@@ -218,7 +218,10 @@ def test_labels_only_trains_the_start_model_on_labels_and_asks_it_nothing(worksp
     labels_only = ("training_type=corrected", "corrected.prompts=0", "corrected.label_records=6")
     assert train(workspace, "run.run_id=l1", *labels_only) == 0
     run = workspace / "models/universal/corrected/l1"
-    assert json.loads((run / "run_info.json").read_text())["status"] == "completed"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "completed" and info["init_run"] == str(
+        workspace / "models/universal/sft/s_labels"
+    )
     summary = json.loads((run / SUMMARY_FILE).read_text())
     assert (summary["prompts"], summary["corrected_records"], summary["label_records"]) == (0, 0, 6)
     kept = [json.loads(line) for line in (run / RECORDS_FILE).read_text().splitlines()]
