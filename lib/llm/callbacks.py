@@ -65,8 +65,9 @@ def watch_records(cfg: dict) -> list[dict]:
 
 
 def watch_answerer(model, tokenizer, records: list[dict], cfg: dict) -> Callable[[list], list[str]]:
-    """prompts -> answers as the evaluation decodes them (eval.decoding: greedy, or each control's expected
-    value), so the watch curve shows what the final evaluation will."""
+    """prompts -> answers as the evaluation decodes them (eval.decoding: `token`, greedy, or
+    `expected_value`, each control's expected value), so the watch curve shows what the final evaluation
+    will; always at temperature 0, as the watch curve has always been."""
     from lib.llm.generation import expected_value_answerer, generate_completions
 
     size, tokens = cfg["eval"]["batch_size"], cfg["eval"]["max_new_tokens"]

@@ -16,6 +16,9 @@ from an exact solver, so the right continuation of any beginning is known:
     4. the record "prompt + own answer up to its k-th comma -> the optimal rest" is trained with the loss on
        the rest only, mixed with corrected.label_records original labels (loss on the whole answer, as SFT).
 
+corrected.prompts 0 skips steps 1-3: the start model is trained on labels alone (more SFT from a finished
+run, and the pipeline's labels phase: the control a second stage is judged against).
+
 The records are token ids with a completion mask (TRL's pre-tokenized format), cut at a token boundary of
 the rendered chat text: a label record is exactly the tokens SFT trains on. They are built once per run and
 kept in the run folder (RECORDS_FILE), so a run resumed after SIGTERM trains on the same records.

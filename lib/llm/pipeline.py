@@ -125,13 +125,14 @@ def labels_run(cfg: dict, run_dir: Path) -> Path:
 
 
 def phase_labels(cfg: dict, run_dir: Path) -> int:
-    """The control a second stage is judged against: this pipeline's SFT run trained further on labels alone
-    (corrected.prompts=0: the corrected stage's steps, rate and batch; corrected.label_records labels, -1 every
-    train record), so a second stage's gain over it is what its own records teach beyond more SFT."""
+    """The control a second stage is judged against: this pipeline's SFT run trained further on every train
+    label alone (corrected.prompts=0, corrected.label_records=-1; the corrected stage's steps, rate and
+    batch), so a second stage's gain over it is what its own records teach beyond more SFT."""
     sft = training_run(cfg, "sft", run_dir.name)
     init = [f"corrected.init_from={sft}"] if (sft / "run_info.json").is_file() else []
     name = labels_run(cfg, run_dir).name
-    return _train(cfg, run_dir, "corrected", [*init, "corrected.prompts=0"], name)
+    labels_only = ["corrected.prompts=0", "corrected.label_records=-1"]
+    return _train(cfg, run_dir, "corrected", [*init, *labels_only], name)
 
 
 def _evaluate(cfg: dict, run_dir: Path, stage: str, run: Path | None = None) -> int:

@@ -1,6 +1,7 @@
 """The pipeline's own report: base vs SFT vs GRPO side by side (from the evaluation phases' metrics.json,
 with their best-of-k rows), each second stage - SFT paired on the same problems (differences and the
-log-ratio of gaps), each best-of-k row against its model's greedy answers, the reference rows, and each
+log-ratio of gaps) and, where the pipeline trained the labels-only control, each second stage against it,
+each best-of-k row against its model's greedy answers, the reference rows, and each
 phase's time (the folder's format: lib/llm/pipeline_folder.py).
 
 The pipeline folder is shared with the user (notes, a report.md of their own): the report phase replaces only
@@ -179,13 +180,14 @@ def paired_lines(paired: Mapping, stage: str) -> list[str]:
 
 def control_lines(pairs: Mapping[str, Mapping]) -> list[str]:
     """The 'against the labels-only control' section: each second stage's log-ratio of gaps against the SFT
-    run trained as long on labels alone (the labels phase), on the same problems."""
+    run trained further on labels alone at the corrected stage's steps and rate (the labels phase), on the
+    same problems."""
     return [
         "## Second stages - labels only on the same problems (paired)",
         "",
         "LABELS is the SFT model trained further on labels alone, at the corrected stage's steps and rate "
-        "(the labels phase): a second stage that does not beat it taught nothing that more SFT steps do not. "
-        + LOG_RATIO_NOTE,
+        "(the labels phase): a second stage that does not beat it taught nothing that as many steps on labels "
+        "do not (GRPO's own steps may differ: see the config). " + LOG_RATIO_NOTE,
         "",
         *LOG_RATIO_HEADER,
         *(

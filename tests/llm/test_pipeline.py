@@ -190,11 +190,12 @@ def test_phases_run_the_scripts_with_the_pipeline_config_and_key_value_overrides
     assert labels == script.training_run(cfg, "corrected", f"{run_dir.name}_labels")
     assert script.phase_labels(cfg, run_dir) == 0
     train = commands[-1]
-    assert train[-4:] == [
+    assert train[-5:] == [
         "training_type=corrected",
         f"run.run_id={run_dir.name}_labels",
         f"corrected.init_from={sft}",
         "corrected.prompts=0",
+        "corrected.label_records=-1",  # every train label, whatever the corrected stage's own mix
     ]
     labels.mkdir(parents=True)
     (labels / "run_info.json").write_text("{}")
