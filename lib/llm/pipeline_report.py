@@ -107,20 +107,20 @@ def _first_samples(path: Path, model: str) -> dict[str, dict]:
     return samples
 
 
-def stage_vs(run_dir: Path, stage: str, before: str = "sft") -> dict | None:
-    """<stage> - <before> on the same held-out problems (paired by record id, first sample of each; a stage's
-    evaluation labels its model by the stage's name): gap and score S with bootstrap intervals
-    (lib.llm.evaluation.paired_difference), and under gap.log_ratio the per-problem log-ratio of the gaps,
-    failures counted as infinite gaps (paired_log_ratio); None without both evaluations."""
+def stage_samples(run_dir: Path, stages: list[str]) -> dict[str, dict[str, dict]]:
+    """stage -> {record id -> its model's first sample} for each stage whose evaluation wrote samples.jsonl
+    (a stage's evaluation labels its model by the stage's name); each file is read once."""
+    paths = {stage: run_dir / f"{stage}_evaluation" / "samples.jsonl" for stage in stages}
+    return {stage: _first_samples(path, stage) for stage, path in paths.items() if path.is_file()}
+
+
+def stage_vs(first: Mapping[str, dict], after: Mapping[str, dict]) -> dict | None:
+    """after - first on the same held-out problems (paired by record id; `stage_samples` gives each): gap
+    and score S with bootstrap intervals (lib.llm.evaluation.paired_difference), and under gap.log_ratio
+    the per-problem log-ratio of the gaps, failures counted as infinite gaps (paired_log_ratio); None when
+    no problem was answered by both."""
     from lib.llm.evaluation import failures_infinite, paired_difference, paired_log_ratio
 
-    before_path, after_path = (
-        run_dir / f"{before}_evaluation" / "samples.jsonl",
-        run_dir / f"{stage}_evaluation" / "samples.jsonl",
-    )
-    if not (before_path.is_file() and after_path.is_file()):
-        return None
-    first, after = _first_samples(before_path, before), _first_samples(after_path, stage)
     ids = [i for i in first if i in after]
     if not ids:
         return None
@@ -282,14 +282,17 @@ def write_pipeline_report(run_dir: Path) -> Path:
         best_of = best_of_pipeline_lines(models)
         if best_of:
             out += ["", *best_of]
-        for stage in (s for s in stages if s != "sft"):  # every second stage against the first
-            pair = stage_vs(run_dir, stage)
+        samples = stage_samples(run_dir, stages)
+        for stage in (s for s in samples if s != "sft"):  # every second stage against the first
+            pair = stage_vs(samples.get("sft", {}), samples[stage])
             if pair:
                 paired[stage] = pair
                 out += ["", *paired_lines(pair, stage)]
         # and every second stage against the labels-only control, where the pipeline trained one
-        controlled = {s: stage_vs(run_dir, s, "labels") for s in stages if s not in ("sft", "labels")}
-        controlled = {stage: pair for stage, pair in controlled.items() if pair}
+        for stage in (s for s in samples if s not in ("sft", "labels")):
+            pair = stage_vs(samples.get("labels", {}), samples[stage])
+            if pair:
+                controlled[stage] = pair
         if controlled:
             out += ["", *control_lines(controlled)]
     out += ["", "## Phases", "", "| phase | status | exit | elapsed |", "|---|---|---:|---:|"]
