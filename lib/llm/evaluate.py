@@ -80,13 +80,6 @@ def check_control_settings(cfg: dict) -> None:
             f"{len(labels)} --labels (eval.labels) for {len(models)} --model-path values (eval.model_path).",
             fix="give one label per model, in the same order, or none.",
         )
-    if settings["decoding"] == "expected_value" and settings["temperature"] > 0:
-        raise UsageError(
-            f"--decoding expected_value (eval.decoding) writes each control as the mean of the model's "
-            f"distribution, deterministically; --temperature {settings['temperature']} (eval.temperature) asks "
-            "for sampled answers.",
-            fix="drop --temperature (expected-value decoding needs temperature 0), or use --decoding token.",
-        )
     best_of = settings["best_of_k"]
     if best_of and settings["mode"] != "control":
         # MPC re-plans from states the samples would each lead to differently, and the format check has no

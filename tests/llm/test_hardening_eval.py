@@ -283,5 +283,5 @@ def test_expected_value_decoding_with_a_temperature_is_refused_before_any_model_
 ):
     out = tmp_path / "eval"
     argv = eval_argv(workspace, out, "--decoding", "expected_value", "--temperature", "0.5")
-    refused(capsys, "main_eval", argv, "--decoding expected_value", "--temperature 0.5")
+    refused(capsys, "main_eval", argv, "eval.decoding is expected_value", "eval.temperature is 0.5")
     assert not out.exists()

@@ -272,6 +272,8 @@ def _corrupt_field(workspace: Path) -> str:
             "every GRPO reward has weight 0",
         ),
         (["training_type=grpo", "run.models_dir=/tmp/empty-models-dir-for-test"], "no completed SFT run"),
+        # the watch curve decodes as the evaluation: refused before an hour of training, not after it
+        (["eval.decoding=expected_value", "eval.temperature=0.5"], "eval.decoding is expected_value"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(workspace, capsys, extra, message):
@@ -706,3 +708,4 @@ def test_warmup_stable_decay_holds_the_rate_then_anneals_it_over_the_last_decay_
             ROOT / "configs/scratch/demo_cpu.yaml",
             ["sft.lr_scheduler_type=warmup_stable_decay", "sft.warmup_ratio=0.5", "sft.decay_ratio=0.6"],
         )
+

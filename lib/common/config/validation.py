@@ -114,6 +114,17 @@ def check_relations(cfg: Mapping, schema_name: str, source: str) -> None:
                 "warmup_stable_decay schedule would start its decay before the warm-up ends and jump.",
                 fix=f"lower {stage}.decay_ratio (e.g. {stage}.decay_ratio=0.2) or {stage}.warmup_ratio.",
             )
+    evaluation = cfg["eval"]
+    if evaluation["decoding"] == "expected_value" and evaluation["temperature"] > 0:
+        # checked here, not in main_eval: training's watch curve and the pipeline's evaluations read the same
+        # keys, and an hour of SFT should not end in an evaluation that refuses its config
+        raise ConfigError(
+            f"{source}: eval.decoding is expected_value (--decoding), which writes each control as the mean of "
+            f"the model's distribution, deterministically, but eval.temperature is {evaluation['temperature']} "
+            "(--temperature), which asks for sampled answers.",
+            fix="drop the temperature (expected-value decoding needs eval.temperature=0), or use "
+            "eval.decoding=token (--decoding token).",
+        )
     grpo = cfg["grpo"]
     # TRL groups the completions of one prompt within one generation batch: per-device batch x processes x
     # accumulation steps completions, which must hold whole groups of num_generations. WORLD_SIZE is set by
