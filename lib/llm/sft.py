@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from lib.common.device import DeviceSetup
 from lib.common.runs import mean_of_last
+from lib.control.answer import TAGS
 
 FIELDS = ("prompt", "completion")  # the columns SFTTrainer reads
+CONTROLS_OPEN = TAGS[2]
 
 
 def check_config(cfg: dict) -> None:
@@ -32,14 +34,28 @@ def arguments(cfg: dict, common: dict, setup: DeviceSetup):
 
 def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], evaluation: list[dict],
             callbacks: list):  # fmt: skip
-    """SFTTrainer over the train records, with the eval split for the final eval loss."""
+    """SFTTrainer over the train records, with the eval split for the final eval loss; with
+    sft.first_control_weight != 1, the training loss weighs the first control's tokens that many times
+    (`first_control_weights`)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     def rows(records: list[dict]):
         return Dataset.from_list([{k: r[k] for k in FIELDS} for r in records])
 
-    return SFTTrainer(
+    weight = cfg["sft"]["first_control_weight"]
+    token_texts = [tokenizer.decode([i]) for i in range(len(tokenizer))] if weight != 1 else []
+
+    class FirstControlWeighted(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not model.training:  # the eval loss stays the plain mean, comparable across runs
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            weights = first_control_weights(token_texts, inputs["input_ids"], inputs["labels"], weight)
+            # TRL's fused head returns log p(token t+1) at position t, for the labels shifted by one
+            scaled = ScaledLogProbs(model, weights[:, 1:])
+            return super().compute_loss(scaled, inputs, return_outputs, num_items_in_batch)
+
+    return (SFTTrainer if weight == 1 else FirstControlWeighted)(
         model=model,
         args=args,
         train_dataset=rows(train),
@@ -48,6 +64,49 @@ def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], e
         peft_config=peft_config,
         callbacks=callbacks,
     )
+
+
+def first_control_weights(token_texts: list[str], input_ids, labels, weight: float):
+    """[batch, seq] loss weights: `weight` on the completion tokens that write the first number after
+    <CONTROLS> (its sign and digits, up to the comma or closing tag; a token that also holds part of the tag,
+    as a subword tokenizer may merge ">-", counts), 1 elsewhere. Found on the tokens' text, so any tokenizer
+    works; a completion without <CONTROLS> gets no extra weight.
+
+    Why: the double integrator's whole gap sits in u_0, the one control computed from the state; the rest
+    follow from the controls already written (docs/TRAINING_APPROACHES.md, "What limits SFT's precision")."""
+    import torch
+
+    weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    for row, (ids, row_labels) in enumerate(zip(input_ids.tolist(), labels.tolist(), strict=True)):
+        positions = [t for t, label in enumerate(row_labels) if label != -100]
+        pieces = [token_texts[ids[t]] for t in positions]
+        text = "".join(pieces)
+        opened = text.find(CONTROLS_OPEN)
+        if opened < 0:
+            continue
+        start = opened + len(CONTROLS_OPEN)
+        ends = [i for i in (text.find(",", start), text.find("<", start)) if i >= 0]
+        end = min(ends, default=len(text))
+        offset = 0
+        for t, piece in zip(positions, pieces, strict=True):
+            if offset < end and offset + len(piece) > start:
+                weights[row, t] = weight
+            offset += len(piece)
+    return weights
+
+
+class ScaledLogProbs:
+    """The model, called as TRL's SFTTrainer calls it (`fused_lm_head=True`: per-token log-probabilities),
+    with those log-probabilities multiplied by `scale`: SFTTrainer's own loss (minus their sum over the
+    number of label tokens) becomes the weighted one, and its entropy and accuracy logs stay as they are."""
+
+    def __init__(self, model, scale):
+        self.model, self.scale = model, scale
+
+    def __call__(self, **kwargs):
+        outputs = self.model(**kwargs)
+        outputs.log_probs = outputs.log_probs * self.scale
+        return outputs
 
 
 def final_metrics(cfg: dict, trainer, output, evaluation: list[dict], stopped: bool) -> dict:

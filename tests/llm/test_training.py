@@ -709,3 +709,66 @@ def test_warmup_stable_decay_holds_the_rate_then_anneals_it_over_the_last_decay_
             ["sft.lr_scheduler_type=warmup_stable_decay", "sft.warmup_ratio=0.5", "sft.decay_ratio=0.6"],
         )
 
+
+def test_first_control_weight_multiplies_the_loss_on_exactly_the_first_controls_tokens(workspace, tmp_path):
+    """sft.first_control_weight=4: SFTTrainer's training loss is, to float precision, the hand-computed mean
+    over the completion tokens with weight 4 on the tokens that write u_0 (the tiny model's own BPE, which
+    splits and merges the tags its own way) and 1 elsewhere; the eval loss stays the plain mean; weight 1 is
+    TRL's own loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lib.common.config import resolve_config
+    from lib.common.device import DeviceSetup
+    from lib.llm import sft
+    from lib.llm.models import load_tokenizer
+    from lib.llm.stages import common_args
+
+    setup = DeviceSetup(device="cpu", precision="fp32", unsloth=False, vllm=False)
+    records = read_records(workspace / "datasets" / "mix", "train")[:4]
+    first_controls = {r["completion"][0]["content"].split("<CONTROLS>")[1].split(",")[0] for r in records}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(workspace / "tiny")
+
+    def loss_of(weight: float, training: bool):
+        cfg = resolve_config(None, overrides(workspace, f"sft.first_control_weight={weight}",
+                                             "sft.per_device_train_batch_size=4"))  # fmt: skip
+        tokenizer = load_tokenizer(str(workspace / "tiny"), cfg)
+        args = sft.arguments(cfg, common_args(cfg["sft"], cfg, setup, tmp_path / str(weight)), setup)
+        trainer = sft.trainer(cfg, model, tokenizer, None, args, records, [], [])
+        batch = next(iter(trainer.get_train_dataloader()))
+        model.train(training)
+        with torch.no_grad():
+            return trainer.compute_loss(model, batch).item(), batch, tokenizer
+
+    weighted, batch, tokenizer = loss_of(4, training=True)
+    plain, plain_batch, _ = loss_of(1, training=True)
+    assert torch.equal(batch["input_ids"], plain_batch["input_ids"])  # same records, same order
+
+    labels, ids = batch["labels"], batch["input_ids"]
+    weights = torch.ones(labels.shape)
+    for row in range(len(ids)):
+        marked = [t for t in range(ids.shape[1]) if labels[row, t] != -100]
+        text = tokenizer.decode(ids[row, marked])
+        u0 = text.split("<CONTROLS>")[1].split(",")[0]
+        assert u0 in first_controls
+        # the first tokens, from the completion's start, whose text ends inside u_0 or at its end
+        upto = text.index("<CONTROLS>") + len("<CONTROLS>") + len(u0)
+        start = text.index("<CONTROLS>") + len("<CONTROLS>")
+        for t in range(len(marked)):
+            before, after = (len(tokenizer.decode(ids[row, marked[:k]])) for k in (t, t + 1))
+            if before < upto and after > start:
+                weights[row, marked[t]] = 4
+        chosen = tokenizer.decode(ids[row][weights[row] == 4])
+        assert u0 in chosen and len(chosen) <= len(u0) + len("<CONTROLS>") + 1, (u0, chosen)
+
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
+    target = labels[:, 1:]
+    mask = target != -100
+    log_probs = torch.log_softmax(logits.float(), -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    by_hand = -(weights[:, 1:] * log_probs * mask).sum() / mask.sum()
+    assert weighted == pytest.approx(by_hand.item(), rel=1e-4)
+    assert plain == pytest.approx((-(log_probs * mask).sum() / mask.sum()).item(), rel=1e-4)
+    assert weighted > plain  # the weights did something: u_0 is a few tokens of a long completion
+    assert loss_of(4, training=False)[0] == pytest.approx(plain, rel=1e-6)
