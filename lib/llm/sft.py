@@ -3,9 +3,15 @@ records, loss on the completion only). The order of a stage is lib/llm/training.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from lib.common.device import DeviceSetup
+from lib.common.errors import UsageError
 from lib.common.runs import mean_of_last
 from lib.control.answer import TAGS
+
+if TYPE_CHECKING:
+    import torch
 
 FIELDS = ("prompt", "completion")  # the columns SFTTrainer reads
 CONTROLS_OPEN = TAGS[2]
@@ -66,17 +72,17 @@ def trainer(cfg: dict, model, tokenizer, peft_config, args, train: list[dict], e
     )
 
 
-def first_control_weights(token_texts: list[str], input_ids, labels, weight: float):
+def first_control_weights(token_texts: list[str], input_ids, labels, weight: float) -> torch.Tensor:
     """[batch, seq] loss weights: `weight` on the completion tokens that write the first number after
     <CONTROLS> (its sign and digits, up to the comma or closing tag; a token that also holds part of the tag,
     as a subword tokenizer may merge ">-", counts), 1 elsewhere. Found on the tokens' text, so any tokenizer
-    works; a completion without <CONTROLS> gets no extra weight.
+    works; a completion without <CONTROLS> gets no extra weight. Built on the CPU, moved once.
 
     Why: the double integrator's whole gap sits in u_0, the one control computed from the state; the rest
     follow from the controls already written (docs/TRAINING_APPROACHES.md, "What limits SFT's precision")."""
     import torch
 
-    weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    weights = torch.ones(labels.shape, dtype=torch.float32)
     for row, (ids, row_labels) in enumerate(zip(input_ids.tolist(), labels.tolist(), strict=True)):
         positions = [t for t, label in enumerate(row_labels) if label != -100]
         pieces = [token_texts[ids[t]] for t in positions]
@@ -92,19 +98,31 @@ def first_control_weights(token_texts: list[str], input_ids, labels, weight: flo
             if offset < end and offset + len(piece) > start:
                 weights[row, t] = weight
             offset += len(piece)
-    return weights
+    return weights.to(labels.device)
 
 
 class ScaledLogProbs:
-    """The model, called as TRL's SFTTrainer calls it (`fused_lm_head=True`: per-token log-probabilities),
-    with those log-probabilities multiplied by `scale`: SFTTrainer's own loss (minus their sum over the
-    number of label tokens) becomes the weighted one, and its entropy and accuracy logs stay as they are."""
+    """The model, called as TRL's SFTTrainer calls it for the training loss (`fused_lm_head=True`: per-token
+    log-probabilities), with those log-probabilities multiplied by `scale`. SFTTrainer's loss, minus their
+    sum over the number of completion tokens, then has each u_0 term multiplied by the weight (not a weighted
+    mean: the divisor stays the token count, so the logged training loss grows with the weight); its entropy
+    and accuracy logs stay as they are. A trainer that builds its loss another way is refused, not ignored."""
 
-    def __init__(self, model, scale):
+    def __init__(self, model: Any, scale: torch.Tensor) -> None:
         self.model, self.scale = model, scale
 
-    def __call__(self, **kwargs):
+    def __call__(self, **kwargs: Any) -> Any:
         outputs = self.model(**kwargs)
+        if not kwargs.get("fused_lm_head"):
+            return outputs  # TRL's extra forward for logits (return_outputs=True): not the loss
+        if getattr(outputs, "log_probs", None) is None:
+            raise UsageError(
+                "sft.first_control_weight scales the per-token log-probabilities of TRL's fused LM head "
+                "(TRL >= 1.16, no Unsloth); this trainer's forward returned none, so the weight would be "
+                "ignored.",
+                fix="set sft.first_control_weight=1, or train with TRL >= 1.16 without Unsloth "
+                "(device.unsloth=off).",
+            )
         outputs.log_probs = outputs.log_probs * self.scale
         return outputs
 

@@ -272,7 +272,7 @@ def _corrupt_field(workspace: Path) -> str:
             "every GRPO reward has weight 0",
         ),
         (["training_type=grpo", "run.models_dir=/tmp/empty-models-dir-for-test"], "no completed SFT run"),
-        # the watch curve decodes as the evaluation: refused before an hour of training, not after it
+        # refused before the training, not at the pipeline's evaluation after it
         (["eval.decoding=expected_value", "eval.temperature=0.5"], "eval.decoding is expected_value"),
     ],
 )
@@ -772,3 +772,21 @@ def test_first_control_weight_multiplies_the_loss_on_exactly_the_first_controls_
     assert plain == pytest.approx((-(log_probs * mask).sum() / mask.sum()).item(), rel=1e-4)
     assert weighted > plain  # the weights did something: u_0 is a few tokens of a long completion
     assert loss_of(4, training=False)[0] == pytest.approx(plain, rel=1e-6)
+
+
+def test_first_control_weight_is_refused_where_the_trainer_gives_no_per_token_log_probs():
+    """A trainer whose forward builds its loss without TRL's fused head (older TRL, Unsloth) would leave the
+    weight silently unused: refused with the fix instead. The extra forward for logits passes through."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lib.common.errors import UsageError
+    from lib.llm.sft import ScaledLogProbs
+
+    plain = SimpleNamespace(loss=torch.tensor(1.0), log_probs=None)
+    wrapped = ScaledLogProbs(lambda **kwargs: plain, torch.ones(1, 3))
+    assert wrapped(input_ids=None) is plain
+    with pytest.raises(UsageError, match="the weight would be ignored") as refused:
+        wrapped(input_ids=None, fused_lm_head=True)
+    assert "sft.first_control_weight=1" in refused.value.fix

@@ -116,8 +116,8 @@ def check_relations(cfg: Mapping, schema_name: str, source: str) -> None:
             )
     evaluation = cfg["eval"]
     if evaluation["decoding"] == "expected_value" and evaluation["temperature"] > 0:
-        # checked here, not in main_eval: training's watch curve and the pipeline's evaluations read the same
-        # keys, and an hour of SFT should not end in an evaluation that refuses its config
+        # checked when any tool resolves the config, not in main_eval alone: a pipeline should not train for an
+        # hour and then fail its evaluation phase on this setting
         raise ConfigError(
             f"{source}: eval.decoding is expected_value (--decoding), which writes each control as the mean of "
             f"the model's distribution, deterministically, but eval.temperature is {evaluation['temperature']} "
