@@ -449,13 +449,17 @@ def test_each_flag_equals_its_key_value_override(tmp_path):
              "--num-samples", "5", "--samples-per-prompt", "2", "--temperature", "0.5", "--batch-size", "3",
              "--max-new-tokens", "9", "--eval-mode", "mpc", "--replan-every", "5", "--save-plots",
              "--plot-instances", "1", "--output-dir", str(tmp_path), "--seed", "7", "--best-of-k", "4", "8",
-             "--best-of-temperature", "0.7", "--decoding", "expected_value"]  # fmt: skip
+             "--best-of-temperature", "0.7"]  # fmt: skip
     keys = ["eval.model_path=a,b", "eval.labels=x,y", "data.dataset_name=mix", "data.system=van_der_pol",
             "eval.num_samples=5", "eval.samples_per_prompt=2", "eval.temperature=0.5", "eval.batch_size=3",
             "eval.max_new_tokens=9", "eval.mode=mpc", "eval.replan_every=5", "eval.save_plots=true",
             "eval.plot_instances=1", f"eval.output_dir={tmp_path}", "seed=7", "eval.best_of_k=4,8",
-            "eval.best_of_temperature=0.7", "eval.decoding=expected_value"]  # fmt: skip
+            "eval.best_of_temperature=0.7"]  # fmt: skip
     assert resolved(*flags) == resolved(*keys)
+    # expected value needs temperature 0 (refused with the sampling flags above when the config resolves)
+    decoding = resolved("--dataset", "mix", "--decoding", "expected_value")
+    assert decoding == resolved("data.dataset_name=mix", "eval.decoding=expected_value")
+    assert decoding["eval"]["decoding"] == "expected_value"
     # the original project's spellings: --eval_mode, --model_path, ...
     underscores = ["--" + f[2:].replace("-", "_") if f.startswith("--") else f for f in flags]
     assert resolved(*underscores) == resolved(*keys)
